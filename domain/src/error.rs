@@ -1,0 +1,131 @@
+//! Every refusal the service can give, with SPEC's exact `details` strings, so that every adapter
+//! reports them the same way. One concept, one place: transports map [`StatusKind`] to their codes.
+
+use std::fmt;
+
+use crate::identity::Issuer;
+use crate::request::{BoundHeader, Rpc};
+
+/// The class of a refusal; the transport maps it to a gRPC status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusKind {
+    Unauthenticated,
+    PermissionDenied,
+    Unavailable,
+    InvalidArgument,
+}
+
+/// Why a caller was refused. `details()` is what the caller sees; `Display` adds the reason for
+/// the log (never a token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    MissingAuthorization,
+    InvalidAuthorizationHeader,
+    UnsupportedAuthenticationType,
+    /// The token failed verification; the reason goes to the log only.
+    Forbidden(Rejection),
+    /// The token's issuer is known but its key source has never produced usable keys.
+    KeysUnavailable(Issuer),
+    HeaderMismatch(BoundHeader),
+    Unauthorized(Rpc),
+    MissingGlobalUserId,
+}
+
+impl AuthError {
+    pub fn kind(&self) -> StatusKind {
+        match self {
+            AuthError::MissingAuthorization
+            | AuthError::InvalidAuthorizationHeader
+            | AuthError::UnsupportedAuthenticationType
+            | AuthError::Forbidden(_)
+            | AuthError::HeaderMismatch(_) => StatusKind::Unauthenticated,
+            AuthError::KeysUnavailable(_) => StatusKind::Unavailable,
+            AuthError::Unauthorized(_) => StatusKind::PermissionDenied,
+            AuthError::MissingGlobalUserId => StatusKind::InvalidArgument,
+        }
+    }
+
+    /// The status `details` a client sees (SPEC Part A, byte for byte).
+    pub fn details(&self) -> &'static str {
+        match self {
+            AuthError::MissingAuthorization => "No authorization header presented",
+            AuthError::InvalidAuthorizationHeader => "Invalid authorization header",
+            AuthError::UnsupportedAuthenticationType => {
+                "Invalid authentication token type - only OIDC is supported"
+            }
+            AuthError::Forbidden(_) => "Forbidden by auth provider",
+            AuthError::KeysUnavailable(_) => "Keys of the token's issuer are not available",
+            AuthError::HeaderMismatch(BoundHeader::Realm) => "Header mismatch 'X-Gitlab-Realm'",
+            AuthError::HeaderMismatch(BoundHeader::InstanceId) => {
+                "Header mismatch 'X-Gitlab-Instance-Id'"
+            }
+            AuthError::HeaderMismatch(BoundHeader::GlobalUserId) => {
+                "Header mismatch 'X-Gitlab-Global-User-Id'"
+            }
+            AuthError::Unauthorized(Rpc::ExecuteWorkflow) => "Unauthorized to execute workflow",
+            AuthError::Unauthorized(Rpc::GenerateToken) => "Unauthorized to generate token",
+            AuthError::MissingGlobalUserId => "Missing 'X-Gitlab-Global-User-Id' header",
+        }
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::Forbidden(reason) => write!(f, "{}: {reason}", self.details()),
+            AuthError::KeysUnavailable(issuer) => write!(f, "{} (issuer {issuer})", self.details()),
+            other => f.write_str(other.details()),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+/// Why a token failed verification. For logs and metrics only: callers see
+/// `Forbidden by auth provider` whatever the reason, so the verifier is no oracle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    TooLong { len: usize, max: usize },
+    Malformed(&'static str),
+    UnsupportedAlgorithm,
+    AlgorithmNotAllowed,
+    UnsupportedHeader(&'static str),
+    InvalidKeyId,
+    UnknownIssuer,
+    UnknownKeyId,
+    BadSignature,
+    InvalidClaim(&'static str),
+    MissingExpiry,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    LifetimeTooLong,
+    MissingAudience,
+    WrongAudience,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::TooLong { len, max } => write!(f, "token of {len} bytes exceeds {max}"),
+            Rejection::Malformed(what) => write!(f, "malformed token: {what}"),
+            Rejection::UnsupportedAlgorithm => f.write_str("unsupported or missing alg"),
+            Rejection::AlgorithmNotAllowed => {
+                f.write_str("alg not allowed by the issuer's key source")
+            }
+            Rejection::UnsupportedHeader(name) => write!(f, "unsupported header parameter {name}"),
+            Rejection::InvalidKeyId => f.write_str("kid is not a string of at most 256 bytes"),
+            Rejection::UnknownIssuer => f.write_str("unknown issuer"),
+            Rejection::UnknownKeyId => f.write_str("no key of the issuer has this kid"),
+            Rejection::BadSignature => f.write_str("signature does not verify"),
+            Rejection::InvalidClaim(name) => write!(f, "invalid claim {name}"),
+            Rejection::MissingExpiry => f.write_str("missing exp"),
+            Rejection::Expired => f.write_str("expired"),
+            Rejection::NotYetValid => f.write_str("not yet valid (nbf)"),
+            Rejection::IssuedInFuture => f.write_str("issued in the future (iat)"),
+            Rejection::LifetimeTooLong => f.write_str("lifetime exceeds the configured maximum"),
+            Rejection::MissingAudience => f.write_str("missing aud"),
+            Rejection::WrongAudience => f.write_str("aud does not name this service"),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Who is calling: issuers, unit primitives, verified claims and the caller's identity.
+
+use std::fmt;
+
+use crate::time::UnixTime;
+
+macro_rules! string_newtype {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// The `iss` of a token; every key source serves exactly one issuer.
+    Issuer
+);
+string_newtype!(
+    /// A key's `kid`.
+    KeyId
+);
+string_newtype!(
+    /// A Cloud Connector unit primitive, as carried in the `scopes` claim.
+    UnitPrimitive
+);
+string_newtype!(
+    /// This service's name (default `gitlab-duo-workflow-service`): the audience every token must
+    /// name, and the issuer of the user tokens it mints.
+    ServiceName
+);
+
+impl UnitPrimitive {
+    pub const EXECUTE_WORKFLOW: &'static str = "duo_workflow_execute_workflow";
+    pub const GENERATE_TOKEN: &'static str = "duo_workflow_generate_token";
+
+    pub fn execute_workflow() -> Self {
+        Self::new(Self::EXECUTE_WORKFLOW)
+    }
+}
+
+impl ServiceName {
+    pub const DEFAULT: &'static str = "gitlab-duo-workflow-service";
+
+    /// The service is the issuer of its own user tokens.
+    pub fn as_issuer(&self) -> Issuer {
+        Issuer::new(self.0.clone())
+    }
+
+    pub fn is_issuer_of(&self, claims: &Claims) -> bool {
+        claims.issuer.as_str() == self.0
+    }
+}
+
+/// The claims of a token, read into domain types. Holding a `Claims` proves nothing; only a
+/// [`VerifiedClaims`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub issuer: Issuer,
+    pub subject: Option<String>,
+    /// Empty when the token has no `aud`, which the claim checks reject.
+    pub audience: Vec<String>,
+    pub scopes: Vec<UnitPrimitive>,
+    pub realm: Option<String>,
+    pub instance_id: Option<String>,
+    pub duo_seat_count: Option<String>,
+    pub jti: Option<String>,
+    /// `None` when the token has no `exp`, which the claim checks reject.
+    pub expires_at: Option<UnixTime>,
+    pub not_before: Option<UnixTime>,
+    pub issued_at: Option<UnixTime>,
+}
+
+impl Claims {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s.as_str() == scope)
+    }
+}
+
+/// Claims whose signature verified with a key of the issuer's own key source, and that passed
+/// [`crate::policy::ClaimChecks`] (audience, expiry, not-before, issued-at, lifetime).
+///
+/// The only way to build one is [`crate::policy::ClaimChecks::accept`], and verifiers call that
+/// only with the payload of a token whose signature they have just checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedClaims {
+    claims: Claims,
+    expires_at: UnixTime,
+}
+
+impl VerifiedClaims {
+    pub(crate) fn new(claims: Claims, expires_at: UnixTime) -> Self {
+        Self { claims, expires_at }
+    }
+
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+
+    pub fn issuer(&self) -> &Issuer {
+        &self.claims.issuer
+    }
+
+    pub fn expires_at(&self) -> UnixTime {
+        self.expires_at
+    }
+}
+
+/// The caller of an RPC, once authentication has succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A caller whose token verified and whose headers match its claims.
+    Token(VerifiedClaims),
+    /// Authentication is disabled (`DUO_WORKFLOW_AUTH__ENABLED=false`): the caller passes every check.
+    Debug,
+}
+
+impl Identity {
+    pub fn claims(&self) -> Option<&Claims> {
+        match self {
+            Identity::Token(v) => Some(v.claims()),
+            Identity::Debug => None,
+        }
+    }
+
+    pub fn is_debug(&self) -> bool {
+        matches!(self, Identity::Debug)
+    }
+}

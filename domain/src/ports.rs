@@ -1,0 +1,124 @@
+//! The ports: what the domain needs from the outside world. Adapters implement them; contract
+//! tests mock them.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::{AuthError, Rejection};
+use crate::identity::{Identity, Issuer, VerifiedClaims};
+use crate::keys::{Algorithm, KeySet};
+use crate::request::{BearerToken, Rpc};
+use crate::time::UnixTime;
+use crate::user_token::{UserToken, UserTokenGrant};
+
+/// Why a token could not be verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerificationError {
+    /// The token is not acceptable (the caller sees `Forbidden by auth provider`).
+    Rejected(Rejection),
+    /// The token's issuer is known, but its key source has never produced usable keys: the
+    /// service cannot judge the token, which is an outage, not a bad token.
+    KeysUnavailable(Issuer),
+}
+
+impl From<VerificationError> for AuthError {
+    fn from(e: VerificationError) -> Self {
+        match e {
+            VerificationError::Rejected(r) => AuthError::Forbidden(r),
+            VerificationError::KeysUnavailable(i) => AuthError::KeysUnavailable(i),
+        }
+    }
+}
+
+impl From<Rejection> for VerificationError {
+    fn from(r: Rejection) -> Self {
+        VerificationError::Rejected(r)
+    }
+}
+
+/// Verifies a bearer token: signature with a key of its issuer's source, then claims.
+#[async_trait]
+pub trait Authenticator: Send + Sync {
+    async fn authenticate(&self, token: &BearerToken) -> Result<VerifiedClaims, VerificationError>;
+}
+
+/// Decides whether an identity may call an RPC.
+pub trait Authorizer: Send + Sync {
+    fn authorize(&self, identity: &Identity, rpc: Rpc) -> Result<(), AuthError>;
+}
+
+/// Why a user token could not be minted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueError(pub String);
+
+impl std::fmt::Display for IssueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "could not mint a user token: {}", self.0)
+    }
+}
+
+impl std::error::Error for IssueError {}
+
+/// Mints user tokens (the local authority).
+#[async_trait]
+pub trait TokenIssuer: Send + Sync {
+    async fn issue(&self, grant: &UserTokenGrant) -> Result<UserToken, IssueError>;
+}
+
+/// The time now; a port so that every time rule is testable.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> UnixTime;
+}
+
+/// The state of a key source, as readiness and operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceState {
+    /// Never produced keys yet; `reason` says what is in the way, if anything is known.
+    Pending { reason: Option<String> },
+    /// Serving keys.
+    Ready { keys: usize, loaded_at: UnixTime },
+    /// Serving the last good keys while refreshes fail.
+    Stale {
+        keys: usize,
+        loaded_at: UnixTime,
+        reason: String,
+    },
+}
+
+impl SourceState {
+    pub fn has_keys(&self) -> bool {
+        !matches!(self, SourceState::Pending { .. })
+    }
+}
+
+/// Where one issuer's public keys come from (static file, local authority, OIDC discovery, ...).
+/// `K` is the adapters' parsed key material, parsed once when a set loads.
+#[async_trait]
+pub trait KeySource<K>: Send + Sync {
+    /// A short name for logs and readiness, e.g. `gitlab`, `customers-dot`, `local-authority`.
+    fn name(&self) -> &str;
+
+    /// The only issuer whose tokens these keys may verify.
+    fn issuer(&self) -> &Issuer;
+
+    /// The algorithms this source accepts, from configuration.
+    fn algorithms(&self) -> &[Algorithm];
+
+    /// The current keys; `None` while the source has never produced keys.
+    fn current(&self) -> Option<Arc<KeySet<K>>>;
+
+    /// Called when no current key verified a token (unknown `kid`, or a kid-less token). A source
+    /// that can refetch does so here, rate-limited and single-flight, and returns the newer set;
+    /// sources whose keys cannot change return `None`.
+    async fn refetch_after_miss(&self) -> Option<Arc<KeySet<K>>> {
+        None
+    }
+
+    fn state(&self) -> SourceState;
+
+    /// Whether readiness waits for this source's first keys.
+    fn required(&self) -> bool {
+        false
+    }
+}

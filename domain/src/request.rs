@@ -1,0 +1,88 @@
+//! What a request says about itself: its RPC and the Cloud Connector metadata.
+
+use std::fmt;
+
+/// The RPCs of the `DuoWorkflow` service that carry a per-RPC authorization rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rpc {
+    ExecuteWorkflow,
+    GenerateToken,
+}
+
+impl Rpc {
+    /// The RPC named by a gRPC method path, if it is one of ours.
+    pub fn from_path(path: &str) -> Option<Self> {
+        match path {
+            "/DuoWorkflow/ExecuteWorkflow" => Some(Rpc::ExecuteWorkflow),
+            "/DuoWorkflow/GenerateToken" => Some(Rpc::GenerateToken),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Rpc::ExecuteWorkflow => "ExecuteWorkflow",
+            Rpc::GenerateToken => "GenerateToken",
+        }
+    }
+}
+
+impl fmt::Display for Rpc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The headers a token's claims are bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundHeader {
+    Realm,
+    InstanceId,
+    GlobalUserId,
+}
+
+/// The `authorization` metadata as received: it may be absent, or (a smuggling attempt) repeated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AuthorizationHeader {
+    #[default]
+    Missing,
+    One(String),
+    Repeated,
+}
+
+/// The request metadata the auth rules read (lower-case gRPC metadata keys). Values that are not
+/// valid visible ASCII are treated as absent by the transport.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestMetadata {
+    pub authorization: AuthorizationHeader,
+    /// `x-gitlab-authentication-type`
+    pub authentication_type: Option<String>,
+    /// `x-gitlab-realm`
+    pub realm: Option<String>,
+    /// `x-gitlab-instance-id`
+    pub instance_id: Option<String>,
+    /// `x-gitlab-global-user-id`
+    pub global_user_id: Option<String>,
+    /// `x-gitlab-duo-seat-count`
+    pub duo_seat_count: Option<String>,
+}
+
+/// The token from `authorization: Bearer <token>`, before any verification.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Never print a token, not even in debug output.
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BearerToken(<{} bytes>)", self.0.len())
+    }
+}

@@ -1,0 +1,145 @@
+//! The user token minted by `GenerateToken`: what it says, decided here; how it is signed, by the
+//! local authority adapter.
+
+use std::fmt;
+
+use crate::error::AuthError;
+use crate::identity::{Identity, ServiceName, UnitPrimitive};
+use crate::policy::delegable_scopes;
+use crate::request::RequestMetadata;
+use crate::time::{Seconds, UnixTime};
+
+/// User tokens live for one hour.
+pub const USER_TOKEN_LIFETIME: Seconds = Seconds::new(3600);
+
+/// Everything a user token will claim, except its `jti` and signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserTokenGrant {
+    /// `iss` and `aud`.
+    pub service: ServiceName,
+    /// `sub`: the `x-gitlab-global-user-id` header.
+    pub subject: String,
+    pub realm: Option<String>,
+    pub instance_id: Option<String>,
+    pub scopes: Vec<UnitPrimitive>,
+    pub duo_seat_count: Option<String>,
+    pub issued_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+impl UserTokenGrant {
+    /// What a user token for this caller may say. The caller must already be authorized for
+    /// `GenerateToken`.
+    pub fn for_caller(
+        identity: &Identity,
+        metadata: &RequestMetadata,
+        service: &ServiceName,
+        now: UnixTime,
+    ) -> Result<Self, AuthError> {
+        let subject = metadata
+            .global_user_id
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::MissingGlobalUserId)?;
+        Ok(Self {
+            service: service.clone(),
+            subject: subject.to_owned(),
+            realm: metadata.realm.clone(),
+            instance_id: metadata.instance_id.clone(),
+            scopes: delegable_scopes(identity),
+            duo_seat_count: identity.claims().and_then(|c| c.duo_seat_count.clone()),
+            issued_at: now,
+            expires_at: now.plus(USER_TOKEN_LIFETIME),
+        })
+    }
+}
+
+/// A signed user token. Its text is a credential: it is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserToken {
+    pub token: String,
+    pub expires_at: UnixTime,
+}
+
+impl fmt::Debug for UserToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserToken")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Claims, Issuer};
+    use crate::policy::ClaimChecks;
+
+    fn metadata() -> RequestMetadata {
+        RequestMetadata {
+            realm: Some("saas".into()),
+            instance_id: Some("ee-1".into()),
+            global_user_id: Some("777".into()),
+            duo_seat_count: Some("33".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_grant_follows_the_headers_and_lasts_an_hour() {
+        let service = ServiceName::new(ServiceName::DEFAULT);
+        let now = UnixTime::from_secs(10_000).unwrap();
+        let g = UserTokenGrant::for_caller(&Identity::Debug, &metadata(), &service, now).unwrap();
+        assert_eq!(g.subject, "777");
+        assert_eq!(g.realm.as_deref(), Some("saas"));
+        assert_eq!(g.instance_id.as_deref(), Some("ee-1"));
+        assert_eq!(g.expires_at.as_secs(), 13_600);
+        assert_eq!(g.scopes, vec![UnitPrimitive::execute_workflow()]);
+        // The debug identity has no token, so no seat count claim to carry over.
+        assert_eq!(g.duo_seat_count, None);
+    }
+
+    #[test]
+    fn the_seat_count_comes_from_the_callers_token() {
+        let service = ServiceName::new(ServiceName::DEFAULT);
+        let now = UnixTime::from_secs(10_000).unwrap();
+        let claims = Claims {
+            issuer: Issuer::new("https://gitlab.com"),
+            subject: Some("ee-1".into()),
+            audience: vec![ServiceName::DEFAULT.into()],
+            scopes: vec![UnitPrimitive::new(UnitPrimitive::GENERATE_TOKEN)],
+            realm: None,
+            instance_id: None,
+            duo_seat_count: Some("12".into()),
+            jti: None,
+            expires_at: UnixTime::from_secs(11_000),
+            not_before: None,
+            issued_at: None,
+        };
+        let identity = Identity::Token(
+            ClaimChecks::new(service.clone())
+                .accept(claims, now)
+                .unwrap(),
+        );
+        let g = UserTokenGrant::for_caller(&identity, &metadata(), &service, now).unwrap();
+        assert_eq!(g.duo_seat_count.as_deref(), Some("12"));
+        assert_eq!(g.scopes, vec![UnitPrimitive::execute_workflow()]);
+    }
+
+    #[test]
+    fn a_missing_or_empty_global_user_id_is_an_invalid_argument() {
+        let service = ServiceName::new(ServiceName::DEFAULT);
+        let now = UnixTime::from_secs(10_000).unwrap();
+        let mut m = metadata();
+        m.global_user_id = None;
+        assert_eq!(
+            UserTokenGrant::for_caller(&Identity::Debug, &m, &service, now),
+            Err(AuthError::MissingGlobalUserId)
+        );
+        m.global_user_id = Some(String::new());
+        assert_eq!(
+            UserTokenGrant::for_caller(&Identity::Debug, &m, &service, now),
+            Err(AuthError::MissingGlobalUserId)
+        );
+    }
+}
