@@ -1,1 +1,14 @@
+//! Adapters: the implementations of the domain's ports.
+//!
+//! - [`jose`]: compact JWS parsing, verification and signing with `ring`; JWK/PEM keys.
+//! - [`authenticator`]: routes a token by `iss` to exactly one key source and verifies it.
+//! - [`authority`]: the local-key authority: mints user tokens and is its own key source.
+//! - [`sources`]: key sources (static keys; remote ones plug in here).
+//! - [`transport`]: the tonic transport: request-id and authentication layers, the service.
 
+pub mod authenticator;
+pub mod authority;
+pub mod clock;
+pub mod jose;
+pub mod sources;
+pub mod transport;

@@ -1,1 +1,218 @@
-fn main() {}
+//! `duo-workflow-service`: the Duo Workflow Service's Cloud Connector auth core.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use duo_workflow_domain::keys::Algorithm;
+use duo_workflow_service::cli::{self, ClientHeaders, MintRequest};
+use duo_workflow_service::config::{Settings, ENV_CLIENT_TOKEN};
+use duo_workflow_service::{init_logging, server};
+
+#[derive(Parser)]
+#[command(
+    name = "duo-workflow-service",
+    version,
+    about = "Cloud Connector authentication for the Duo Workflow Service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC (DuoWorkflow and grpc.health.v1) on PORT (default 50052).
+    Serve {
+        /// A TOML configuration file; environment variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The address to listen on.
+        #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+        listen: IpAddr,
+    },
+    /// GenerateToken with an instance token, then ExecuteWorkflow with the user token.
+    Client(ClientArgs),
+    /// Authority keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Instance-style tokens for trying the service locally.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    url: String,
+    /// The instance token (default: DUO_WORKFLOW_CLIENT_TOKEN).
+    #[arg(long, env = ENV_CLIENT_TOKEN, hide_env_values = true)]
+    token: String,
+    #[arg(long)]
+    realm: Option<String>,
+    #[arg(long)]
+    instance_id: Option<String>,
+    #[arg(long)]
+    global_user_id: Option<String>,
+    #[arg(long)]
+    duo_seat_count: Option<String>,
+    #[arg(long, default_value = "say hello")]
+    goal: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Alg {
+    Rs256,
+    Es256,
+    Eddsa,
+}
+
+impl From<Alg> for Algorithm {
+    fn from(a: Alg) -> Self {
+        match a {
+            Alg::Rs256 => Algorithm::RS256,
+            Alg::Es256 => Algorithm::ES256,
+            Alg::Eddsa => Algorithm::EdDSA,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new private key (PKCS#8 PEM, mode 0600) for the signing or validation slot, or for
+    /// signing instance tokens with `token mint`.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "rs256")]
+        alg: Alg,
+    },
+    /// Print the public half of a private key, as PEM or as a JWKS (for a static key source).
+    Public {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        jwks: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token like the ones GitLab instances send, signed with a private key.
+    Mint {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long, default_value = duo_workflow_domain::ServiceName::DEFAULT)]
+        audience: Vec<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        /// Comma-separated unit primitives.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "duo_workflow_execute_workflow"
+        )]
+        scopes: Vec<String>,
+        #[arg(long)]
+        realm: Option<String>,
+        #[arg(long)]
+        instance_id: Option<String>,
+        #[arg(long)]
+        duo_seat_count: Option<String>,
+        #[arg(long, default_value_t = 3600)]
+        lifetime: u64,
+        /// Leave out the `kid` header, as GitLab Rails did.
+        #[arg(long)]
+        no_kid: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_logging();
+    let result = match Cli::parse().command {
+        Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Client(a) => {
+            let headers = ClientHeaders {
+                realm: a.realm,
+                instance_id: a.instance_id,
+                global_user_id: a.global_user_id,
+                duo_seat_count: a.duo_seat_count,
+            };
+            cli::run_client(&a.url, &a.token, &headers, &a.goal).await
+        }
+        Command::Keys(KeysCommand::Generate { out, alg }) => cli::generate_key(alg.into(), &out)
+            .map(|kid| {
+                println!("wrote {} (kid {kid})", out.display());
+            }),
+        Command::Keys(KeysCommand::Public { key, jwks }) => cli::load_private_key(&key)
+            .map(|k| println!("{}", cli::public_key(&k, jwks).trim_end())),
+        Command::Token(TokenCommand::Mint {
+            key,
+            issuer,
+            audience,
+            subject,
+            scopes,
+            realm,
+            instance_id,
+            duo_seat_count,
+            lifetime,
+            no_kid,
+        }) => cli::load_private_key(&key).map(|k| {
+            let request = MintRequest {
+                issuer,
+                audience,
+                subject,
+                scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
+                realm,
+                instance_id,
+                duo_seat_count,
+                lifetime_seconds: lifetime,
+                with_kid: !no_kid,
+            };
+            println!("{}", cli::mint(&k, &request));
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Option<PathBuf>, listen: IpAddr) -> Result<(), String> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let settings = Settings::load(config.as_deref(), &env).map_err(|e| e.to_string())?;
+    let service = server::build(&settings).map_err(|e| e.to_string())?;
+    let addr = SocketAddr::new(listen, settings.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving gRPC");
+    server::serve(service, listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -42,12 +42,23 @@ pub enum BoundHeader {
 }
 
 /// The `authorization` metadata as received: it may be absent, or (a smuggling attempt) repeated.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub enum AuthorizationHeader {
     #[default]
     Missing,
     One(String),
     Repeated,
+}
+
+/// The value is a credential: debug output shows only its length.
+impl fmt::Debug for AuthorizationHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthorizationHeader::Missing => f.write_str("Missing"),
+            AuthorizationHeader::One(v) => write!(f, "One(<{} bytes>)", v.len()),
+            AuthorizationHeader::Repeated => f.write_str("Repeated"),
+        }
+    }
 }
 
 /// The request metadata the auth rules read (lower-case gRPC metadata keys). Values that are not

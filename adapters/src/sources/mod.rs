@@ -1,0 +1,6 @@
+//! Key sources: where an issuer's public keys come from. Each implements the domain's
+//! `KeySource` port for exactly one issuer.
+
+pub mod static_keys;
+
+pub use static_keys::StaticKeySource;

@@ -1,0 +1,82 @@
+//! The request-id layer: every request gets a correlation id (the caller's `x-request-id` when it
+//! is sane, else a new UUID), written back into the request and response metadata, and every log
+//! line of the request carries it through a tracing span.
+
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response};
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use super::metadata::REQUEST_ID;
+
+/// The request's correlation id, in the request extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestIdService<S> {
+    inner: S,
+}
+
+/// The caller's id if it is short, printable and unambiguous (it goes into logs), else a new one.
+fn request_id_of<B>(req: &Request<B>) -> String {
+    let mut values = req.headers().get_all(REQUEST_ID).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None)
+            if !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_LEN
+                && v.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b)) =>
+        {
+            v.to_str().expect("checked ASCII").to_owned()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestIdService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    ResBody: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let id = request_id_of(&req);
+        let value = HeaderValue::from_str(&id).expect("request ids are visible ASCII");
+        req.headers_mut().insert(REQUEST_ID, value.clone());
+        req.extensions_mut().insert(RequestId(id.clone()));
+        let span = tracing::info_span!("request", request_id = %id, method = %req.uri().path());
+        let future = span.in_scope(|| self.inner.call(req));
+        Box::pin(
+            async move {
+                let mut response = future.await?;
+                response.headers_mut().insert(REQUEST_ID, value);
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}

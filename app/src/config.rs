@@ -1,0 +1,577 @@
+//! Configuration: an optional TOML file, overridden by the environment variables operators of
+//! GitLab's Python service already use. Everything is validated at load time into [`Settings`];
+//! a bad value stops start-up with an error that names the field.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use duo_workflow_domain::keys::Algorithm;
+use duo_workflow_domain::policy::ClaimChecks;
+use duo_workflow_domain::ServiceName;
+use serde::Deserialize;
+use url::Url;
+
+/// A configuration problem, naming the field (file key or environment variable) at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {field}: {problem}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn bad(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+pub const ENV_PORT: &str = "PORT";
+pub const ENV_HTTP_PORT: &str = "DUO_WORKFLOW_HTTP__PORT";
+pub const ENV_AUTH_ENABLED: &str = "DUO_WORKFLOW_AUTH__ENABLED";
+pub const ENV_OIDC_GITLAB_URL: &str = "DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL";
+pub const ENV_OIDC_CUSTOMER_PORTAL_URL: &str = "DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL";
+pub const ENV_SIGNING_KEY: &str = "DUO_WORKFLOW_SELF_SIGNED_JWT__SIGNING_KEY";
+pub const ENV_VALIDATION_KEY: &str = "DUO_WORKFLOW_SELF_SIGNED_JWT__VALIDATION_KEY";
+pub const ENV_SERVICE_NAME: &str = "DUO_WORKFLOW_CLOUD_CONNECTOR_SERVICE_NAME";
+pub const ENV_SERVICE_NAME_ALIAS: &str = "CLOUD_CONNECTOR_SERVICE_NAME";
+pub const ENV_CLIENT_TOKEN: &str = "DUO_WORKFLOW_CLIENT_TOKEN";
+pub const ENV_UPSTREAM_URL: &str = "DUO_WORKFLOW_UPSTREAM__URL";
+
+pub const DEFAULT_PORT: u16 = 50052;
+pub const DEFAULT_HTTP_PORT: u16 = 50053;
+pub const DEFAULT_GITLAB_URL: &str = "https://gitlab.com";
+pub const DEFAULT_CUSTOMER_PORTAL_URL: &str = "https://customers.gitlab.com";
+
+/// The configuration file, as written. Every section and key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub self_signed_jwt: SelfSignedJwtSection,
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub key_sources: Vec<KeySourceConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub enabled: Option<bool>,
+    pub oidc_gitlab_url: Option<String>,
+    pub oidc_customer_portal_url: Option<String>,
+    pub leeway_seconds: Option<u32>,
+    pub max_lifetime_seconds: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfSignedJwtSection {
+    /// PEM text of the signing key.
+    pub signing_key: Option<String>,
+    pub signing_key_file: Option<PathBuf>,
+    /// PEM text of the previous signing key, still accepted during rotation.
+    pub validation_key: Option<String>,
+    pub validation_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_token_bytes: Option<usize>,
+    pub max_header_list_bytes: Option<u32>,
+    pub max_concurrent_streams: Option<u32>,
+    pub shutdown_grace_seconds: Option<u64>,
+}
+
+/// A key source, chosen by its `type`; each type has its own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum KeySourceConfig {
+    /// An issuer's keys from a JWKS file or PEM public keys: no network.
+    Static(StaticSourceConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticSourceConfig {
+    pub name: String,
+    pub issuer: String,
+    pub jwks_file: Option<PathBuf>,
+    pub pem_file: Option<PathBuf>,
+    /// Defaults to the algorithms of the keys themselves.
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+}
+
+/// A private key's PEM text, which never appears in debug output.
+#[derive(Clone)]
+pub struct SecretPem(pub String);
+
+impl std::fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretPem(<redacted>)")
+    }
+}
+
+/// A validated static key source.
+#[derive(Debug, Clone)]
+pub struct StaticSource {
+    pub name: String,
+    pub issuer: String,
+    pub keys: StaticKeys,
+    pub algorithms: Vec<Algorithm>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StaticKeys {
+    Jwks(Vec<u8>),
+    Pem(String),
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub port: u16,
+    pub http_port: u16,
+    pub service_name: ServiceName,
+    pub auth_enabled: bool,
+    /// `None` when the variable is set empty: that source is disabled.
+    pub oidc_gitlab_url: Option<Url>,
+    pub oidc_customer_portal_url: Option<Url>,
+    pub claim_checks: ClaimChecks,
+    pub signing_key: Option<SecretPem>,
+    pub validation_key: Option<SecretPem>,
+    pub upstream_url: Option<Url>,
+    pub static_sources: Vec<StaticSource>,
+    pub max_token_bytes: usize,
+    pub max_header_list_bytes: u32,
+    pub max_concurrent_streams: u32,
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Settings {
+    /// Loads the file (if any), applies the environment, validates.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let config = match file {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad(path.display().to_string(), format!("cannot read: {e}")))?;
+                toml::from_str(&text).map_err(|e| bad(path.display().to_string(), e.to_string()))?
+            }
+        };
+        Self::from_parts(config, env)
+    }
+
+    pub fn from_env(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_parts(FileConfig::default(), env)
+    }
+
+    fn from_parts(file: FileConfig, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| env.get(name).map(String::as_str);
+
+        let port = match get(ENV_PORT) {
+            Some(v) => parse_port(ENV_PORT, v)?,
+            None => file.port.unwrap_or(DEFAULT_PORT),
+        };
+        let http_port = match get(ENV_HTTP_PORT) {
+            Some(v) => parse_port(ENV_HTTP_PORT, v)?,
+            None => file.http_port.unwrap_or(DEFAULT_HTTP_PORT),
+        };
+
+        let (service_field, service_name) =
+            match (get(ENV_SERVICE_NAME), get(ENV_SERVICE_NAME_ALIAS)) {
+                (Some(v), _) => (ENV_SERVICE_NAME, v.to_owned()),
+                (None, Some(v)) => (ENV_SERVICE_NAME_ALIAS, v.to_owned()),
+                (None, None) => (
+                    "service_name",
+                    file.service_name
+                        .unwrap_or_else(|| ServiceName::DEFAULT.into()),
+                ),
+            };
+        if service_name.trim().is_empty() || service_name.trim() != service_name {
+            return Err(bad(
+                service_field,
+                "must be a non-empty name without surrounding spaces",
+            ));
+        }
+        let service_name = ServiceName::new(service_name);
+
+        let auth_enabled = match get(ENV_AUTH_ENABLED) {
+            Some(v) => parse_bool(ENV_AUTH_ENABLED, v)?,
+            None => file.auth.enabled.unwrap_or(true),
+        };
+
+        let oidc_gitlab_url = optional_url(
+            ENV_OIDC_GITLAB_URL,
+            get(ENV_OIDC_GITLAB_URL),
+            ("auth.oidc_gitlab_url", file.auth.oidc_gitlab_url.as_deref()),
+            DEFAULT_GITLAB_URL,
+        )?;
+        let oidc_customer_portal_url = optional_url(
+            ENV_OIDC_CUSTOMER_PORTAL_URL,
+            get(ENV_OIDC_CUSTOMER_PORTAL_URL),
+            (
+                "auth.oidc_customer_portal_url",
+                file.auth.oidc_customer_portal_url.as_deref(),
+            ),
+            DEFAULT_CUSTOMER_PORTAL_URL,
+        )?;
+
+        let mut claim_checks = ClaimChecks::new(service_name.clone());
+        if let Some(l) = file.auth.leeway_seconds {
+            if l > 600 {
+                return Err(bad("auth.leeway_seconds", "must be at most 600"));
+            }
+            claim_checks.leeway = duo_workflow_domain::Seconds::new(l);
+        }
+        if let Some(l) = file.auth.max_lifetime_seconds {
+            if l == 0 {
+                return Err(bad("auth.max_lifetime_seconds", "must be positive"));
+            }
+            claim_checks.max_lifetime = duo_workflow_domain::Seconds::new(l);
+        }
+
+        let signing_key = secret(
+            get(ENV_SIGNING_KEY),
+            (
+                "self_signed_jwt.signing_key",
+                file.self_signed_jwt.signing_key,
+            ),
+            (
+                "self_signed_jwt.signing_key_file",
+                file.self_signed_jwt.signing_key_file,
+            ),
+        )?;
+        let validation_key = secret(
+            get(ENV_VALIDATION_KEY),
+            (
+                "self_signed_jwt.validation_key",
+                file.self_signed_jwt.validation_key,
+            ),
+            (
+                "self_signed_jwt.validation_key_file",
+                file.self_signed_jwt.validation_key_file,
+            ),
+        )?;
+
+        let upstream_url = match get(ENV_UPSTREAM_URL)
+            .map(str::to_owned)
+            .or(file.upstream.url)
+        {
+            None => None,
+            Some(v) if v.is_empty() => None,
+            Some(v) => {
+                let field = if get(ENV_UPSTREAM_URL).is_some() {
+                    ENV_UPSTREAM_URL
+                } else {
+                    "upstream.url"
+                };
+                let url = Url::parse(&v).map_err(|e| bad(field, format!("not a URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(bad(field, "scheme must be http or https"));
+                }
+                Some(url)
+            }
+        };
+
+        let mut static_sources = Vec::new();
+        for (i, source) in file.key_sources.into_iter().enumerate() {
+            match source {
+                KeySourceConfig::Static(s) => static_sources.push(static_source(i, s)?),
+            }
+        }
+
+        let limits = file.limits;
+        let max_token_bytes = limits.max_token_bytes.unwrap_or(8 * 1024);
+        if !(512..=64 * 1024).contains(&max_token_bytes) {
+            return Err(bad(
+                "limits.max_token_bytes",
+                "must be between 512 and 65536",
+            ));
+        }
+        let max_header_list_bytes = limits.max_header_list_bytes.unwrap_or(16 * 1024);
+        if !(4 * 1024..=1024 * 1024).contains(&max_header_list_bytes) {
+            return Err(bad(
+                "limits.max_header_list_bytes",
+                "must be between 4096 and 1048576",
+            ));
+        }
+        if (max_header_list_bytes as usize) < max_token_bytes + 1024 {
+            return Err(bad(
+                "limits.max_header_list_bytes",
+                "must leave room for a token of limits.max_token_bytes",
+            ));
+        }
+        let max_concurrent_streams = limits.max_concurrent_streams.unwrap_or(1024);
+        if max_concurrent_streams == 0 {
+            return Err(bad("limits.max_concurrent_streams", "must be positive"));
+        }
+
+        Ok(Settings {
+            port,
+            http_port,
+            service_name,
+            auth_enabled,
+            oidc_gitlab_url,
+            oidc_customer_portal_url,
+            claim_checks,
+            signing_key,
+            validation_key,
+            upstream_url,
+            static_sources,
+            max_token_bytes,
+            max_header_list_bytes,
+            max_concurrent_streams,
+            shutdown_grace_seconds: limits.shutdown_grace_seconds.unwrap_or(30),
+        })
+    }
+}
+
+fn parse_port(field: &str, v: &str) -> Result<u16, ConfigError> {
+    v.trim()
+        .parse::<u16>()
+        .map_err(|_| bad(field, format!("{v:?} is not a port number (0-65535)")))
+}
+
+/// Booleans in any letter case (GitLab's Python service only understood lower-case `false`).
+pub fn parse_bool(field: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(bad(
+            field,
+            format!("{v:?} is not a boolean (true or false)"),
+        )),
+    }
+}
+
+/// An issuer URL: the environment wins over the file, an empty value disables the source.
+fn optional_url(
+    env_field: &str,
+    env_value: Option<&str>,
+    (file_field, file_value): (&str, Option<&str>),
+    default: &str,
+) -> Result<Option<Url>, ConfigError> {
+    let (field, value) = match (env_value, file_value) {
+        (Some(v), _) => (env_field, v),
+        (None, Some(v)) => (file_field, v),
+        (None, None) => (file_field, default),
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let url = Url::parse(value).map_err(|e| bad(field, format!("{value:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(bad(
+            field,
+            format!("{value:?} must be an http(s) URL with a host"),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad(field, "an issuer URL has no query or fragment"));
+    }
+    Ok(Some(url))
+}
+
+fn secret(
+    env_value: Option<&str>,
+    (inline_field, inline): (&str, Option<String>),
+    (file_field, file): (&str, Option<PathBuf>),
+) -> Result<Option<SecretPem>, ConfigError> {
+    if let Some(v) = env_value {
+        return Ok((!v.trim().is_empty()).then(|| SecretPem(v.to_owned())));
+    }
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(bad(
+            inline_field,
+            format!("give either {inline_field} or {file_field}, not both"),
+        )),
+        (Some(v), None) => Ok((!v.trim().is_empty()).then_some(SecretPem(v))),
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map(|v| Some(SecretPem(v)))
+            .map_err(|e| bad(file_field, format!("cannot read {}: {e}", path.display()))),
+        (None, None) => Ok(None),
+    }
+}
+
+pub fn parse_algorithms(field: &str, names: &[String]) -> Result<Vec<Algorithm>, ConfigError> {
+    names
+        .iter()
+        .map(|n| {
+            Algorithm::from_jose(n)
+                .ok_or_else(|| bad(field, format!("{n:?} is not one of RS256, ES256, EdDSA")))
+        })
+        .collect()
+}
+
+fn static_source(i: usize, s: StaticSourceConfig) -> Result<StaticSource, ConfigError> {
+    let field = |k: &str| format!("key_sources[{i}].{k}");
+    if s.name.trim().is_empty() {
+        return Err(bad(field("name"), "must not be empty"));
+    }
+    if s.issuer.is_empty() {
+        return Err(bad(field("issuer"), "must not be empty"));
+    }
+    let read = |k: &str, p: &Path| {
+        std::fs::read(p).map_err(|e| bad(field(k), format!("cannot read {}: {e}", p.display())))
+    };
+    let keys = match (&s.jwks_file, &s.pem_file) {
+        (Some(p), None) => StaticKeys::Jwks(read("jwks_file", p)?),
+        (None, Some(p)) => StaticKeys::Pem(
+            String::from_utf8(read("pem_file", p)?)
+                .map_err(|_| bad(field("pem_file"), "is not UTF-8 text"))?,
+        ),
+        _ => {
+            return Err(bad(
+                field("jwks_file"),
+                "give exactly one of jwks_file or pem_file",
+            ))
+        }
+    };
+    let algorithms = parse_algorithms(&field("algorithms"), &s.algorithms)?;
+    Ok(StaticSource {
+        name: s.name,
+        issuer: s.issuer,
+        keys,
+        algorithms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn zero_configuration_has_spec_defaults() {
+        let s = Settings::from_env(&env(&[])).unwrap();
+        assert_eq!(s.port, 50052);
+        assert_eq!(s.http_port, 50053);
+        assert!(s.auth_enabled);
+        assert_eq!(s.service_name.as_str(), "gitlab-duo-workflow-service");
+        assert_eq!(s.oidc_gitlab_url.unwrap().as_str(), "https://gitlab.com/");
+        assert_eq!(
+            s.oidc_customer_portal_url.unwrap().as_str(),
+            "https://customers.gitlab.com/"
+        );
+        assert!(s.signing_key.is_none() && s.upstream_url.is_none());
+    }
+
+    #[test]
+    fn auth_enabled_is_read_in_any_letter_case() {
+        for v in ["false", "False", "FALSE", "fAlSe", "0", "no"] {
+            assert!(
+                !Settings::from_env(&env(&[(ENV_AUTH_ENABLED, v)]))
+                    .unwrap()
+                    .auth_enabled,
+                "{v}"
+            );
+        }
+        for v in ["true", "TRUE", "1"] {
+            assert!(
+                Settings::from_env(&env(&[(ENV_AUTH_ENABLED, v)]))
+                    .unwrap()
+                    .auth_enabled
+            );
+        }
+        let e = Settings::from_env(&env(&[(ENV_AUTH_ENABLED, "nope")])).unwrap_err();
+        assert_eq!(e.field, ENV_AUTH_ENABLED);
+    }
+
+    #[test]
+    fn empty_provider_urls_disable_their_sources() {
+        let s = Settings::from_env(&env(&[
+            (ENV_OIDC_GITLAB_URL, ""),
+            (ENV_OIDC_CUSTOMER_PORTAL_URL, " "),
+        ]))
+        .unwrap();
+        assert!(s.oidc_gitlab_url.is_none() && s.oidc_customer_portal_url.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            (ENV_PORT, "http"),
+            (ENV_HTTP_PORT, "70000"),
+            (ENV_OIDC_GITLAB_URL, "gitlab.com"),
+            (ENV_OIDC_CUSTOMER_PORTAL_URL, "ftp://customers.gitlab.com"),
+            (ENV_UPSTREAM_URL, "not a url"),
+            (ENV_SERVICE_NAME, " "),
+        ];
+        for (field, value) in cases {
+            let e = Settings::from_env(&env(&[(field, value)])).unwrap_err();
+            assert_eq!(e.field, field, "{value}");
+            assert!(e.to_string().contains(field));
+        }
+    }
+
+    #[test]
+    fn the_service_name_alias_is_honoured_and_the_prefixed_name_wins() {
+        let s = Settings::from_env(&env(&[(ENV_SERVICE_NAME_ALIAS, "a")])).unwrap();
+        assert_eq!(s.service_name.as_str(), "a");
+        let s = Settings::from_env(&env(&[
+            (ENV_SERVICE_NAME_ALIAS, "a"),
+            (ENV_SERVICE_NAME, "b"),
+        ]))
+        .unwrap();
+        assert_eq!(s.service_name.as_str(), "b");
+        assert_eq!(s.claim_checks.audience.as_str(), "b");
+    }
+
+    #[test]
+    fn the_file_is_typed_and_unknown_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("dws-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "port = 1\n[auth]\nenabeld = false\n").unwrap();
+        let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+        assert!(e.problem.contains("enabeld"), "{e}");
+        std::fs::write(
+            &path,
+            "[[key_sources]]\ntype = \"carrier_pigeon\"\nname = \"x\"\n",
+        )
+        .unwrap();
+        let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+        assert!(e.problem.contains("carrier_pigeon"), "{e}");
+        std::fs::write(
+            &path,
+            "[[key_sources]]\ntype = \"static\"\nname = \"x\"\nissuer = \"i\"\n",
+        )
+        .unwrap();
+        let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "key_sources[0].jwks_file");
+        std::fs::write(
+            &path,
+            "port = 7\n[auth]\nenabled = false\nleeway_seconds = 5\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path), &env(&[(ENV_PORT, "9")])).unwrap();
+        assert_eq!(s.port, 9, "the environment overrides the file");
+        assert!(!s.auth_enabled);
+        assert_eq!(s.claim_checks.leeway.0, 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

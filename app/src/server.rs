@@ -1,0 +1,264 @@
+//! Wiring: configuration in, a running service out. This is the only place that knows which
+//! adapter implements which port; swapping a provider is a configuration change.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duo_workflow_adapters::authenticator::{DynKeySource, JwtAuthenticator};
+use duo_workflow_adapters::authority::LocalAuthority;
+use duo_workflow_adapters::clock::SystemClock;
+use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
+use duo_workflow_adapters::sources::StaticKeySource;
+use duo_workflow_adapters::transport::{self, Limits, UpstreamExecutor, WorkflowService};
+use duo_workflow_contract::duo_workflow_server::DuoWorkflowServer;
+use duo_workflow_domain::gatekeeper::{AuthMode, Gatekeeper, UnitPrimitiveAuthorizer};
+use duo_workflow_domain::keys::Algorithm;
+use duo_workflow_domain::ports::Clock;
+use duo_workflow_domain::Issuer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{Settings, StaticKeys, ENV_SIGNING_KEY, ENV_VALIDATION_KEY};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+fn config_error(field: &str, problem: impl Into<String>) -> StartError {
+    StartError::Config(crate::config::ConfigError {
+        field: field.into(),
+        problem: problem.into(),
+    })
+}
+
+/// The parts of the service, built from settings.
+pub struct Service {
+    pub gatekeeper: Arc<Gatekeeper>,
+    pub workflow: WorkflowService,
+    pub authority: Arc<LocalAuthority>,
+    pub limits: Limits,
+    pub grace: Duration,
+}
+
+/// The local authority from the configured keys, or an ephemeral key when none is configured.
+fn authority(settings: &Settings, clock: &dyn Clock) -> Result<LocalAuthority, StartError> {
+    let signing = match &settings.signing_key {
+        Some(pem) => SigningKey::from_pem(&pem.0).map_err(|e| config_error(ENV_SIGNING_KEY, e))?,
+        None => {
+            tracing::warn!(
+                "no {ENV_SIGNING_KEY} configured: generated an ephemeral signing key; \
+                 user tokens minted now stop verifying when this process exits"
+            );
+            let pem =
+                generate_pem(Algorithm::RS256).map_err(|e| config_error(ENV_SIGNING_KEY, e))?;
+            SigningKey::from_pem(&pem).expect("a freshly generated key loads")
+        }
+    };
+    let validation = match &settings.validation_key {
+        Some(pem) => {
+            Some(SigningKey::from_pem(&pem.0).map_err(|e| config_error(ENV_VALIDATION_KEY, e))?)
+        }
+        None => None,
+    };
+    tracing::info!(
+        issuer = %settings.service_name,
+        signing_kid = signing.kid(),
+        signing_alg = %signing.algorithm(),
+        validation_kid = validation.as_ref().map(|v| v.kid()).unwrap_or("none"),
+        "local authority ready"
+    );
+    Ok(LocalAuthority::new(
+        &settings.service_name,
+        signing,
+        validation,
+        clock.now(),
+    ))
+}
+
+/// Builds every component from validated settings.
+pub fn build(settings: &Settings) -> Result<Service, StartError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let authority = Arc::new(authority(settings, clock.as_ref())?);
+
+    let mut sources: Vec<DynKeySource> = vec![authority.clone()];
+    for s in &settings.static_sources {
+        let issuer = Issuer::new(s.issuer.clone());
+        let source = match &s.keys {
+            StaticKeys::Jwks(bytes) => StaticKeySource::from_jwks(
+                &s.name,
+                issuer,
+                s.algorithms.clone(),
+                bytes,
+                clock.now(),
+            ),
+            StaticKeys::Pem(text) => {
+                StaticKeySource::from_pem(&s.name, issuer, s.algorithms.clone(), text, clock.now())
+            }
+        }
+        .map_err(|e| config_error(&format!("key source {:?}", s.name), e))?;
+        tracing::info!(source = %s.name, issuer = %s.issuer, kids = ?source.current_kids(), "static key source loaded");
+        sources.push(Arc::new(source));
+    }
+    for (name, url) in [
+        ("gitlab", &settings.oidc_gitlab_url),
+        ("customers-dot", &settings.oidc_customer_portal_url),
+    ] {
+        match url {
+            Some(url) => tracing::info!(source = name, %url, "OIDC issuer configured"),
+            None => tracing::info!(source = name, "OIDC issuer disabled by an empty URL"),
+        }
+    }
+
+    let mode = if settings.auth_enabled {
+        let authenticator =
+            JwtAuthenticator::new(sources, settings.claim_checks.clone(), clock.clone())
+                .map_err(|e| config_error("key_sources", e))?
+                .with_max_token_bytes(settings.max_token_bytes);
+        AuthMode::Enabled(Arc::new(authenticator))
+    } else {
+        tracing::warn!(
+            "AUTHENTICATION IS DISABLED ({}=false): every caller is a debug user who passes every check",
+            crate::config::ENV_AUTH_ENABLED
+        );
+        AuthMode::Disabled
+    };
+    let gatekeeper = Arc::new(Gatekeeper::new(
+        mode,
+        Arc::new(UnitPrimitiveAuthorizer::new(settings.service_name.clone())),
+        settings.service_name.clone(),
+    ));
+
+    let executor = match &settings.upstream_url {
+        None => None,
+        Some(url) => {
+            let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+                .map_err(|e| config_error(crate::config::ENV_UPSTREAM_URL, e.to_string()))?
+                .connect_timeout(Duration::from_secs(5));
+            tracing::info!(%url, "workflow executor configured");
+            Some(UpstreamExecutor::new(endpoint.connect_lazy()))
+        }
+    };
+    let workflow = WorkflowService::new(
+        settings.service_name.clone(),
+        authority.clone(),
+        clock,
+        executor,
+    );
+    Ok(Service {
+        gatekeeper,
+        workflow,
+        authority,
+        limits: Limits {
+            max_header_list_bytes: settings.max_header_list_bytes,
+            max_concurrent_streams: settings.max_concurrent_streams,
+        },
+        grace: Duration::from_secs(settings.shutdown_grace_seconds),
+    })
+}
+
+/// Serves on `listener` until `shutdown` resolves; then lets in-flight calls finish for the
+/// grace period, and returns.
+pub async fn serve(
+    service: Service,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<DuoWorkflowServer<WorkflowService>>()
+        .await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = transport::serve(
+        listener,
+        service.gatekeeper,
+        service.workflow,
+        health,
+        service.limits,
+        async {
+            stopped.await.ok();
+        },
+    );
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        () = shutdown => {}
+    }
+    tracing::info!(
+        grace_seconds = service.grace.as_secs(),
+        "shutting down: no new connections, in-flight calls may finish"
+    );
+    health_reporter
+        .set_not_serving::<DuoWorkflowServer<WorkflowService>>()
+        .await;
+    let _ = stop.send(());
+    match tokio::time::timeout(service.grace, server).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::warn!("grace period over: remaining calls are cut off");
+            Ok(())
+        }
+    }
+}
+
+/// A server running in the background (tests, embedding): its address and a way to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub authority: Arc<LocalAuthority>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), StartError>>,
+}
+
+impl Running {
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) -> Result<(), StartError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("server task panicked")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Builds the service and serves it on `addr` in a background task.
+pub async fn start(settings: &Settings, addr: SocketAddr) -> Result<Running, StartError> {
+    let service = build(settings)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let authority = service.authority.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(service, listener, async {
+        stopped.await.ok();
+    }));
+    Ok(Running {
+        addr,
+        authority,
+        stop: Some(stop),
+        task,
+    })
+}
