@@ -1,45 +1,49 @@
-//! The JWT authenticator: a token is verified only with the keys of the one source whose issuer
-//! equals its `iss` (SPEC Part B 1), with the algorithms that source allows, then its claims are
-//! checked by the domain's rules.
+//! The JWT authenticator: a token is verified only with keys of the sources whose issuer equals
+//! its `iss` (SPEC Part B 1), with the algorithms those sources allow, then its claims are checked
+//! by the domain's rules. An issuer usually has one source; the service's own issuer may have two
+//! (its local authority, and a peer instance trusted through discovery).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use duo_workflow_domain::keys::KeySet;
 use duo_workflow_domain::policy::ClaimChecks;
 use duo_workflow_domain::ports::{Authenticator, Clock, KeySource, VerificationError};
 use duo_workflow_domain::request::BearerToken;
 use duo_workflow_domain::{Rejection, VerifiedClaims};
 
 use crate::jose::keys::PublicKey;
-use crate::jose::token::{SignatureFailure, UnverifiedToken, DEFAULT_MAX_TOKEN_BYTES};
+use crate::jose::token::{
+    SignatureFailure, SignatureVerified, UnverifiedToken, DEFAULT_MAX_TOKEN_BYTES,
+};
 
 pub type DynKeySource = Arc<dyn KeySource<PublicKey>>;
 
 pub struct JwtAuthenticator {
-    by_issuer: HashMap<String, DynKeySource>,
+    by_issuer: HashMap<String, Vec<DynKeySource>>,
     checks: ClaimChecks,
     clock: Arc<dyn Clock>,
     max_token_bytes: usize,
 }
 
 impl JwtAuthenticator {
-    /// Fails when two sources claim the same issuer: every issuer has exactly one source.
+    /// Fails when two sources share a name: names identify sources in logs and readiness.
     pub fn new(
         sources: Vec<DynKeySource>,
         checks: ClaimChecks,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
-        let mut by_issuer = HashMap::new();
+        let mut by_issuer: HashMap<String, Vec<DynKeySource>> = HashMap::new();
+        let mut names = std::collections::HashSet::new();
         for source in sources {
-            let issuer = source.issuer().as_str().to_owned();
-            if let Some(previous) = by_issuer.insert(issuer.clone(), source.clone()) {
-                return Err(format!(
-                    "key sources {:?} and {:?} both serve issuer {issuer:?}",
-                    previous.name(),
-                    source.name()
-                ));
+            if !names.insert(source.name().to_owned()) {
+                return Err(format!("two key sources are named {:?}", source.name()));
             }
+            by_issuer
+                .entry(source.issuer().as_str().to_owned())
+                .or_default()
+                .push(source);
         }
         Ok(Self {
             by_issuer,
@@ -53,39 +57,65 @@ impl JwtAuthenticator {
         self.max_token_bytes = max;
         self
     }
+
+    /// The signature check against the issuer's sources, refetching once on a miss.
+    async fn verify_signature(
+        &self,
+        token: &UnverifiedToken<'_>,
+        sources: &[DynKeySource],
+    ) -> Result<SignatureVerified, VerificationError> {
+        let allowed: Vec<&DynKeySource> = sources
+            .iter()
+            .filter(|s| s.algorithms().contains(&token.algorithm()))
+            .collect();
+        if allowed.is_empty() {
+            return Err(Rejection::AlgorithmNotAllowed.into());
+        }
+        let mut misses: Vec<(&DynKeySource, Arc<KeySet<PublicKey>>)> = Vec::new();
+        for source in &allowed {
+            let Some(keys) = source.current().filter(|k| !k.is_empty()) else {
+                continue;
+            };
+            match token.verify(&keys) {
+                Ok(proof) => return Ok(proof),
+                Err(SignatureFailure::Invalid) => return Err(Rejection::BadSignature.into()),
+                Err(SignatureFailure::NoMatchingKey) => misses.push((source, keys)),
+            }
+        }
+        if misses.is_empty() {
+            // No source of this issuer has ever produced usable keys: an outage, not a bad token.
+            return Err(VerificationError::KeysUnavailable(
+                allowed[0].issuer().clone(),
+            ));
+        }
+        // Perhaps the issuer rotated its keys: each source may refetch, once, rate-limited.
+        for (source, seen) in misses {
+            if let Some(newer) = source.refetch_after_miss(&seen).await {
+                match token.verify(&newer) {
+                    Ok(proof) => return Ok(proof),
+                    Err(SignatureFailure::Invalid) => return Err(Rejection::BadSignature.into()),
+                    Err(SignatureFailure::NoMatchingKey) => {}
+                }
+            }
+        }
+        Err(if token.kid().is_some() {
+            Rejection::UnknownKeyId
+        } else {
+            Rejection::BadSignature
+        }
+        .into())
+    }
 }
 
 #[async_trait]
 impl Authenticator for JwtAuthenticator {
     async fn authenticate(&self, token: &BearerToken) -> Result<VerifiedClaims, VerificationError> {
         let token = UnverifiedToken::parse(token.as_str(), self.max_token_bytes)?;
-        let source = self
+        let sources = self
             .by_issuer
             .get(token.claimed_issuer()?)
             .ok_or(Rejection::UnknownIssuer)?;
-        if !source.algorithms().contains(&token.algorithm()) {
-            return Err(Rejection::AlgorithmNotAllowed.into());
-        }
-        let keys = source
-            .current()
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| VerificationError::KeysUnavailable(source.issuer().clone()))?;
-        let proof = match token.verify(&keys) {
-            Ok(proof) => proof,
-            Err(SignatureFailure::Invalid) => return Err(Rejection::BadSignature.into()),
-            // Perhaps the issuer rotated its keys: the source may refetch, once, rate-limited.
-            Err(SignatureFailure::NoMatchingKey) => match source.refetch_after_miss().await {
-                Some(newer) => token.verify(&newer).map_err(|e| match e {
-                    SignatureFailure::Invalid => Rejection::BadSignature,
-                    SignatureFailure::NoMatchingKey if token.kid().is_some() => {
-                        Rejection::UnknownKeyId
-                    }
-                    SignatureFailure::NoMatchingKey => Rejection::BadSignature,
-                })?,
-                None if token.kid().is_some() => return Err(Rejection::UnknownKeyId.into()),
-                None => return Err(Rejection::BadSignature.into()),
-            },
-        };
+        let proof = self.verify_signature(&token, sources).await?;
         let claims = token.into_claims(proof)?;
         Ok(self.checks.accept(claims, self.clock.now())?)
     }

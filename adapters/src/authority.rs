@@ -60,6 +60,11 @@ impl LocalAuthority {
         }
     }
 
+    /// The issuer of user tokens: the service name.
+    pub fn issuer_name(&self) -> &str {
+        self.issuer.as_str()
+    }
+
     pub fn signing_key(&self) -> &SigningKey {
         &self.signing
     }

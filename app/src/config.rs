@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use duo_workflow_adapters::sources::fetch::{check_scheme, FetchPolicy};
+use duo_workflow_adapters::sources::{Locator, RefreshPolicy, RemoteSourceConfig};
 use duo_workflow_domain::keys::Algorithm;
 use duo_workflow_domain::policy::ClaimChecks;
-use duo_workflow_domain::ServiceName;
+use duo_workflow_domain::{Issuer, ServiceName};
 use serde::Deserialize;
+use std::time::Duration;
 use url::Url;
 
 /// A configuration problem, naming the field (file key or environment variable) at fault.
@@ -57,6 +60,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub upstream: UpstreamSection,
     #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
     pub key_sources: Vec<KeySourceConfig>,
@@ -70,6 +75,35 @@ pub struct AuthSection {
     pub oidc_customer_portal_url: Option<String>,
     pub leeway_seconds: Option<u32>,
     pub max_lifetime_seconds: Option<u32>,
+    /// Hold readiness until the GitLab / CustomersDot source has keys.
+    #[serde(default)]
+    pub oidc_gitlab_required: bool,
+    #[serde(default)]
+    pub oidc_customer_portal_required: bool,
+    /// Refresh tuning for the GitLab and CustomersDot sources.
+    #[serde(default)]
+    pub refresh: RefreshConfig,
+}
+
+/// Freshness settings of a remote key source; every key optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshConfig {
+    pub min_seconds: Option<u64>,
+    pub max_seconds: Option<u64>,
+    pub max_stale_seconds: Option<u64>,
+    pub miss_refetch_interval_seconds: Option<u64>,
+    pub miss_wait_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// The URL under which the published keys are reachable, e.g. `https://dws.example.com`;
+    /// by default derived from each request's `Host`.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +138,47 @@ pub struct LimitsSection {
 pub enum KeySourceConfig {
     /// An issuer's keys from a JWKS file or PEM public keys: no network.
     Static(StaticSourceConfig),
+    /// OIDC discovery: `{discovery_url or issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
+    Oidc(OidcSourceConfig),
+    /// A JWKS URL, without discovery.
+    Jwks(JwksSourceConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSourceConfig {
+    pub name: String,
+    /// The `iss` of the tokens, and the `issuer` the discovery document must state.
+    pub issuer: String,
+    /// Where to look for the discovery document, when it is not under the issuer itself (e.g. a
+    /// peer instance of this service, whose issuer is its service name).
+    pub discovery_url: Option<String>,
+    #[serde(default)]
+    pub required: bool,
+    /// Plain HTTP to a non-loopback host: development only.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// Default `["RS256"]`.
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub refresh: RefreshConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksSourceConfig {
+    pub name: String,
+    pub issuer: String,
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub refresh: RefreshConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,9 +225,10 @@ pub struct Settings {
     pub http_port: u16,
     pub service_name: ServiceName,
     pub auth_enabled: bool,
-    /// `None` when the variable is set empty: that source is disabled.
-    pub oidc_gitlab_url: Option<Url>,
-    pub oidc_customer_portal_url: Option<Url>,
+    /// The GitLab.com, CustomersDot and configured remote key sources (an empty URL disables
+    /// the first two).
+    pub remote_sources: Vec<RemoteSourceConfig>,
+    pub http_public_url: Option<String>,
     pub claim_checks: ClaimChecks,
     pub signing_key: Option<SecretPem>,
     pub validation_key: Option<SecretPem>,
@@ -217,21 +293,46 @@ impl Settings {
             None => file.auth.enabled.unwrap_or(true),
         };
 
-        let oidc_gitlab_url = optional_url(
-            ENV_OIDC_GITLAB_URL,
-            get(ENV_OIDC_GITLAB_URL),
-            ("auth.oidc_gitlab_url", file.auth.oidc_gitlab_url.as_deref()),
-            DEFAULT_GITLAB_URL,
-        )?;
-        let oidc_customer_portal_url = optional_url(
-            ENV_OIDC_CUSTOMER_PORTAL_URL,
-            get(ENV_OIDC_CUSTOMER_PORTAL_URL),
+        let mut remote_sources = Vec::new();
+        let builtin = [
             (
+                "gitlab",
+                ENV_OIDC_GITLAB_URL,
+                "auth.oidc_gitlab_url",
+                file.auth.oidc_gitlab_url.as_deref(),
+                DEFAULT_GITLAB_URL,
+                file.auth.oidc_gitlab_required,
+            ),
+            (
+                "customers-dot",
+                ENV_OIDC_CUSTOMER_PORTAL_URL,
                 "auth.oidc_customer_portal_url",
                 file.auth.oidc_customer_portal_url.as_deref(),
+                DEFAULT_CUSTOMER_PORTAL_URL,
+                file.auth.oidc_customer_portal_required,
             ),
-            DEFAULT_CUSTOMER_PORTAL_URL,
-        )?;
+        ];
+        for (name, env_field, file_field, file_value, default, required) in builtin {
+            let (field, value) = match (get(env_field), file_value) {
+                (Some(v), _) => (env_field, v),
+                (None, Some(v)) => (file_field, v),
+                (None, None) => (file_field, default),
+            };
+            let value = value.trim();
+            if value.is_empty() {
+                continue; // disabled
+            }
+            let issuer = issuer_url(field, value)?;
+            remote_sources.push(RemoteSourceConfig {
+                name: name.into(),
+                issuer: Issuer::new(issuer),
+                locator: Locator::Discovery { url: None },
+                algorithms: vec![Algorithm::RS256],
+                required,
+                fetch: fetch_policy("auth.refresh", &file.auth.refresh, false)?,
+                refresh: refresh_policy("auth.refresh", &file.auth.refresh)?,
+            });
+        }
 
         let mut claim_checks = ClaimChecks::new(service_name.clone());
         if let Some(l) = file.auth.leeway_seconds {
@@ -294,8 +395,28 @@ impl Settings {
         for (i, source) in file.key_sources.into_iter().enumerate() {
             match source {
                 KeySourceConfig::Static(s) => static_sources.push(static_source(i, s)?),
+                KeySourceConfig::Oidc(s) => remote_sources.push(oidc_source(i, s)?),
+                KeySourceConfig::Jwks(s) => remote_sources.push(jwks_source(i, s)?),
             }
         }
+        let mut names = std::collections::HashSet::from(["local-authority".to_owned()]);
+        for (i, name) in static_sources
+            .iter()
+            .map(|s| &s.name)
+            .chain(remote_sources.iter().map(|s| &s.name))
+            .enumerate()
+        {
+            if !names.insert(name.clone()) {
+                return Err(bad(
+                    format!("key_sources[{i}].name"),
+                    format!("{name:?} is used by another key source"),
+                ));
+            }
+        }
+        let http_public_url = match file.http.public_url {
+            None => None,
+            Some(u) => Some(issuer_url("http.public_url", &u)?),
+        };
 
         let limits = file.limits;
         let max_token_bytes = limits.max_token_bytes.unwrap_or(8 * 1024);
@@ -328,8 +449,8 @@ impl Settings {
             http_port,
             service_name,
             auth_enabled,
-            oidc_gitlab_url,
-            oidc_customer_portal_url,
+            remote_sources,
+            http_public_url,
             claim_checks,
             signing_key,
             validation_key,
@@ -361,22 +482,10 @@ pub fn parse_bool(field: &str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
-/// An issuer URL: the environment wins over the file, an empty value disables the source.
-fn optional_url(
-    env_field: &str,
-    env_value: Option<&str>,
-    (file_field, file_value): (&str, Option<&str>),
-    default: &str,
-) -> Result<Option<Url>, ConfigError> {
-    let (field, value) = match (env_value, file_value) {
-        (Some(v), _) => (env_field, v),
-        (None, Some(v)) => (file_field, v),
-        (None, None) => (file_field, default),
-    };
+/// An http(s) URL with a host and no query or fragment, returned without a trailing slash
+/// (GitLab's issuers are written without one).
+fn issuer_url(field: &str, value: &str) -> Result<String, ConfigError> {
     let value = value.trim();
-    if value.is_empty() {
-        return Ok(None);
-    }
     let url = Url::parse(value).map_err(|e| bad(field, format!("{value:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(bad(
@@ -387,7 +496,139 @@ fn optional_url(
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad(field, "an issuer URL has no query or fragment"));
     }
-    Ok(Some(url))
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+fn refresh_policy(field: &str, c: &RefreshConfig) -> Result<RefreshPolicy, ConfigError> {
+    let d = RefreshPolicy::default();
+    let secs = |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
+    let policy = RefreshPolicy {
+        min_interval: secs(c.min_seconds, d.min_interval),
+        max_interval: secs(c.max_seconds, d.max_interval),
+        max_stale: secs(c.max_stale_seconds, d.max_stale),
+        miss_refetch_interval: secs(c.miss_refetch_interval_seconds, d.miss_refetch_interval),
+        miss_wait: c
+            .miss_wait_ms
+            .map(Duration::from_millis)
+            .unwrap_or(d.miss_wait),
+        retry_initial: d.retry_initial,
+    };
+    if policy.min_interval.is_zero() {
+        return Err(bad(format!("{field}.min_seconds"), "must be positive"));
+    }
+    if policy.max_interval < policy.min_interval {
+        return Err(bad(
+            format!("{field}.max_seconds"),
+            "must be at least min_seconds",
+        ));
+    }
+    if policy.max_stale < policy.max_interval {
+        return Err(bad(
+            format!("{field}.max_stale_seconds"),
+            "must be at least max_seconds",
+        ));
+    }
+    if policy.miss_wait > Duration::from_secs(30) {
+        return Err(bad(
+            format!("{field}.miss_wait_ms"),
+            "must be at most 30000",
+        ));
+    }
+    Ok(policy)
+}
+
+fn fetch_policy(
+    field: &str,
+    c: &RefreshConfig,
+    allow_insecure_http: bool,
+) -> Result<FetchPolicy, ConfigError> {
+    let d = FetchPolicy::default();
+    let policy = FetchPolicy {
+        connect_timeout: c
+            .connect_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(d.connect_timeout),
+        total_timeout: c
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(d.total_timeout),
+        max_body_bytes: d.max_body_bytes,
+        allow_insecure_http,
+    };
+    if policy.connect_timeout.is_zero() || policy.total_timeout.is_zero() {
+        return Err(bad(
+            format!("{field}.timeout_ms"),
+            "timeouts must be positive",
+        ));
+    }
+    Ok(policy)
+}
+
+fn remote_algorithms(field: &str, names: &[String]) -> Result<Vec<Algorithm>, ConfigError> {
+    if names.is_empty() {
+        Ok(vec![Algorithm::RS256])
+    } else {
+        parse_algorithms(field, names)
+    }
+}
+
+fn oidc_source(i: usize, s: OidcSourceConfig) -> Result<RemoteSourceConfig, ConfigError> {
+    let field = |k: &str| format!("key_sources[{i}].{k}");
+    if s.name.trim().is_empty() {
+        return Err(bad(field("name"), "must not be empty"));
+    }
+    let discovery = match &s.discovery_url {
+        None => {
+            let issuer = issuer_url(&field("issuer"), &s.issuer)?;
+            check_scheme(
+                &Url::parse(&issuer).expect("checked"),
+                s.allow_insecure_http,
+            )
+            .map_err(|e| bad(field("issuer"), e))?;
+            None
+        }
+        Some(u) => {
+            let base = issuer_url(&field("discovery_url"), u)?;
+            let url = Url::parse(&base).expect("checked");
+            check_scheme(&url, s.allow_insecure_http)
+                .map_err(|e| bad(field("discovery_url"), e))?;
+            Some(url)
+        }
+    };
+    if s.issuer.trim().is_empty() {
+        return Err(bad(field("issuer"), "must not be empty"));
+    }
+    Ok(RemoteSourceConfig {
+        name: s.name,
+        issuer: Issuer::new(s.issuer.trim_end_matches('/')),
+        locator: Locator::Discovery { url: discovery },
+        algorithms: remote_algorithms(&field("algorithms"), &s.algorithms)?,
+        required: s.required,
+        fetch: fetch_policy(&field("refresh"), &s.refresh, s.allow_insecure_http)?,
+        refresh: refresh_policy(&field("refresh"), &s.refresh)?,
+    })
+}
+
+fn jwks_source(i: usize, s: JwksSourceConfig) -> Result<RemoteSourceConfig, ConfigError> {
+    let field = |k: &str| format!("key_sources[{i}].{k}");
+    if s.name.trim().is_empty() {
+        return Err(bad(field("name"), "must not be empty"));
+    }
+    if s.issuer.is_empty() {
+        return Err(bad(field("issuer"), "must not be empty"));
+    }
+    let url =
+        Url::parse(&s.jwks_uri).map_err(|e| bad(field("jwks_uri"), format!("not a URL: {e}")))?;
+    check_scheme(&url, s.allow_insecure_http).map_err(|e| bad(field("jwks_uri"), e))?;
+    Ok(RemoteSourceConfig {
+        name: s.name,
+        issuer: Issuer::new(s.issuer),
+        locator: Locator::Jwks(url),
+        algorithms: remote_algorithms(&field("algorithms"), &s.algorithms)?,
+        required: s.required,
+        fetch: fetch_policy(&field("refresh"), &s.refresh, s.allow_insecure_http)?,
+        refresh: refresh_policy(&field("refresh"), &s.refresh)?,
+    })
 }
 
 fn secret(
@@ -472,11 +713,8 @@ mod tests {
         assert_eq!(s.http_port, 50053);
         assert!(s.auth_enabled);
         assert_eq!(s.service_name.as_str(), "gitlab-duo-workflow-service");
-        assert_eq!(s.oidc_gitlab_url.unwrap().as_str(), "https://gitlab.com/");
-        assert_eq!(
-            s.oidc_customer_portal_url.unwrap().as_str(),
-            "https://customers.gitlab.com/"
-        );
+        let issuers: Vec<&str> = s.remote_sources.iter().map(|r| r.issuer.as_str()).collect();
+        assert_eq!(issuers, ["https://gitlab.com", "https://customers.gitlab.com"]);
         assert!(s.signing_key.is_none() && s.upstream_url.is_none());
     }
 
@@ -508,7 +746,7 @@ mod tests {
             (ENV_OIDC_CUSTOMER_PORTAL_URL, " "),
         ]))
         .unwrap();
-        assert!(s.oidc_gitlab_url.is_none() && s.oidc_customer_portal_url.is_none());
+        assert!(s.remote_sources.is_empty());
     }
 
     #[test]

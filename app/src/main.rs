@@ -190,12 +190,16 @@ async fn serve(config: Option<PathBuf>, listen: IpAddr) -> Result<(), String> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let settings = Settings::load(config.as_deref(), &env).map_err(|e| e.to_string())?;
     let service = server::build(&settings).map_err(|e| e.to_string())?;
-    let addr = SocketAddr::new(listen, settings.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving gRPC");
-    server::serve(service, listener, shutdown_signal())
+    let listeners = server::Listeners::bind(
+        SocketAddr::new(listen, settings.port),
+        SocketAddr::new(listen, settings.http_port),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let local =
+        |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(grpc = %local(&listeners.grpc), published_keys = %local(&listeners.http), "serving");
+    server::serve(service, listeners, shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");

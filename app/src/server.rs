@@ -9,7 +9,8 @@ use duo_workflow_adapters::authenticator::{DynKeySource, JwtAuthenticator};
 use duo_workflow_adapters::authority::LocalAuthority;
 use duo_workflow_adapters::clock::SystemClock;
 use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
-use duo_workflow_adapters::sources::StaticKeySource;
+use duo_workflow_adapters::sources::{RemoteKeySource, StaticKeySource};
+use duo_workflow_adapters::transport::published_keys::PublishedKeys;
 use duo_workflow_adapters::transport::{self, Limits, UpstreamExecutor, WorkflowService};
 use duo_workflow_contract::duo_workflow_server::DuoWorkflowServer;
 use duo_workflow_domain::gatekeeper::{AuthMode, Gatekeeper, UnitPrimitiveAuthorizer};
@@ -47,6 +48,11 @@ pub struct Service {
     pub gatekeeper: Arc<Gatekeeper>,
     pub workflow: WorkflowService,
     pub authority: Arc<LocalAuthority>,
+    /// Every key source, for readiness.
+    pub sources: Vec<DynKeySource>,
+    /// The sources that refresh in the background once serving starts.
+    pub remote: Vec<Arc<RemoteKeySource>>,
+    pub published_keys: Arc<PublishedKeys>,
     pub limits: Limits,
     pub grace: Duration,
 }
@@ -92,6 +98,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     let authority = Arc::new(authority(settings, clock.as_ref())?);
 
     let mut sources: Vec<DynKeySource> = vec![authority.clone()];
+    let readiness_sources: Vec<DynKeySource>;
     for s in &settings.static_sources {
         let issuer = Issuer::new(s.issuer.clone());
         let source = match &s.keys {
@@ -110,15 +117,29 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         tracing::info!(source = %s.name, issuer = %s.issuer, kids = ?source.current_kids(), "static key source loaded");
         sources.push(Arc::new(source));
     }
-    for (name, url) in [
-        ("gitlab", &settings.oidc_gitlab_url),
-        ("customers-dot", &settings.oidc_customer_portal_url),
+    let mut remote = Vec::new();
+    for config in &settings.remote_sources {
+        let source = RemoteKeySource::new(config.clone(), clock.clone())
+            .map_err(|e| config_error(&format!("key source {:?}", config.name), e))?;
+        tracing::info!(
+            source = %config.name,
+            issuer = %config.issuer,
+            locator = ?config.locator,
+            required = config.required,
+            "remote key source configured; its keys load in the background"
+        );
+        sources.push(source.clone());
+        remote.push(source);
+    }
+    for (name, env) in [
+        ("gitlab", crate::config::ENV_OIDC_GITLAB_URL),
+        ("customers-dot", crate::config::ENV_OIDC_CUSTOMER_PORTAL_URL),
     ] {
-        match url {
-            Some(url) => tracing::info!(source = name, %url, "OIDC issuer configured"),
-            None => tracing::info!(source = name, "OIDC issuer disabled by an empty URL"),
+        if !settings.remote_sources.iter().any(|s| s.name == name) {
+            tracing::info!(source = name, "key source disabled: {env} is empty");
         }
     }
+    readiness_sources = sources.clone();
 
     let mode = if settings.auth_enabled {
         let authenticator =
@@ -158,7 +179,13 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     Ok(Service {
         gatekeeper,
         workflow,
+        published_keys: Arc::new(PublishedKeys::new(
+            authority.clone(),
+            settings.http_public_url.clone(),
+        )),
         authority,
+        sources: readiness_sources,
+        remote,
         limits: Limits {
             max_header_list_bytes: settings.max_header_list_bytes,
             max_concurrent_streams: settings.max_concurrent_streams,
@@ -167,53 +194,151 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     })
 }
 
-/// Serves on `listener` until `shutdown` resolves; then lets in-flight calls finish for the
+/// The service's listeners: gRPC, and HTTP for the published keys.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> Result<Self, StartError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })
+        };
+        Ok(Self {
+            grpc: bind(grpc).await?,
+            http: bind(http).await?,
+        })
+    }
+}
+
+/// The name under which readiness reports a key source.
+pub fn health_name(source: &str) -> String {
+    format!("key-source/{source}")
+}
+
+/// Keeps the health service in step with the key sources: one entry per source (serving when it
+/// has keys), and the overall state and `DuoWorkflow` serving once every required source has keys.
+async fn report_readiness(
+    reporter: tonic_health::server::HealthReporter,
+    sources: Vec<DynKeySource>,
+) {
+    use tonic_health::ServingStatus;
+    let status = |ok: bool| {
+        if ok {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    };
+    let mut last: Option<Vec<bool>> = None;
+    loop {
+        let states: Vec<bool> = sources.iter().map(|s| s.state().has_keys()).collect();
+        if last.as_ref() != Some(&states) {
+            for (source, ok) in sources.iter().zip(&states) {
+                reporter
+                    .set_service_status(health_name(source.name()), status(*ok))
+                    .await;
+            }
+            let ready = sources
+                .iter()
+                .zip(&states)
+                .all(|(s, ok)| *ok || !s.required());
+            reporter.set_service_status("", status(ready)).await;
+            if ready {
+                reporter
+                    .set_serving::<DuoWorkflowServer<WorkflowService>>()
+                    .await;
+            } else {
+                reporter
+                    .set_not_serving::<DuoWorkflowServer<WorkflowService>>()
+                    .await;
+            }
+            last = Some(states);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Serves until `shutdown` resolves; then stops accepting, lets in-flight calls finish for the
 /// grace period, and returns.
 pub async fn serve(
     service: Service,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    for source in &service.remote {
+        source.spawn_refresh();
+    }
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<DuoWorkflowServer<WorkflowService>>()
-        .await;
-    let (stop, stopped) = oneshot::channel::<()>();
+    let readiness = tokio::spawn(report_readiness(
+        health_reporter.clone(),
+        service.sources.clone(),
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopped_http = {
+        let mut rx = stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let http = tokio::spawn(
+        service
+            .published_keys
+            .clone()
+            .serve(listeners.http, stopped_http),
+    );
     let server = transport::serve(
-        listener,
+        listeners.grpc,
         service.gatekeeper,
         service.workflow,
         health,
         service.limits,
-        async {
-            stopped.await.ok();
+        async move {
+            let mut rx = stopped;
+            let _ = rx.wait_for(|s| *s).await;
         },
     );
     tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return Ok(result?),
-        () = shutdown => {}
-    }
-    tracing::info!(
-        grace_seconds = service.grace.as_secs(),
-        "shutting down: no new connections, in-flight calls may finish"
-    );
-    health_reporter
-        .set_not_serving::<DuoWorkflowServer<WorkflowService>>()
-        .await;
-    let _ = stop.send(());
-    match tokio::time::timeout(service.grace, server).await {
-        Ok(result) => Ok(result?),
-        Err(_) => {
-            tracing::warn!("grace period over: remaining calls are cut off");
-            Ok(())
+    let result = tokio::select! {
+        result = &mut server => Some(result),
+        () = shutdown => None,
+    };
+    readiness.abort();
+    let result = match result {
+        Some(result) => result,
+        None => {
+            tracing::info!(
+                grace_seconds = service.grace.as_secs(),
+                "shutting down: no new calls; in-flight calls may finish"
+            );
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            let _ = stop.send(true);
+            match tokio::time::timeout(service.grace, server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("grace period over: remaining calls are cut off");
+                    Ok(())
+                }
+            }
         }
-    }
+    };
+    let _ = stop.send(true);
+    let _ = http.await;
+    Ok(result?)
 }
 
 /// A server running in the background (tests, embedding): its address and a way to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub authority: Arc<LocalAuthority>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), StartError>>,
@@ -237,26 +362,29 @@ impl Drop for Running {
     }
 }
 
-/// Builds the service and serves it on `addr` in a background task.
-pub async fn start(settings: &Settings, addr: SocketAddr) -> Result<Running, StartError> {
+/// Builds the service and serves it on the given addresses in a background task.
+pub async fn start(
+    settings: &Settings,
+    grpc: SocketAddr,
+    http: SocketAddr,
+) -> Result<Running, StartError> {
     let service = build(settings)?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: addr.to_string(),
+    let listeners = Listeners::bind(grpc, http).await?;
+    let local = |l: &TcpListener| {
+        l.local_addr().map_err(|source| StartError::Bind {
+            addr: grpc.to_string(),
             source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
+        })
+    };
+    let (addr, http_addr) = (local(&listeners.grpc)?, local(&listeners.http)?);
     let authority = service.authority.clone();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(service, listener, async {
+    let task = tokio::spawn(serve(service, listeners, async {
         stopped.await.ok();
     }));
     Ok(Running {
         addr,
+        http_addr,
         authority,
         stop: Some(stop),
         task,

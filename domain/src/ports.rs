@@ -108,10 +108,11 @@ pub trait KeySource<K>: Send + Sync {
     /// The current keys; `None` while the source has never produced keys.
     fn current(&self) -> Option<Arc<KeySet<K>>>;
 
-    /// Called when no current key verified a token (unknown `kid`, or a kid-less token). A source
-    /// that can refetch does so here, rate-limited and single-flight, and returns the newer set;
-    /// sources whose keys cannot change return `None`.
-    async fn refetch_after_miss(&self) -> Option<Arc<KeySet<K>>> {
+    /// Called when no key of `seen` (the set the caller tried) verified a token: an unknown `kid`,
+    /// or a kid-less token. A source that can refetch does so here, rate-limited and
+    /// single-flight, and returns a newer set; sources whose keys cannot change return `None`.
+    async fn refetch_after_miss(&self, seen: &Arc<KeySet<K>>) -> Option<Arc<KeySet<K>>> {
+        let _ = seen;
         None
     }
 

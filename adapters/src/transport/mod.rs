@@ -3,6 +3,7 @@
 
 pub mod authentication;
 pub mod metadata;
+pub mod published_keys;
 pub mod request_id;
 pub mod workflow;
 

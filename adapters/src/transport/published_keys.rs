@@ -1,0 +1,142 @@
+//! The local authority's public keys over HTTP, so that other services (or another instance of
+//! this one) can verify user tokens through OIDC discovery:
+//! `GET /.well-known/openid-configuration` and `GET /oauth/discovery/keys`.
+//!
+//! The discovery document's `issuer` is the service name, because that is the `iss` of the user
+//! tokens, and OIDC discovery requires the two to be identical. `jwks_uri` is built from the
+//! configured public URL, or from the request's `Host` when none is configured.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::authority::LocalAuthority;
+
+pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+pub const JWKS_PATH: &str = "/oauth/discovery/keys";
+
+/// Peers should notice a rotation within minutes; the keys change only on restart.
+const CACHE_CONTROL: &str = "public, max-age=300";
+
+pub struct PublishedKeys {
+    authority: Arc<LocalAuthority>,
+    /// e.g. `https://duo-workflow.example.com`; no trailing slash.
+    public_url: Option<String>,
+    /// Rendered once: the keys never change while the process runs.
+    jwks: Bytes,
+}
+
+impl PublishedKeys {
+    pub fn new(authority: Arc<LocalAuthority>, public_url: Option<String>) -> Self {
+        let jwks = Bytes::from(serde_json::to_vec(&authority.jwks()).expect("JSON"));
+        let public_url = public_url.map(|u| u.trim_end_matches('/').to_owned());
+        Self {
+            authority,
+            public_url,
+            jwks,
+        }
+    }
+
+    fn base_url<B>(&self, req: &Request<B>) -> Option<String> {
+        if let Some(url) = &self.public_url {
+            return Some(url.clone());
+        }
+        let host = req.headers().get(header::HOST)?.to_str().ok()?;
+        let sane = !host.is_empty()
+            && host.len() <= 255
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+        sane.then(|| format!("http://{host}"))
+    }
+
+    pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET");
+        }
+        match req.uri().path() {
+            JWKS_PATH => json_response(self.jwks.clone()),
+            DISCOVERY_PATH => {
+                let Some(base) = self.base_url(req) else {
+                    return plain(StatusCode::BAD_REQUEST, "no usable Host header");
+                };
+                let algs: Vec<&str> = std::iter::once(self.authority.signing_key())
+                    .chain(self.authority.validation_key())
+                    .map(|k| k.algorithm().jose_name())
+                    .collect();
+                let doc = json!({
+                    "issuer": self.authority.issuer_name(),
+                    "jwks_uri": format!("{base}{JWKS_PATH}"),
+                    "id_token_signing_alg_values_supported": algs,
+                    "subject_types_supported": ["public"],
+                    "response_types_supported": ["id_token"],
+                });
+                json_response(Bytes::from(serde_json::to_vec(&doc).expect("JSON")))
+            }
+            _ => plain(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    /// Serves until `shutdown` resolves. Each connection is HTTP/1.1, with a header read timeout.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!("published keys listener: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return,
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let response = this.respond(&req);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10));
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+}
+
+fn json_response(body: Bytes) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, CACHE_CONTROL)
+        .body(Full::new(body))
+        .expect("static response")
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from_static(text.as_bytes())))
+        .expect("static response")
+}
