@@ -1,0 +1,234 @@
+//! End-to-end tests with every real adapter: tokens minted the way `token mint` mints them, the
+//! static key source, the local authority, the tonic transport, and a fake workflow executor.
+
+mod support;
+
+use duo_workflow_adapters::authority::LocalAuthority;
+use duo_workflow_adapters::jose::token;
+use duo_workflow_domain::user_token::UserTokenGrant;
+use duo_workflow_domain::{ServiceName, UnitPrimitive, UnixTime};
+use duo_workflow_service::cli::mint;
+use duo_workflow_service::config::{ENV_AUTH_ENABLED, ENV_SIGNING_KEY, ENV_UPSTREAM_URL, ENV_VALIDATION_KEY};
+use support::{
+    assert_status, decode_segment, execute_workflow, generate_token, instance_request, key, start_service,
+    static_source_config, Headers, TempDir, EXECUTE, GENERATE, SERVICE,
+};
+use tonic::Code;
+
+const GITLAB: &str = "https://gitlab.test";
+
+#[tokio::test]
+async fn instance_token_to_user_token_to_workflow() {
+    let dir = TempDir::new();
+    let instance_key = key("rs256-instance");
+    let authority = key("rs256-authority");
+    let config = static_source_config(&dir, GITLAB, &[&instance_key]);
+    let executor = support::executor::start().await;
+    let upstream = format!("http://{}", executor.addr);
+    let service = start_service(
+        Some(&config),
+        &[(ENV_SIGNING_KEY, authority.pem.as_str()), (ENV_UPSTREAM_URL, upstream.as_str())],
+    )
+    .await
+    .unwrap();
+
+    // GitLab Rails minted kid-less tokens; newer issuers send a kid. Both verify.
+    for with_kid in [false, true] {
+        let mut request = instance_request(GITLAB, &[GENERATE]);
+        request.with_kid = with_kid;
+        request.duo_seat_count = Some("12".into());
+        let instance_token = mint(&instance_key.key, &request);
+        let mut headers = Headers::bearer(&instance_token);
+        headers.realm = Some("self-managed".into());
+        headers.duo_seat_count = Some("12".into());
+        let response = generate_token(service.addr, &headers).await.unwrap();
+
+        let header = decode_segment(&response.token, 0);
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(header["typ"], "JWT");
+        assert_eq!(header["kid"], authority.kid());
+        let claims = decode_segment(&response.token, 1);
+        assert_eq!(claims["iss"], SERVICE);
+        assert_eq!(claims["aud"], SERVICE);
+        assert_eq!(claims["sub"], "user-77");
+        assert_eq!(claims["gitlab_realm"], "self-managed");
+        assert_eq!(claims["gitlab_instance_id"], "instance-1");
+        assert_eq!(claims["scopes"], serde_json::json!([EXECUTE]));
+        assert_eq!(claims["duo_seat_count"], "12");
+        assert_eq!(claims["iat"], claims["nbf"]);
+        assert_eq!(claims["exp"].as_i64().unwrap(), claims["iat"].as_i64().unwrap() + 3600);
+        assert_eq!(claims["exp"].as_i64().unwrap(), response.expires_at);
+        assert!(uuid::Uuid::parse_str(claims["jti"].as_str().unwrap()).is_ok());
+
+        // The user token runs a workflow; the executor sees the caller's metadata.
+        let user_headers = Headers::bearer(&response.token);
+        assert_eq!(execute_workflow(service.addr, &user_headers).await.unwrap(), ["action-1", "action-2"]);
+        // ...and cannot mint further tokens.
+        assert_status(
+            generate_token(service.addr, &user_headers).await,
+            Code::PermissionDenied,
+            "Unauthorized to generate token",
+        );
+    }
+    let seen = executor.executor.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].header("x-gitlab-global-user-id"), Some("user-77"));
+    assert!(seen[0].header("authorization").unwrap().starts_with("Bearer "));
+    assert!(seen[0].header("x-request-id").is_some());
+    service.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_validation_key_keeps_previous_user_tokens_valid() {
+    let dir = TempDir::new();
+    let instance_key = key("rs256-instance");
+    let (current, previous, stranger) = (key("rs256-authority"), key("es256-previous"), key("rs256-stranger"));
+    let config = static_source_config(&dir, GITLAB, &[&instance_key]);
+    let service = start_service(
+        Some(&config),
+        &[(ENV_SIGNING_KEY, current.pem.as_str()), (ENV_VALIDATION_KEY, previous.pem.as_str())],
+    )
+    .await
+    .unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let grant = UserTokenGrant {
+        service: ServiceName::new(SERVICE),
+        subject: "user-77".into(),
+        realm: Some("self-managed".into()),
+        instance_id: Some("instance-1".into()),
+        scopes: vec![UnitPrimitive::execute_workflow()],
+        duo_seat_count: None,
+        issued_at: UnixTime::from_secs(now).unwrap(),
+        expires_at: UnixTime::from_secs(now + 3600).unwrap(),
+    };
+    let claims = LocalAuthority::user_token_claims(&grant, "jti-1");
+    for (signer, with_kid) in [(&previous, true), (&previous, false)] {
+        let user_token = token::sign(&signer.key, &claims, with_kid);
+        assert_status(
+            execute_workflow(service.addr, &Headers::bearer(&user_token)).await,
+            Code::Unimplemented,
+            "No workflow executor configured",
+        );
+    }
+    for with_kid in [true, false] {
+        let forged = token::sign(&stranger.key, &claims, with_kid);
+        assert_status(
+            execute_workflow(service.addr, &Headers::bearer(&forged)).await,
+            Code::Unauthenticated,
+            "Forbidden by auth provider",
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_key_serves_only_its_own_issuer() {
+    let dir = TempDir::new();
+    let instance_key = key("rs256-instance");
+    let config = static_source_config(&dir, GITLAB, &[&instance_key]);
+    let service = start_service(Some(&config), &[]).await.unwrap();
+    // The instance key signs for its issuer...
+    let good = mint(&instance_key.key, &instance_request(GITLAB, &[EXECUTE]));
+    assert!(generate_token(service.addr, &Headers::bearer(&good)).await.is_ok());
+    // ...but not for another issuer, nor for the service's own (which would bind `sub` to the
+    // user header instead of the instance).
+    for issuer in ["https://customers.gitlab.test", SERVICE] {
+        let forged = mint(&instance_key.key, &instance_request(issuer, &[EXECUTE]));
+        let mut headers = Headers::bearer(&forged);
+        headers.global_user_id = Some("instance-1".into());
+        assert_status(
+            execute_workflow(service.addr, &headers).await,
+            Code::Unauthenticated,
+            "Forbidden by auth provider",
+        );
+    }
+}
+
+#[tokio::test]
+async fn pem_static_sources_serve_ec_and_ed25519_keys() {
+    let dir = TempDir::new();
+    let (es, ed) = (key("es256-instance"), key("eddsa-instance"));
+    let pem = format!("{}{}", es.key.public_key().to_pem(), ed.key.public_key().to_pem());
+    let pem_path = dir.write("keys.pem", &pem);
+    let config = dir.write(
+        "config.toml",
+        &format!(
+            "[[key_sources]]\ntype = \"static\"\nname = \"pem\"\nissuer = \"{GITLAB}\"\npem_file = \"{}\"\n",
+            pem_path.display()
+        ),
+    );
+    let service = start_service(Some(&config), &[]).await.unwrap();
+    for signer in [&es, &ed] {
+        for with_kid in [true, false] {
+            let mut request = instance_request(GITLAB, &[EXECUTE]);
+            request.with_kid = with_kid;
+            let t = mint(&signer.key, &request);
+            assert!(generate_token(service.addr, &Headers::bearer(&t)).await.is_ok());
+        }
+    }
+}
+
+#[tokio::test]
+async fn debug_mode_in_any_letter_case() {
+    let executor = support::executor::start().await;
+    let upstream = format!("http://{}", executor.addr);
+    let service =
+        start_service(None, &[(ENV_AUTH_ENABLED, "FaLsE"), (ENV_UPSTREAM_URL, upstream.as_str())]).await.unwrap();
+    let mut headers = Headers::none();
+    headers.global_user_id = Some("user-5".into());
+    let response = generate_token(service.addr, &headers).await.unwrap();
+    assert_eq!(decode_segment(&response.token, 1)["sub"], "user-5");
+    assert_eq!(execute_workflow(service.addr, &Headers::none()).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn expired_and_foreign_audience_tokens_are_refused_and_the_service_goes_on() {
+    let dir = TempDir::new();
+    let instance_key = key("rs256-instance");
+    let config = static_source_config(&dir, GITLAB, &[&instance_key]);
+    let service = start_service(Some(&config), &[]).await.unwrap();
+    let mut wrong_audience = instance_request(GITLAB, &[EXECUTE]);
+    wrong_audience.audience = vec!["gitlab-ai-gateway".into()];
+    let mut too_long = instance_request(GITLAB, &[EXECUTE]);
+    too_long.lifetime_seconds = 30 * 24 * 3600;
+    for request in [wrong_audience, too_long] {
+        let t = mint(&instance_key.key, &request);
+        assert_status(
+            generate_token(service.addr, &Headers::bearer(&t)).await,
+            Code::Unauthenticated,
+            "Forbidden by auth provider",
+        );
+    }
+    let good = mint(&instance_key.key, &instance_request(GITLAB, &[EXECUTE]));
+    assert!(generate_token(service.addr, &Headers::bearer(&good)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_bad_signing_key_stops_start_up_naming_the_variable() {
+    let error = start_service(None, &[(ENV_SIGNING_KEY, "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")])
+        .await
+        .err()
+        .expect("start-up must fail");
+    let message = error.to_string();
+    assert!(message.contains(ENV_SIGNING_KEY), "{message}");
+    assert!(!message.contains("AAAA"), "key material leaked into the error: {message}");
+}
+
+#[tokio::test]
+async fn pkcs1_signing_keys_load() {
+    // What `openssl genrsa` and Ruby write: BEGIN RSA PRIVATE KEY.
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    let pkcs8 = key("rs256-authority");
+    let private = rsa::RsaPrivateKey::from_pkcs8_pem(&pkcs8.pem).unwrap();
+    let pkcs1 = private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap().to_string();
+    assert!(pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    let service = start_service(None, &[(ENV_SIGNING_KEY, pkcs1.as_str()), (ENV_AUTH_ENABLED, "false")]).await.unwrap();
+    let mut headers = Headers::none();
+    headers.global_user_id = Some("u".into());
+    let response = generate_token(service.addr, &headers).await.unwrap();
+    assert_eq!(decode_segment(&response.token, 0)["kid"], pkcs1_kid(&pkcs1));
+}
+
+fn pkcs1_kid(pem: &str) -> String {
+    duo_workflow_adapters::jose::signing::SigningKey::from_pem(pem).unwrap().kid().to_owned()
+}

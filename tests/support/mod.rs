@@ -1,0 +1,247 @@
+//! Test fixtures shared by the contract and end-to-end tests: keys, tokens, gRPC calls with
+//! metadata, a fake OIDC provider and a fake workflow executor. Everything binds 127.0.0.1:0.
+#![allow(dead_code)]
+
+pub mod executor;
+pub mod provider;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
+use duo_workflow_contract::duo_workflow_client::DuoWorkflowClient;
+use duo_workflow_contract::{client_event, ClientEvent, GenerateTokenRequest, GenerateTokenResponse, StartWorkflowRequest};
+use duo_workflow_domain::keys::Algorithm;
+use duo_workflow_service::cli::{mint, MintRequest};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+pub const SERVICE: &str = "gitlab-duo-workflow-service";
+pub const EXECUTE: &str = "duo_workflow_execute_workflow";
+pub const GENERATE: &str = "duo_workflow_generate_token";
+
+/// A private key generated once per test binary (RSA generation is the slow part), by label.
+pub fn key(label: &str) -> Arc<SigningKeyPem> {
+    static KEYS: OnceLock<std::sync::Mutex<HashMap<String, Arc<SigningKeyPem>>>> = OnceLock::new();
+    let mut keys = KEYS.get_or_init(Default::default).lock().unwrap();
+    keys.entry(label.to_owned())
+        .or_insert_with(|| {
+            let alg = if label.starts_with("es256") {
+                Algorithm::ES256
+            } else if label.starts_with("eddsa") {
+                Algorithm::EdDSA
+            } else {
+                Algorithm::RS256
+            };
+            Arc::new(SigningKeyPem::new(generate_pem(alg).unwrap()))
+        })
+        .clone()
+}
+
+/// A private key with its PEM text.
+pub struct SigningKeyPem {
+    pub pem: String,
+    pub key: SigningKey,
+}
+
+impl SigningKeyPem {
+    pub fn new(pem: String) -> Self {
+        let key = SigningKey::from_pem(&pem).unwrap();
+        Self { pem, key }
+    }
+
+    /// The public JWK of this key, with its thumbprint kid.
+    pub fn jwk(&self) -> serde_json::Value {
+        self.key.public_key().to_jwk(self.key.kid())
+    }
+
+    pub fn kid(&self) -> &str {
+        self.key.kid()
+    }
+}
+
+/// An instance token like GitLab's, for `issuer`, with the given scopes.
+pub fn instance_token(key: &SigningKeyPem, issuer: &str, scopes: &[&str]) -> String {
+    mint(&key.key, &instance_request(issuer, scopes))
+}
+
+pub fn instance_request(issuer: &str, scopes: &[&str]) -> MintRequest {
+    MintRequest {
+        issuer: issuer.into(),
+        audience: vec![SERVICE.into()],
+        subject: None,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        realm: Some("self-managed".into()),
+        instance_id: Some("instance-1".into()),
+        duo_seat_count: None,
+        lifetime_seconds: 3600,
+        with_kid: true,
+    }
+}
+
+/// The Cloud Connector metadata of a request; `None` leaves a header out.
+#[derive(Debug, Clone)]
+pub struct Headers {
+    pub authorization: Option<String>,
+    pub authentication_type: Option<String>,
+    pub realm: Option<String>,
+    pub instance_id: Option<String>,
+    pub global_user_id: Option<String>,
+    pub duo_seat_count: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Headers {
+    /// The headers an instance `instance-1` on a self-managed realm sends with `token`.
+    pub fn bearer(token: &str) -> Self {
+        Self {
+            authorization: Some(format!("Bearer {token}")),
+            authentication_type: Some("oidc".into()),
+            realm: Some("self-managed".into()),
+            instance_id: Some("instance-1".into()),
+            global_user_id: Some("user-77".into()),
+            duo_seat_count: None,
+            request_id: None,
+        }
+    }
+
+    pub fn none() -> Self {
+        Self {
+            authorization: None,
+            authentication_type: None,
+            realm: None,
+            instance_id: None,
+            global_user_id: None,
+            duo_seat_count: None,
+            request_id: None,
+        }
+    }
+
+    pub fn apply(&self, md: &mut MetadataMap) {
+        let pairs = [
+            ("authorization", &self.authorization),
+            ("x-gitlab-authentication-type", &self.authentication_type),
+            ("x-gitlab-realm", &self.realm),
+            ("x-gitlab-instance-id", &self.instance_id),
+            ("x-gitlab-global-user-id", &self.global_user_id),
+            ("x-gitlab-duo-seat-count", &self.duo_seat_count),
+            ("x-request-id", &self.request_id),
+        ];
+        for (name, value) in pairs {
+            if let Some(v) = value {
+                md.insert(name, MetadataValue::try_from(v.as_str()).unwrap());
+            }
+        }
+    }
+}
+
+pub async fn client(addr: SocketAddr) -> DuoWorkflowClient<Channel> {
+    DuoWorkflowClient::connect(format!("http://{addr}")).await.unwrap()
+}
+
+pub async fn generate_token(addr: SocketAddr, headers: &Headers) -> Result<GenerateTokenResponse, Status> {
+    let mut req = tonic::Request::new(GenerateTokenRequest { workflow_definition: None });
+    headers.apply(req.metadata_mut());
+    client(addr).await.generate_token(req).await.map(|r| r.into_inner())
+}
+
+pub fn start_event(goal: &str) -> ClientEvent {
+    ClientEvent {
+        response: Some(client_event::Response::StartRequest(StartWorkflowRequest {
+            goal: goal.into(),
+            workflow_id: "wf-1".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Opens `ExecuteWorkflow`, sends a start request, and collects every action until the stream
+/// ends; returns the actions' request ids, or the status the stream ended with.
+pub async fn execute_workflow(addr: SocketAddr, headers: &Headers) -> Result<Vec<String>, Status> {
+    let events = futures::stream::iter(vec![start_event("write a poem")]);
+    let mut req = tonic::Request::new(events);
+    headers.apply(req.metadata_mut());
+    let mut stream = client(addr).await.execute_workflow(req).await?.into_inner();
+    let mut actions = Vec::new();
+    while let Some(action) = stream.message().await? {
+        actions.push(action.request_id);
+    }
+    Ok(actions)
+}
+
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, details: &str) {
+    match result {
+        Ok(v) => panic!("expected {code:?} {details:?}, got success {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "details were {:?}", s.message());
+            assert_eq!(s.message(), details);
+        }
+    }
+}
+
+/// Decodes a JWT segment without verifying (for asserting what a minted token says).
+pub fn decode_segment(token: &str, index: usize) -> serde_json::Value {
+    use base64::Engine;
+    let seg = token.split('.').nth(index).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(seg).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// A scratch directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("dws-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts the real service (every real adapter) on 127.0.0.1:0 from a configuration file and
+/// environment variables, exactly as `serve` reads them. The GitLab.com and CustomersDot sources
+/// are disabled unless `env` names them: no test touches the internet.
+pub async fn start_service(
+    file: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
+    let mut vars: HashMap<String, String> = [
+        (duo_workflow_service::config::ENV_OIDC_GITLAB_URL, ""),
+        (duo_workflow_service::config::ENV_OIDC_CUSTOMER_PORTAL_URL, ""),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let settings = duo_workflow_service::config::Settings::load(file, &vars)?;
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    duo_workflow_service::server::start(&settings, loopback, loopback).await
+}
+
+/// A configuration file with one static key source serving `keys` for `issuer`.
+pub fn static_source_config(dir: &TempDir, issuer: &str, keys: &[&SigningKeyPem]) -> std::path::PathBuf {
+    let jwks = serde_json::json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() });
+    let jwks_path = dir.write("instance.jwks", &jwks.to_string());
+    dir.write(
+        "config.toml",
+        &format!(
+            "[[key_sources]]\ntype = \"static\"\nname = \"test-gitlab\"\nissuer = \"{issuer}\"\njwks_file = \"{}\"\n",
+            jwks_path.display()
+        ),
+    )
+}
