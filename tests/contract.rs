@@ -12,11 +12,14 @@ use async_trait::async_trait;
 use duo_workflow_adapters::transport::{self, Limits, UpstreamExecutor, WorkflowService};
 use duo_workflow_domain::gatekeeper::{AuthMode, Gatekeeper, UnitPrimitiveAuthorizer};
 use duo_workflow_domain::policy::ClaimChecks;
-use duo_workflow_domain::ports::{Authenticator, Authorizer, Clock, IssueError, TokenIssuer, VerificationError};
+use duo_workflow_domain::ports::{
+    Authenticator, Authorizer, Clock, IssueError, TokenIssuer, VerificationError,
+};
 use duo_workflow_domain::request::BearerToken;
 use duo_workflow_domain::user_token::{UserToken, UserTokenGrant};
 use duo_workflow_domain::{
-    AuthError, Claims, Identity, Issuer, Rejection, Rpc, ServiceName, UnitPrimitive, UnixTime, VerifiedClaims,
+    AuthError, Claims, Identity, Issuer, Rejection, Rpc, ServiceName, UnitPrimitive, UnixTime,
+    VerifiedClaims,
 };
 use mockall::mock;
 use support::{assert_status, execute_workflow, generate_token, Headers};
@@ -103,10 +106,13 @@ async fn serve(
     minter: MockMinter,
     executor: Option<SocketAddr>,
 ) -> Harness {
-    let authorizer = authorizer.unwrap_or_else(|| Arc::new(UnitPrimitiveAuthorizer::new(service())));
+    let authorizer =
+        authorizer.unwrap_or_else(|| Arc::new(UnitPrimitiveAuthorizer::new(service())));
     let gatekeeper = Arc::new(Gatekeeper::new(mode, authorizer, service()));
     let executor = executor.map(|addr| {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
         UpstreamExecutor::new(channel)
     });
     let workflow = WorkflowService::new(service(), Arc::new(minter), fixed_clock(), executor);
@@ -114,9 +120,16 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(transport::serve(listener, gatekeeper, workflow, health, Limits::default(), async {
-        stopped.await.ok();
-    }));
+    tokio::spawn(transport::serve(
+        listener,
+        gatekeeper,
+        workflow,
+        health,
+        Limits::default(),
+        async {
+            stopped.await.ok();
+        },
+    ));
     Harness { addr, _stop: stop }
 }
 
@@ -130,7 +143,9 @@ fn never_authenticated() -> AuthMode {
 
 fn authenticated_as(claims: Result<VerifiedClaims, VerificationError>) -> AuthMode {
     let mut authn = MockAuthn::new();
-    authn.expect_authenticate().returning(move |_| claims.clone());
+    authn
+        .expect_authenticate()
+        .returning(move |_| claims.clone());
     AuthMode::Enabled(Arc::new(authn))
 }
 
@@ -146,29 +161,59 @@ async fn step_1_missing_authorization() {
     let mut headers = Headers::bearer("t");
     headers.authorization = None;
     let details = "No authorization header presented";
-    assert_status(generate_token(h.addr, &headers).await, Code::Unauthenticated, details);
-    assert_status(execute_workflow(h.addr, &headers).await, Code::Unauthenticated, details);
+    assert_status(
+        generate_token(h.addr, &headers).await,
+        Code::Unauthenticated,
+        details,
+    );
+    assert_status(
+        execute_workflow(h.addr, &headers).await,
+        Code::Unauthenticated,
+        details,
+    );
 }
 
 #[tokio::test]
 async fn step_2_malformed_authorization() {
     let h = serve(never_authenticated(), None, never_mints(), None).await;
-    for value in ["Token abc", "Bearer", "Bearer  abc", "Bearer a b", "Basic YTpi", "abc"] {
+    for value in [
+        "Token abc",
+        "Bearer",
+        "Bearer  abc",
+        "Bearer a b",
+        "Basic YTpi",
+        "abc",
+    ] {
         let mut headers = Headers::bearer("t");
         headers.authorization = Some(value.into());
-        assert_status(generate_token(h.addr, &headers).await, Code::Unauthenticated, "Invalid authorization header");
-        assert_status(execute_workflow(h.addr, &headers).await, Code::Unauthenticated, "Invalid authorization header");
+        assert_status(
+            generate_token(h.addr, &headers).await,
+            Code::Unauthenticated,
+            "Invalid authorization header",
+        );
+        assert_status(
+            execute_workflow(h.addr, &headers).await,
+            Code::Unauthenticated,
+            "Invalid authorization header",
+        );
     }
 }
 
 #[tokio::test]
 async fn step_2_two_authorization_entries_are_refused() {
     let h = serve(never_authenticated(), None, never_mints(), None).await;
-    let mut req = tonic::Request::new(duo_workflow_contract::GenerateTokenRequest { workflow_definition: None });
+    let mut req = tonic::Request::new(duo_workflow_contract::GenerateTokenRequest {
+        workflow_definition: None,
+    });
     Headers::bearer("one").apply(req.metadata_mut());
-    req.metadata_mut().append("authorization", "Bearer two".parse().unwrap());
+    req.metadata_mut()
+        .append("authorization", "Bearer two".parse().unwrap());
     let result = support::client(h.addr).await.generate_token(req).await;
-    assert_status(result, Code::Unauthenticated, "Invalid authorization header");
+    assert_status(
+        result,
+        Code::Unauthenticated,
+        "Invalid authorization header",
+    );
 }
 
 #[tokio::test]
@@ -178,8 +223,16 @@ async fn step_3_authentication_type_must_be_oidc() {
     for value in [None, Some("OIDC"), Some("saml"), Some("")] {
         let mut headers = Headers::bearer("t");
         headers.authentication_type = value.map(str::to_owned);
-        assert_status(generate_token(h.addr, &headers).await, Code::Unauthenticated, details);
-        assert_status(execute_workflow(h.addr, &headers).await, Code::Unauthenticated, details);
+        assert_status(
+            generate_token(h.addr, &headers).await,
+            Code::Unauthenticated,
+            details,
+        );
+        assert_status(
+            execute_workflow(h.addr, &headers).await,
+            Code::Unauthenticated,
+            details,
+        );
     }
 }
 
@@ -192,7 +245,12 @@ async fn the_bearer_scheme_is_case_insensitive_and_the_token_reaches_the_authent
         .times(2)
         .returning(|_| Ok(instance_claims(&[support::EXECUTE])));
     let mut minter = MockMinter::new();
-    minter.expect_issue().times(2).returning(|g| Ok(UserToken { token: "u".into(), expires_at: g.expires_at }));
+    minter.expect_issue().times(2).returning(|g| {
+        Ok(UserToken {
+            token: "u".into(),
+            expires_at: g.expires_at,
+        })
+    });
     let h = serve(AuthMode::Enabled(Arc::new(authn)), None, minter, None).await;
     for scheme in ["bearer", "BEARER"] {
         let mut headers = Headers::bearer("x");
@@ -203,31 +261,70 @@ async fn the_bearer_scheme_is_case_insensitive_and_the_token_reaches_the_authent
 
 #[tokio::test]
 async fn step_4_a_rejected_token_is_forbidden_whatever_the_reason() {
-    for reason in [Rejection::BadSignature, Rejection::Expired, Rejection::UnknownIssuer, Rejection::MissingAudience] {
-        let h = serve(authenticated_as(Err(VerificationError::Rejected(reason))), None, never_mints(), None).await;
+    for reason in [
+        Rejection::BadSignature,
+        Rejection::Expired,
+        Rejection::UnknownIssuer,
+        Rejection::MissingAudience,
+    ] {
+        let h = serve(
+            authenticated_as(Err(VerificationError::Rejected(reason))),
+            None,
+            never_mints(),
+            None,
+        )
+        .await;
         let headers = Headers::bearer("t");
-        assert_status(generate_token(h.addr, &headers).await, Code::Unauthenticated, "Forbidden by auth provider");
-        assert_status(execute_workflow(h.addr, &headers).await, Code::Unauthenticated, "Forbidden by auth provider");
+        assert_status(
+            generate_token(h.addr, &headers).await,
+            Code::Unauthenticated,
+            "Forbidden by auth provider",
+        );
+        assert_status(
+            execute_workflow(h.addr, &headers).await,
+            Code::Unauthenticated,
+            "Forbidden by auth provider",
+        );
     }
 }
 
 #[tokio::test]
 async fn no_keys_for_the_issuer_is_unavailable_not_a_bad_token() {
-    let unavailable = Err(VerificationError::KeysUnavailable(Issuer::new("https://customers.gitlab.com")));
+    let unavailable = Err(VerificationError::KeysUnavailable(Issuer::new(
+        "https://customers.gitlab.com",
+    )));
     let h = serve(authenticated_as(unavailable), None, never_mints(), None).await;
     let result = generate_token(h.addr, &Headers::bearer("t")).await;
-    assert_status(result, Code::Unavailable, "Keys of the token's issuer are not available");
+    assert_status(
+        result,
+        Code::Unavailable,
+        "Keys of the token's issuer are not available",
+    );
 }
 
 #[tokio::test]
 async fn step_5_headers_bind_to_claims() {
-    let h = serve(authenticated_as(Ok(instance_claims(&[support::EXECUTE]))), None, never_mints(), None).await;
+    let h = serve(
+        authenticated_as(Ok(instance_claims(&[support::EXECUTE]))),
+        None,
+        never_mints(),
+        None,
+    )
+    .await;
     let mut headers = Headers::bearer("t");
     headers.realm = Some("saas".into());
-    assert_status(generate_token(h.addr, &headers).await, Code::Unauthenticated, "Header mismatch 'X-Gitlab-Realm'");
+    assert_status(
+        generate_token(h.addr, &headers).await,
+        Code::Unauthenticated,
+        "Header mismatch 'X-Gitlab-Realm'",
+    );
     let mut headers = Headers::bearer("t");
     headers.realm = None;
-    assert_status(execute_workflow(h.addr, &headers).await, Code::Unauthenticated, "Header mismatch 'X-Gitlab-Realm'");
+    assert_status(
+        execute_workflow(h.addr, &headers).await,
+        Code::Unauthenticated,
+        "Header mismatch 'X-Gitlab-Realm'",
+    );
     let mut headers = Headers::bearer("t");
     headers.instance_id = Some("instance-2".into());
     assert_status(
@@ -258,7 +355,11 @@ async fn step_5_a_user_tokens_subject_binds_to_the_global_user_id() {
 
 #[tokio::test]
 async fn an_instance_tokens_subject_binds_to_the_instance_id() {
-    let claims = claims_from("https://gitlab.com", Some("instance-9"), &[support::EXECUTE]);
+    let claims = claims_from(
+        "https://gitlab.com",
+        Some("instance-9"),
+        &[support::EXECUTE],
+    );
     let h = serve(authenticated_as(Ok(claims)), None, never_mints(), None).await;
     assert_status(
         generate_token(h.addr, &Headers::bearer("t")).await,
@@ -275,32 +376,67 @@ async fn authorization_table() {
         (&[support::GENERATE], "https://gitlab.com", false, true),
         (&["duo_chat"], "https://gitlab.com", false, false),
         (&[], "https://customers.gitlab.com", false, false),
-        (&[support::EXECUTE, support::GENERATE], support::SERVICE, true, false),
+        (
+            &[support::EXECUTE, support::GENERATE],
+            support::SERVICE,
+            true,
+            false,
+        ),
     ];
     for (scopes, issuer, may_execute, may_generate) in cases {
-        let sub = if issuer == support::SERVICE { "user-77" } else { "instance-1" };
+        let sub = if issuer == support::SERVICE {
+            "user-77"
+        } else {
+            "instance-1"
+        };
         let claims = claims_from(issuer, Some(sub), scopes);
         let mut minter = MockMinter::new();
         minter
             .expect_issue()
             .times(usize::from(may_generate))
-            .returning(|g| Ok(UserToken { token: "u".into(), expires_at: g.expires_at }));
+            .returning(|g| {
+                Ok(UserToken {
+                    token: "u".into(),
+                    expires_at: g.expires_at,
+                })
+            });
         let executor = support::executor::start().await;
-        let h = serve(authenticated_as(Ok(claims)), None, minter, Some(executor.addr)).await;
+        let h = serve(
+            authenticated_as(Ok(claims)),
+            None,
+            minter,
+            Some(executor.addr),
+        )
+        .await;
         let headers = Headers::bearer("t");
         let generated = generate_token(h.addr, &headers).await;
         if may_generate {
             assert!(generated.is_ok(), "{scopes:?} from {issuer}: {generated:?}");
         } else {
-            assert_status(generated, Code::PermissionDenied, "Unauthorized to generate token");
+            assert_status(
+                generated,
+                Code::PermissionDenied,
+                "Unauthorized to generate token",
+            );
         }
         let executed = execute_workflow(h.addr, &headers).await;
         if may_execute {
-            assert_eq!(executed.unwrap(), ["action-1", "action-2"], "{scopes:?} from {issuer}");
+            assert_eq!(
+                executed.unwrap(),
+                ["action-1", "action-2"],
+                "{scopes:?} from {issuer}"
+            );
             assert_eq!(executor.executor.seen.lock().unwrap().len(), 1);
         } else {
-            assert_status(executed, Code::PermissionDenied, "Unauthorized to execute workflow");
-            assert!(executor.executor.seen.lock().unwrap().is_empty(), "a refused call reached the executor");
+            assert_status(
+                executed,
+                Code::PermissionDenied,
+                "Unauthorized to execute workflow",
+            );
+            assert!(
+                executor.executor.seen.lock().unwrap().is_empty(),
+                "a refused call reached the executor"
+            );
         }
     }
 }
@@ -312,7 +448,10 @@ async fn the_authorizer_port_decides_per_rpc() {
         .expect_authorize()
         .withf(|_, rpc| *rpc == Rpc::GenerateToken)
         .returning(|_, rpc| Err(AuthError::Unauthorized(rpc)));
-    authz.expect_authorize().withf(|_, rpc| *rpc == Rpc::ExecuteWorkflow).returning(|_, _| Ok(()));
+    authz
+        .expect_authorize()
+        .withf(|_, rpc| *rpc == Rpc::ExecuteWorkflow)
+        .returning(|_, _| Ok(()));
     let h = serve(
         authenticated_as(Ok(instance_claims(&[support::EXECUTE]))),
         Some(Arc::new(authz)),
@@ -321,8 +460,16 @@ async fn the_authorizer_port_decides_per_rpc() {
     )
     .await;
     let headers = Headers::bearer("t");
-    assert_status(generate_token(h.addr, &headers).await, Code::PermissionDenied, "Unauthorized to generate token");
-    assert_status(execute_workflow(h.addr, &headers).await, Code::Unimplemented, "No workflow executor configured");
+    assert_status(
+        generate_token(h.addr, &headers).await,
+        Code::PermissionDenied,
+        "Unauthorized to generate token",
+    );
+    assert_status(
+        execute_workflow(h.addr, &headers).await,
+        Code::Unimplemented,
+        "No workflow executor configured",
+    );
 }
 
 #[tokio::test]
@@ -341,8 +488,19 @@ async fn generate_token_passes_spec_grant_to_the_issuer_and_returns_its_token() 
                 && g.expires_at.as_secs() == NOW + 3600
         })
         .times(1)
-        .returning(|g| Ok(UserToken { token: "minted".into(), expires_at: g.expires_at }));
-    let h = serve(authenticated_as(Ok(instance_claims(&[support::GENERATE]))), None, minter, None).await;
+        .returning(|g| {
+            Ok(UserToken {
+                token: "minted".into(),
+                expires_at: g.expires_at,
+            })
+        });
+    let h = serve(
+        authenticated_as(Ok(instance_claims(&[support::GENERATE]))),
+        None,
+        minter,
+        None,
+    )
+    .await;
     let mut headers = Headers::bearer("t");
     headers.duo_seat_count = Some("5".into());
     let response = generate_token(h.addr, &headers).await.unwrap();
@@ -352,7 +510,13 @@ async fn generate_token_passes_spec_grant_to_the_issuer_and_returns_its_token() 
 
 #[tokio::test]
 async fn generate_token_without_a_global_user_id_is_an_invalid_argument() {
-    let h = serve(authenticated_as(Ok(instance_claims(&[support::EXECUTE]))), None, never_mints(), None).await;
+    let h = serve(
+        authenticated_as(Ok(instance_claims(&[support::EXECUTE]))),
+        None,
+        never_mints(),
+        None,
+    )
+    .await;
     let mut headers = Headers::bearer("t");
     headers.global_user_id = None;
     assert_status(
@@ -365,9 +529,21 @@ async fn generate_token_without_a_global_user_id_is_an_invalid_argument() {
 #[tokio::test]
 async fn a_failing_issuer_is_an_internal_error_without_details() {
     let mut minter = MockMinter::new();
-    minter.expect_issue().returning(|_| Err(IssueError("hsm on fire".into())));
-    let h = serve(authenticated_as(Ok(instance_claims(&[support::EXECUTE]))), None, minter, None).await;
-    assert_status(generate_token(h.addr, &Headers::bearer("t")).await, Code::Internal, "Failed to generate token");
+    minter
+        .expect_issue()
+        .returning(|_| Err(IssueError("hsm on fire".into())));
+    let h = serve(
+        authenticated_as(Ok(instance_claims(&[support::EXECUTE]))),
+        None,
+        minter,
+        None,
+    )
+    .await;
+    assert_status(
+        generate_token(h.addr, &Headers::bearer("t")).await,
+        Code::Internal,
+        "Failed to generate token",
+    );
 }
 
 #[tokio::test]
@@ -399,7 +575,8 @@ async fn execute_workflow_relays_the_stream_and_the_metadata_to_the_executor() {
 #[tokio::test]
 async fn the_executors_status_reaches_the_caller() {
     let executor = support::executor::start().await;
-    *executor.executor.fail_with.lock().unwrap() = Some(tonic::Status::resource_exhausted("too many workflows"));
+    *executor.executor.fail_with.lock().unwrap() =
+        Some(tonic::Status::resource_exhausted("too many workflows"));
     let h = serve(
         authenticated_as(Ok(instance_claims(&[support::EXECUTE]))),
         None,
@@ -407,21 +584,41 @@ async fn the_executors_status_reaches_the_caller() {
         Some(executor.addr),
     )
     .await;
-    assert_status(execute_workflow(h.addr, &Headers::bearer("t")).await, Code::ResourceExhausted, "too many workflows");
+    assert_status(
+        execute_workflow(h.addr, &Headers::bearer("t")).await,
+        Code::ResourceExhausted,
+        "too many workflows",
+    );
 }
 
 #[tokio::test]
 async fn an_unreachable_executor_is_unavailable() {
     // A port that was free a moment ago: nothing listens there.
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let h = serve(authenticated_as(Ok(instance_claims(&[support::EXECUTE]))), None, never_mints(), Some(dead)).await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let h = serve(
+        authenticated_as(Ok(instance_claims(&[support::EXECUTE]))),
+        None,
+        never_mints(),
+        Some(dead),
+    )
+    .await;
     let result = execute_workflow(h.addr, &Headers::bearer("t")).await;
     assert_eq!(result.unwrap_err().code(), Code::Unavailable);
 }
 
 #[tokio::test]
 async fn without_an_executor_authorized_streams_are_unimplemented_and_others_still_refused() {
-    let h = serve(authenticated_as(Ok(instance_claims(&[support::EXECUTE]))), None, never_mints(), None).await;
+    let h = serve(
+        authenticated_as(Ok(instance_claims(&[support::EXECUTE]))),
+        None,
+        never_mints(),
+        None,
+    )
+    .await;
     assert_status(
         execute_workflow(h.addr, &Headers::bearer("t")).await,
         Code::Unimplemented,
@@ -429,27 +626,50 @@ async fn without_an_executor_authorized_streams_are_unimplemented_and_others_sti
     );
     let mut headers = Headers::bearer("t");
     headers.authorization = None;
-    assert_status(execute_workflow(h.addr, &headers).await, Code::Unauthenticated, "No authorization header presented");
+    assert_status(
+        execute_workflow(h.addr, &headers).await,
+        Code::Unauthenticated,
+        "No authorization header presented",
+    );
 }
 
 #[tokio::test]
 async fn debug_mode_admits_every_caller_without_asking_the_authenticator() {
     let mut minter = MockMinter::new();
-    minter.expect_issue().times(1).returning(|g| Ok(UserToken { token: "u".into(), expires_at: g.expires_at }));
+    minter.expect_issue().times(1).returning(|g| {
+        Ok(UserToken {
+            token: "u".into(),
+            expires_at: g.expires_at,
+        })
+    });
     let executor = support::executor::start().await;
     let h = serve(AuthMode::Disabled, None, minter, Some(executor.addr)).await;
     let mut headers = Headers::none();
     headers.global_user_id = Some("user-1".into());
     assert!(generate_token(h.addr, &headers).await.is_ok());
-    assert_eq!(execute_workflow(h.addr, &Headers::none()).await.unwrap().len(), 2);
+    assert_eq!(
+        execute_workflow(h.addr, &Headers::none())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]
 async fn the_health_service_needs_no_token() {
     let h = serve(never_authenticated(), None, never_mints(), None).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr)).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let response = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+    let response = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
     assert!(response.is_ok(), "{response:?}");
 }
 
@@ -457,13 +677,23 @@ async fn the_health_service_needs_no_token() {
 async fn request_ids_are_echoed_or_generated() {
     let h = serve(never_authenticated(), None, never_mints(), None).await;
     let call = |request_id: Option<&str>| {
-        let mut req = tonic::Request::new(duo_workflow_contract::GenerateTokenRequest { workflow_definition: None });
+        let mut req = tonic::Request::new(duo_workflow_contract::GenerateTokenRequest {
+            workflow_definition: None,
+        });
         if let Some(id) = request_id {
-            req.metadata_mut().insert("x-request-id", id.parse().unwrap());
+            req.metadata_mut()
+                .insert("x-request-id", id.parse().unwrap());
         }
         async move {
-            let status = support::client(h.addr).await.generate_token(req).await.unwrap_err();
-            status.metadata().get("x-request-id").map(|v| v.to_str().unwrap().to_owned())
+            let status = support::client(h.addr)
+                .await
+                .generate_token(req)
+                .await
+                .unwrap_err();
+            status
+                .metadata()
+                .get("x-request-id")
+                .map(|v| v.to_str().unwrap().to_owned())
         }
     };
     assert_eq!(call(Some("abc-1")).await.as_deref(), Some("abc-1"));
@@ -478,16 +708,29 @@ async fn request_ids_are_echoed_or_generated() {
 async fn unknown_methods_still_need_authentication() {
     let h = serve(never_authenticated(), None, never_mints(), None).await;
     let mut grpc = tonic::client::Grpc::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr)).unwrap().connect().await.unwrap(),
+        tonic::transport::Endpoint::from_shared(format!("http://{}", h.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
     );
     grpc.ready().await.unwrap();
-    let codec = tonic_prost::ProstCodec::<duo_workflow_contract::GenerateTokenRequest, duo_workflow_contract::GenerateTokenResponse>::default();
+    let codec = tonic_prost::ProstCodec::<
+        duo_workflow_contract::GenerateTokenRequest,
+        duo_workflow_contract::GenerateTokenResponse,
+    >::default();
     let result = grpc
         .unary(
-            tonic::Request::new(duo_workflow_contract::GenerateTokenRequest { workflow_definition: None }),
+            tonic::Request::new(duo_workflow_contract::GenerateTokenRequest {
+                workflow_definition: None,
+            }),
             "/DuoWorkflow/Nope".parse().unwrap(),
             codec,
         )
         .await;
-    assert_status(result, Code::Unauthenticated, "No authorization header presented");
+    assert_status(
+        result,
+        Code::Unauthenticated,
+        "No authorization header presented",
+    );
 }

@@ -8,10 +8,12 @@ use duo_workflow_adapters::jose::token;
 use duo_workflow_domain::user_token::UserTokenGrant;
 use duo_workflow_domain::{ServiceName, UnitPrimitive, UnixTime};
 use duo_workflow_service::cli::mint;
-use duo_workflow_service::config::{ENV_AUTH_ENABLED, ENV_SIGNING_KEY, ENV_UPSTREAM_URL, ENV_VALIDATION_KEY};
+use duo_workflow_service::config::{
+    ENV_AUTH_ENABLED, ENV_SIGNING_KEY, ENV_UPSTREAM_URL, ENV_VALIDATION_KEY,
+};
 use support::{
-    assert_status, decode_segment, execute_workflow, generate_token, instance_request, key, start_service,
-    static_source_config, Headers, TempDir, EXECUTE, GENERATE, SERVICE,
+    assert_status, decode_segment, execute_workflow, generate_token, instance_request, key,
+    start_service, static_source_config, Headers, TempDir, EXECUTE, GENERATE, SERVICE,
 };
 use tonic::Code;
 
@@ -27,7 +29,10 @@ async fn instance_token_to_user_token_to_workflow() {
     let upstream = format!("http://{}", executor.addr);
     let service = start_service(
         Some(&config),
-        &[(ENV_SIGNING_KEY, authority.pem.as_str()), (ENV_UPSTREAM_URL, upstream.as_str())],
+        &[
+            (ENV_SIGNING_KEY, authority.pem.as_str()),
+            (ENV_UPSTREAM_URL, upstream.as_str()),
+        ],
     )
     .await
     .unwrap();
@@ -56,13 +61,19 @@ async fn instance_token_to_user_token_to_workflow() {
         assert_eq!(claims["scopes"], serde_json::json!([EXECUTE]));
         assert_eq!(claims["duo_seat_count"], "12");
         assert_eq!(claims["iat"], claims["nbf"]);
-        assert_eq!(claims["exp"].as_i64().unwrap(), claims["iat"].as_i64().unwrap() + 3600);
+        assert_eq!(
+            claims["exp"].as_i64().unwrap(),
+            claims["iat"].as_i64().unwrap() + 3600
+        );
         assert_eq!(claims["exp"].as_i64().unwrap(), response.expires_at);
         assert!(uuid::Uuid::parse_str(claims["jti"].as_str().unwrap()).is_ok());
 
         // The user token runs a workflow; the executor sees the caller's metadata.
         let user_headers = Headers::bearer(&response.token);
-        assert_eq!(execute_workflow(service.addr, &user_headers).await.unwrap(), ["action-1", "action-2"]);
+        assert_eq!(
+            execute_workflow(service.addr, &user_headers).await.unwrap(),
+            ["action-1", "action-2"]
+        );
         // ...and cannot mint further tokens.
         assert_status(
             generate_token(service.addr, &user_headers).await,
@@ -73,7 +84,10 @@ async fn instance_token_to_user_token_to_workflow() {
     let seen = executor.executor.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].header("x-gitlab-global-user-id"), Some("user-77"));
-    assert!(seen[0].header("authorization").unwrap().starts_with("Bearer "));
+    assert!(seen[0]
+        .header("authorization")
+        .unwrap()
+        .starts_with("Bearer "));
     assert!(seen[0].header("x-request-id").is_some());
     service.stop().await.unwrap();
 }
@@ -82,15 +96,25 @@ async fn instance_token_to_user_token_to_workflow() {
 async fn the_validation_key_keeps_previous_user_tokens_valid() {
     let dir = TempDir::new();
     let instance_key = key("rs256-instance");
-    let (current, previous, stranger) = (key("rs256-authority"), key("es256-previous"), key("rs256-stranger"));
+    let (current, previous, stranger) = (
+        key("rs256-authority"),
+        key("es256-previous"),
+        key("rs256-stranger"),
+    );
     let config = static_source_config(&dir, GITLAB, &[&instance_key]);
     let service = start_service(
         Some(&config),
-        &[(ENV_SIGNING_KEY, current.pem.as_str()), (ENV_VALIDATION_KEY, previous.pem.as_str())],
+        &[
+            (ENV_SIGNING_KEY, current.pem.as_str()),
+            (ENV_VALIDATION_KEY, previous.pem.as_str()),
+        ],
     )
     .await
     .unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let grant = UserTokenGrant {
         service: ServiceName::new(SERVICE),
         subject: "user-77".into(),
@@ -128,7 +152,9 @@ async fn a_key_serves_only_its_own_issuer() {
     let service = start_service(Some(&config), &[]).await.unwrap();
     // The instance key signs for its issuer...
     let good = mint(&instance_key.key, &instance_request(GITLAB, &[EXECUTE]));
-    assert!(generate_token(service.addr, &Headers::bearer(&good)).await.is_ok());
+    assert!(generate_token(service.addr, &Headers::bearer(&good))
+        .await
+        .is_ok());
     // ...but not for another issuer, nor for the service's own (which would bind `sub` to the
     // user header instead of the instance).
     for issuer in ["https://customers.gitlab.test", SERVICE] {
@@ -147,7 +173,11 @@ async fn a_key_serves_only_its_own_issuer() {
 async fn pem_static_sources_serve_ec_and_ed25519_keys() {
     let dir = TempDir::new();
     let (es, ed) = (key("es256-instance"), key("eddsa-instance"));
-    let pem = format!("{}{}", es.key.public_key().to_pem(), ed.key.public_key().to_pem());
+    let pem = format!(
+        "{}{}",
+        es.key.public_key().to_pem(),
+        ed.key.public_key().to_pem()
+    );
     let pem_path = dir.write("keys.pem", &pem);
     let config = dir.write(
         "config.toml",
@@ -162,7 +192,9 @@ async fn pem_static_sources_serve_ec_and_ed25519_keys() {
             let mut request = instance_request(GITLAB, &[EXECUTE]);
             request.with_kid = with_kid;
             let t = mint(&signer.key, &request);
-            assert!(generate_token(service.addr, &Headers::bearer(&t)).await.is_ok());
+            assert!(generate_token(service.addr, &Headers::bearer(&t))
+                .await
+                .is_ok());
         }
     }
 }
@@ -171,13 +203,26 @@ async fn pem_static_sources_serve_ec_and_ed25519_keys() {
 async fn debug_mode_in_any_letter_case() {
     let executor = support::executor::start().await;
     let upstream = format!("http://{}", executor.addr);
-    let service =
-        start_service(None, &[(ENV_AUTH_ENABLED, "FaLsE"), (ENV_UPSTREAM_URL, upstream.as_str())]).await.unwrap();
+    let service = start_service(
+        None,
+        &[
+            (ENV_AUTH_ENABLED, "FaLsE"),
+            (ENV_UPSTREAM_URL, upstream.as_str()),
+        ],
+    )
+    .await
+    .unwrap();
     let mut headers = Headers::none();
     headers.global_user_id = Some("user-5".into());
     let response = generate_token(service.addr, &headers).await.unwrap();
     assert_eq!(decode_segment(&response.token, 1)["sub"], "user-5");
-    assert_eq!(execute_workflow(service.addr, &Headers::none()).await.unwrap().len(), 2);
+    assert_eq!(
+        execute_workflow(service.addr, &Headers::none())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -199,18 +244,29 @@ async fn expired_and_foreign_audience_tokens_are_refused_and_the_service_goes_on
         );
     }
     let good = mint(&instance_key.key, &instance_request(GITLAB, &[EXECUTE]));
-    assert!(generate_token(service.addr, &Headers::bearer(&good)).await.is_ok());
+    assert!(generate_token(service.addr, &Headers::bearer(&good))
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
 async fn a_bad_signing_key_stops_start_up_naming_the_variable() {
-    let error = start_service(None, &[(ENV_SIGNING_KEY, "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")])
-        .await
-        .err()
-        .expect("start-up must fail");
+    let error = start_service(
+        None,
+        &[(
+            ENV_SIGNING_KEY,
+            "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+        )],
+    )
+    .await
+    .err()
+    .expect("start-up must fail");
     let message = error.to_string();
     assert!(message.contains(ENV_SIGNING_KEY), "{message}");
-    assert!(!message.contains("AAAA"), "key material leaked into the error: {message}");
+    assert!(
+        !message.contains("AAAA"),
+        "key material leaked into the error: {message}"
+    );
 }
 
 #[tokio::test]
@@ -220,9 +276,20 @@ async fn pkcs1_signing_keys_load() {
     use rsa::pkcs8::DecodePrivateKey;
     let pkcs8 = key("rs256-authority");
     let private = rsa::RsaPrivateKey::from_pkcs8_pem(&pkcs8.pem).unwrap();
-    let pkcs1 = private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap().to_string();
+    let pkcs1 = private
+        .to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)
+        .unwrap()
+        .to_string();
     assert!(pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
-    let service = start_service(None, &[(ENV_SIGNING_KEY, pkcs1.as_str()), (ENV_AUTH_ENABLED, "false")]).await.unwrap();
+    let service = start_service(
+        None,
+        &[
+            (ENV_SIGNING_KEY, pkcs1.as_str()),
+            (ENV_AUTH_ENABLED, "false"),
+        ],
+    )
+    .await
+    .unwrap();
     let mut headers = Headers::none();
     headers.global_user_id = Some("u".into());
     let response = generate_token(service.addr, &headers).await.unwrap();
@@ -230,5 +297,8 @@ async fn pkcs1_signing_keys_load() {
 }
 
 fn pkcs1_kid(pem: &str) -> String {
-    duo_workflow_adapters::jose::signing::SigningKey::from_pem(pem).unwrap().kid().to_owned()
+    duo_workflow_adapters::jose::signing::SigningKey::from_pem(pem)
+        .unwrap()
+        .kid()
+        .to_owned()
 }

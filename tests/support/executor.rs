@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use duo_workflow_contract::duo_workflow_server::{DuoWorkflow, DuoWorkflowServer};
-use duo_workflow_contract::{action, client_event, Action, ClientEvent, GenerateTokenRequest, GenerateTokenResponse, ReadFile};
+use duo_workflow_contract::{
+    action, client_event, Action, ClientEvent, GenerateTokenRequest, GenerateTokenResponse,
+    ReadFile,
+};
 use futures::Stream;
 use std::pin::Pin;
 use tokio::sync::oneshot;
@@ -19,7 +22,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.metadata.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -49,21 +55,30 @@ impl DuoWorkflow for FakeExecutor {
             })
             .collect();
         let mut inbound = request.into_inner();
-        let mut seen = Seen { metadata, goals: Vec::new() };
-        if let Some(Ok(ClientEvent { response: Some(client_event::Response::StartRequest(start)) })) =
-            inbound.message().await.transpose()
+        let mut seen = Seen {
+            metadata,
+            goals: Vec::new(),
+        };
+        if let Some(Ok(ClientEvent {
+            response: Some(client_event::Response::StartRequest(start)),
+        })) = inbound.message().await.transpose()
         {
             seen.goals.push(start.goal);
         }
         self.seen.lock().unwrap().push(seen);
         let read = Action {
             request_id: "action-1".into(),
-            action: Some(action::Action::RunReadFile(ReadFile { filepath: "README.md".into() })),
+            action: Some(action::Action::RunReadFile(ReadFile {
+                filepath: "README.md".into(),
+            })),
         };
         let mut items: Vec<Result<Action, Status>> = vec![Ok(read)];
         match self.fail_with.lock().unwrap().clone() {
             Some(status) => items.push(Err(status)),
-            None => items.push(Ok(Action { request_id: "action-2".into(), action: None })),
+            None => items.push(Ok(Action {
+                request_id: "action-2".into(),
+                action: None,
+            })),
         }
         Ok(Response::new(Box::pin(futures::stream::iter(items))))
     }
@@ -92,11 +107,18 @@ pub async fn start() -> RunningExecutor {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                stopped.await.ok();
-            })
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    stopped.await.ok();
+                },
+            )
             .await
             .unwrap();
     });
-    RunningExecutor { addr, executor, _stop: stop }
+    RunningExecutor {
+        addr,
+        executor,
+        _stop: stop,
+    }
 }

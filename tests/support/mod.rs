@@ -11,7 +11,9 @@ use std::sync::{Arc, OnceLock};
 
 use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
 use duo_workflow_contract::duo_workflow_client::DuoWorkflowClient;
-use duo_workflow_contract::{client_event, ClientEvent, GenerateTokenRequest, GenerateTokenResponse, StartWorkflowRequest};
+use duo_workflow_contract::{
+    client_event, ClientEvent, GenerateTokenRequest, GenerateTokenResponse, StartWorkflowRequest,
+};
 use duo_workflow_domain::keys::Algorithm;
 use duo_workflow_service::cli::{mint, MintRequest};
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -138,13 +140,24 @@ impl Headers {
 }
 
 pub async fn client(addr: SocketAddr) -> DuoWorkflowClient<Channel> {
-    DuoWorkflowClient::connect(format!("http://{addr}")).await.unwrap()
+    DuoWorkflowClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
 }
 
-pub async fn generate_token(addr: SocketAddr, headers: &Headers) -> Result<GenerateTokenResponse, Status> {
-    let mut req = tonic::Request::new(GenerateTokenRequest { workflow_definition: None });
+pub async fn generate_token(
+    addr: SocketAddr,
+    headers: &Headers,
+) -> Result<GenerateTokenResponse, Status> {
+    let mut req = tonic::Request::new(GenerateTokenRequest {
+        workflow_definition: None,
+    });
     headers.apply(req.metadata_mut());
-    client(addr).await.generate_token(req).await.map(|r| r.into_inner())
+    client(addr)
+        .await
+        .generate_token(req)
+        .await
+        .map(|r| r.into_inner())
 }
 
 pub fn start_event(goal: &str) -> ClientEvent {
@@ -186,7 +199,9 @@ pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, 
 pub fn decode_segment(token: &str, index: usize) -> serde_json::Value {
     use base64::Engine;
     let seg = token.split('.').nth(index).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(seg).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(seg)
+        .unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
 
@@ -222,7 +237,10 @@ pub async fn start_service(
 ) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
     let mut vars: HashMap<String, String> = [
         (duo_workflow_service::config::ENV_OIDC_GITLAB_URL, ""),
-        (duo_workflow_service::config::ENV_OIDC_CUSTOMER_PORTAL_URL, ""),
+        (
+            duo_workflow_service::config::ENV_OIDC_CUSTOMER_PORTAL_URL,
+            "",
+        ),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -234,7 +252,11 @@ pub async fn start_service(
 }
 
 /// A configuration file with one static key source serving `keys` for `issuer`.
-pub fn static_source_config(dir: &TempDir, issuer: &str, keys: &[&SigningKeyPem]) -> std::path::PathBuf {
+pub fn static_source_config(
+    dir: &TempDir,
+    issuer: &str,
+    keys: &[&SigningKeyPem],
+) -> std::path::PathBuf {
     let jwks = serde_json::json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() });
     let jwks_path = dir.write("instance.jwks", &jwks.to_string());
     dir.write(

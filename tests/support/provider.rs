@@ -78,7 +78,11 @@ pub async fn start_on(addr: SocketAddr, keys: Vec<Value>) -> Provider {
     let discovery_fetches = Arc::new(AtomicUsize::new(0));
     let jwks_fetches = Arc::new(AtomicUsize::new(0));
     let (stop, mut stopped) = oneshot::channel::<()>();
-    let (st, df, jf) = (state.clone(), discovery_fetches.clone(), jwks_fetches.clone());
+    let (st, df, jf) = (
+        state.clone(),
+        discovery_fetches.clone(),
+        jwks_fetches.clone(),
+    );
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -97,7 +101,13 @@ pub async fn start_on(addr: SocketAddr, keys: Vec<Value>) -> Provider {
             });
         }
     });
-    Provider { addr, state, discovery_fetches, jwks_fetches, _stop: stop }
+    Provider {
+        addr,
+        state,
+        discovery_fetches,
+        jwks_fetches,
+        _stop: stop,
+    }
 }
 
 async fn respond(
@@ -112,8 +122,13 @@ async fn respond(
         let body = match req.uri().path() {
             "/.well-known/openid-configuration" => {
                 discovery_fetches.fetch_add(1, Ordering::SeqCst);
-                let issuer = s.issuer_override.clone().unwrap_or_else(|| format!("http://{addr}"));
-                Some(json!({"issuer": issuer, "jwks_uri": format!("http://{addr}/oauth/discovery/keys")}))
+                let issuer = s
+                    .issuer_override
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}"));
+                Some(
+                    json!({"issuer": issuer, "jwks_uri": format!("http://{addr}/oauth/discovery/keys")}),
+                )
             }
             "/oauth/discovery/keys" => {
                 jwks_fetches.fetch_add(1, Ordering::SeqCst);
@@ -124,14 +139,28 @@ async fn respond(
         (s.mode, body, s.cache_control.clone())
     };
     let Some(body) = body else {
-        return Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::new())).unwrap();
+        return Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
     };
-    let builder = Response::builder().header("cache-control", cache_control).header("content-type", "application/json");
+    let builder = Response::builder()
+        .header("cache-control", cache_control)
+        .header("content-type", "application/json");
     match mode {
-        Mode::Healthy => builder.body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap()))).unwrap(),
-        Mode::ServerError => builder.status(500).body(Full::new(Bytes::from_static(b"oops"))).unwrap(),
-        Mode::Garbage => builder.body(Full::new(Bytes::from_static(b"<html>not json"))).unwrap(),
-        Mode::Huge => builder.body(Full::new(Bytes::from(vec![b' '; 10 * 1024 * 1024]))).unwrap(),
+        Mode::Healthy => builder
+            .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
+            .unwrap(),
+        Mode::ServerError => builder
+            .status(500)
+            .body(Full::new(Bytes::from_static(b"oops")))
+            .unwrap(),
+        Mode::Garbage => builder
+            .body(Full::new(Bytes::from_static(b"<html>not json")))
+            .unwrap(),
+        Mode::Huge => builder
+            .body(Full::new(Bytes::from(vec![b' '; 10 * 1024 * 1024])))
+            .unwrap(),
         Mode::Redirect => builder
             .status(302)
             .header("location", "http://127.0.0.1:9/evil")

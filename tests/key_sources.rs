@@ -1,0 +1,501 @@
+//! Remote key sources end to end: fake GitLab and CustomersDot providers on loopback (discovery +
+//! JWKS, `Cache-Control: max-age=86400` as GitLab sends), the real service in front of them.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use duo_workflow_service::cli::mint;
+use duo_workflow_service::config::{
+    ENV_OIDC_CUSTOMER_PORTAL_URL, ENV_OIDC_GITLAB_URL, ENV_SIGNING_KEY,
+};
+use duo_workflow_service::server::Running;
+use support::provider::{self, Mode, Provider};
+use support::{
+    assert_status, execute_workflow, generate_token, instance_request, key, start_service, Headers,
+    TempDir, EXECUTE, SERVICE,
+};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Refresh every second, so failure modes are exercised within a test's time.
+const FAST_REFRESH: &str =
+    "[auth.refresh]\nmin_seconds = 1\nmax_seconds = 1\nmax_stale_seconds = 3600\ntimeout_ms = 1500\n";
+
+async fn start_with(
+    gitlab: &Provider,
+    customers: Option<&Provider>,
+    config: &str,
+) -> (Running, TempDir) {
+    let dir = TempDir::new();
+    let file = dir.write("config.toml", config);
+    let (g, c) = (
+        gitlab.issuer(),
+        customers.map(Provider::issuer).unwrap_or_default(),
+    );
+    let service = start_service(
+        Some(&file),
+        &[
+            (ENV_OIDC_GITLAB_URL, g.as_str()),
+            (ENV_OIDC_CUSTOMER_PORTAL_URL, c.as_str()),
+        ],
+    )
+    .await
+    .unwrap();
+    (service, dir)
+}
+
+/// Calls until the token is accepted (the first keys load in the background), up to 10 s.
+async fn accepted_eventually(service: &Running, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match generate_token(service.addr, &Headers::bearer(token)).await {
+            Ok(_) => return,
+            Err(s) if Instant::now() > deadline => panic!("never accepted: {s:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn token(signer: &str, issuer: &str, with_kid: bool) -> String {
+    let mut request = instance_request(issuer, &[EXECUTE]);
+    request.with_kid = with_kid;
+    mint(&key(signer).key, &request)
+}
+
+async fn health(service: &Running, name: &str) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", service.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let response = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: name.into(),
+        })
+        .await
+        .unwrap();
+    response.into_inner().status()
+}
+
+async fn health_eventually(service: &Running, name: &str, want: ServingStatus) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(service, name).await != want {
+        assert!(Instant::now() < deadline, "{name} never became {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn both_issuers_are_accepted_and_pinned_to_their_own_keys() {
+    let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+    let customers = provider::start(vec![key("rs256-customers").jwk()]).await;
+    let (service, _dir) = start_with(&gitlab, Some(&customers), "").await;
+    for with_kid in [true, false] {
+        accepted_eventually(&service, &token("rs256-gitlab", &gitlab.issuer(), with_kid)).await;
+        accepted_eventually(
+            &service,
+            &token("rs256-customers", &customers.issuer(), with_kid),
+        )
+        .await;
+    }
+    // A CustomersDot key cannot sign for GitLab, nor a GitLab key for the service's own issuer.
+    for (signer, issuer) in [
+        ("rs256-customers", gitlab.issuer()),
+        ("rs256-gitlab", SERVICE.to_owned()),
+    ] {
+        for with_kid in [true, false] {
+            let mut headers = Headers::bearer(&token(signer, &issuer, with_kid));
+            headers.global_user_id = Some("instance-1".into());
+            assert_status(
+                generate_token(service.addr, &headers).await,
+                Code::Unauthenticated,
+                "Forbidden by auth provider",
+            );
+        }
+    }
+    health_eventually(&service, "key-source/gitlab", ServingStatus::Serving).await;
+    health_eventually(&service, "key-source/customers-dot", ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn a_rotation_is_picked_up_on_the_first_token_with_or_without_kid() {
+    for with_kid in [true, false] {
+        let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+        let (service, _dir) = start_with(&gitlab, None, "").await;
+        accepted_eventually(&service, &token("rs256-gitlab", &gitlab.issuer(), with_kid)).await;
+        let before = gitlab.jwks_fetches();
+
+        // GitLab rotates (max-age=86400 promised a day of the old set): the very first token
+        // signed with the new key is accepted, after one refetch.
+        gitlab.set_keys(vec![
+            key("rs256-gitlab-next").jwk(),
+            key("rs256-gitlab").jwk(),
+        ]);
+        let rotated = Instant::now();
+        let t = token("rs256-gitlab-next", &gitlab.issuer(), with_kid);
+        let result = generate_token(service.addr, &Headers::bearer(&t)).await;
+        let elapsed = rotated.elapsed();
+        assert!(result.is_ok(), "rotation not picked up: {result:?}");
+        assert_eq!(gitlab.jwks_fetches(), before + 1);
+        eprintln!(
+            "rotation (kid: {with_kid}) to acceptance: {:.1} ms, 1 refetch",
+            elapsed.as_secs_f64() * 1e3
+        );
+        // The old key keeps working while it is published.
+        assert!(generate_token(
+            service.addr,
+            &Headers::bearer(&token("rs256-gitlab", &gitlab.issuer(), with_kid))
+        )
+        .await
+        .is_ok());
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_random_kids_costs_at_most_one_fetch_per_window() {
+    let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+    let (service, _dir) = start_with(&gitlab, None, "").await;
+    accepted_eventually(&service, &token("rs256-gitlab", &gitlab.issuer(), true)).await;
+    let before = gitlab.jwks_fetches();
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    let signer = key("rs256-attacker");
+    // One connection, many streams: as an attacker multiplexing over HTTP/2 would.
+    let client = support::client(service.addr).await;
+    for i in 0..500 {
+        let mut request = instance_request(&gitlab.issuer(), &[EXECUTE]);
+        request.with_kid = true;
+        // A token whose kid names no key of the issuer: sign with a key whose thumbprint is
+        // unknown, then splice a random kid into the header.
+        let real = mint(&signer.key, &request);
+        let forged = with_header_kid(&real, &format!("random-{i}-{}", uuid::Uuid::new_v4()));
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move {
+            let mut req = tonic::Request::new(duo_workflow_contract::GenerateTokenRequest {
+                workflow_definition: None,
+            });
+            Headers::bearer(&forged).apply(req.metadata_mut());
+            client.generate_token(req).await.map(|r| r.into_inner())
+        }));
+    }
+    for call in calls {
+        assert_status(
+            call.await.unwrap(),
+            Code::Unauthenticated,
+            "Forbidden by auth provider",
+        );
+    }
+    let elapsed = started.elapsed();
+    let fetches = gitlab.jwks_fetches() - before;
+    eprintln!(
+        "500 random-kid tokens in {:.0} ms caused {fetches} JWKS fetch(es)",
+        elapsed.as_secs_f64() * 1e3
+    );
+    // One window of 10 s: the flood may trigger one refetch, and the background schedule
+    // (max-age=86400, capped to 1 h) none.
+    assert!(fetches <= 1, "{fetches} fetches");
+    // Good tokens are still accepted without waiting.
+    assert!(generate_token(
+        service.addr,
+        &Headers::bearer(&token("rs256-gitlab", &gitlab.issuer(), true))
+    )
+    .await
+    .is_ok());
+}
+
+/// Replaces the `kid` of a compact JWS header (the signature no longer matters: no key has it).
+fn with_header_kid(token: &str, kid: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = token.split('.');
+    let mut header: serde_json::Value =
+        serde_json::from_slice(&b64.decode(parts.next().unwrap()).unwrap()).unwrap();
+    header["kid"] = serde_json::json!(kid);
+    let rest: Vec<&str> = parts.collect();
+    format!(
+        "{}.{}",
+        b64.encode(serde_json::to_vec(&header).unwrap()),
+        rest.join(".")
+    )
+}
+
+#[tokio::test]
+async fn provider_failures_keep_the_cached_keys_and_spare_other_issuers() {
+    let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+    let customers = provider::start(vec![key("rs256-customers").jwk()]).await;
+    let (service, _dir) = start_with(&gitlab, Some(&customers), FAST_REFRESH).await;
+    let gitlab_token = token("rs256-gitlab", &gitlab.issuer(), false);
+    let customers_token = token("rs256-customers", &customers.issuer(), true);
+    accepted_eventually(&service, &gitlab_token).await;
+    accepted_eventually(&service, &customers_token).await;
+
+    for mode in [
+        Mode::ServerError,
+        Mode::Garbage,
+        Mode::Huge,
+        Mode::Redirect,
+        Mode::Hang,
+    ] {
+        gitlab.set_mode(mode);
+        let fetches = gitlab.jwks_fetches() + gitlab.discovery_fetches.load(Ordering::SeqCst);
+        // Let at least two background refreshes fail.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gitlab.jwks_fetches() + gitlab.discovery_fetches.load(Ordering::SeqCst) < fetches + 2
+        {
+            assert!(Instant::now() < deadline, "{mode:?}: no refresh attempted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Cached keys still verify (kid-less: every cached key is tried).
+        assert!(
+            generate_token(service.addr, &Headers::bearer(&gitlab_token))
+                .await
+                .is_ok(),
+            "{mode:?}"
+        );
+        // A miss on the failing issuer waits at most the refetch deadline...
+        let unknown = token("rs256-attacker", &gitlab.issuer(), true);
+        let started = Instant::now();
+        assert_status(
+            generate_token(service.addr, &Headers::bearer(&unknown)).await,
+            Code::Unauthenticated,
+            "Forbidden by auth provider",
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{mode:?}: a miss waited {:?}",
+            started.elapsed()
+        );
+        // ...and the other issuer is not slowed down at all.
+        let started = Instant::now();
+        assert!(
+            generate_token(service.addr, &Headers::bearer(&customers_token))
+                .await
+                .is_ok()
+        );
+        let other = started.elapsed();
+        assert!(
+            other < Duration::from_secs(1),
+            "{mode:?}: other issuer took {other:?}"
+        );
+        eprintln!(
+            "{mode:?}: cached keys kept; other issuer answered in {:.1} ms",
+            other.as_secs_f64() * 1e3
+        );
+    }
+    health_eventually(&service, "key-source/gitlab", ServingStatus::Serving).await;
+    gitlab.set_mode(Mode::Healthy);
+}
+
+#[tokio::test]
+async fn start_up_with_a_provider_down_then_recovery() {
+    // Reserve a port, then free it: nothing listens there at start-up.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let issuer = format!("http://{addr}");
+    let dir = TempDir::new();
+    let file = dir.write(
+        "config.toml",
+        "[auth]\noidc_gitlab_required = true\n[auth.refresh]\nmin_seconds = 1\nmax_seconds = 1\nmax_stale_seconds = 3600\n",
+    );
+    let service = start_service(Some(&file), &[(ENV_OIDC_GITLAB_URL, issuer.as_str())])
+        .await
+        .unwrap();
+    let t = token("rs256-gitlab", &issuer, false);
+    // The service is up, answers, and says why it cannot judge this issuer's tokens.
+    assert_status(
+        generate_token(service.addr, &Headers::bearer(&t)).await,
+        Code::Unavailable,
+        "Keys of the token's issuer are not available",
+    );
+    health_eventually(&service, "", ServingStatus::NotServing).await;
+    health_eventually(&service, "key-source/gitlab", ServingStatus::NotServing).await;
+
+    let _gitlab = provider::start_on(addr, vec![key("rs256-gitlab").jwk()]).await;
+    accepted_eventually(&service, &t).await;
+    health_eventually(&service, "", ServingStatus::Serving).await;
+    health_eventually(&service, "key-source/gitlab", ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn a_discovery_document_naming_another_issuer_is_refused() {
+    let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+    gitlab.state.lock().unwrap().issuer_override = Some("https://evil.example".into());
+    let (service, _dir) = start_with(&gitlab, None, FAST_REFRESH).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gitlab.discovery_fetches.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        gitlab.jwks_fetches(),
+        0,
+        "keys were fetched from an unverified discovery document"
+    );
+    assert_status(
+        generate_token(
+            service.addr,
+            &Headers::bearer(&token("rs256-gitlab", &gitlab.issuer(), true)),
+        )
+        .await,
+        Code::Unavailable,
+        "Keys of the token's issuer are not available",
+    );
+    assert_eq!(
+        health(&service, "key-source/gitlab").await,
+        ServingStatus::NotServing
+    );
+    // A trailing slash is the only tolerated difference.
+    gitlab.state.lock().unwrap().issuer_override = Some(format!("{}/", gitlab.issuer()));
+    accepted_eventually(&service, &token("rs256-gitlab", &gitlab.issuer(), true)).await;
+}
+
+#[tokio::test]
+async fn unusable_jwks_entries_are_dropped_and_the_rest_kept() {
+    let good = key("rs256-gitlab").jwk();
+    let mut private = key("rs256-other").jwk();
+    private["d"] = serde_json::json!("AQAB");
+    let keys = vec![
+        serde_json::json!({"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"}),
+        private,
+        serde_json::json!({"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"}),
+        serde_json::json!({"kty": "EC", "crv": "P-384", "kid": "p384", "x": "AA", "y": "AA"}),
+        serde_json::json!("not an object"),
+        good,
+    ];
+    let gitlab = provider::start(keys).await;
+    let (service, _dir) = start_with(&gitlab, None, "").await;
+    accepted_eventually(&service, &token("rs256-gitlab", &gitlab.issuer(), true)).await;
+    accepted_eventually(&service, &token("rs256-gitlab", &gitlab.issuer(), false)).await;
+}
+
+#[tokio::test]
+async fn another_instance_trusts_published_user_tokens_through_discovery() {
+    let authority = key("rs256-authority");
+    let a = start_service(
+        None,
+        &[
+            (ENV_SIGNING_KEY, authority.pem.as_str()),
+            ("DUO_WORKFLOW_AUTH__ENABLED", "false"),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut headers = Headers::none();
+    headers.global_user_id = Some("user-77".into());
+    headers.realm = Some("self-managed".into());
+    headers.instance_id = Some("instance-1".into());
+    let user_token = generate_token(a.addr, &headers).await.unwrap().token;
+
+    // Instance B has its own authority key, and trusts A's published keys by configuration.
+    let dir = TempDir::new();
+    let file = dir.write(
+        "config.toml",
+        &format!(
+            "[[key_sources]]\ntype = \"oidc\"\nname = \"peer\"\nissuer = \"{SERVICE}\"\ndiscovery_url = \"http://{}\"\n",
+            a.http_addr
+        ),
+    );
+    let b = start_service(Some(&file), &[]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match execute_workflow(b.addr, &Headers::bearer(&user_token)).await {
+            Err(s) if s.code() == Code::Unimplemented => break, // authenticated and authorized
+            other if Instant::now() > deadline => {
+                panic!("B never trusted A's user token: {other:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    // B's trust in A is for user tokens only: they still cannot mint.
+    assert_status(
+        generate_token(b.addr, &Headers::bearer(&user_token)).await,
+        Code::PermissionDenied,
+        "Unauthorized to generate token",
+    );
+}
+
+#[tokio::test]
+async fn the_published_discovery_document_and_jwks() {
+    let authority = key("rs256-authority");
+    let previous = key("es256-previous");
+    let service = start_service(
+        None,
+        &[
+            (ENV_SIGNING_KEY, authority.pem.as_str()),
+            (
+                "DUO_WORKFLOW_SELF_SIGNED_JWT__VALIDATION_KEY",
+                previous.pem.as_str(),
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    let get = |path: &str| {
+        let url = format!("http://{}{path}", service.http_addr);
+        async move {
+            let response = reqwest_get(&url).await;
+            (
+                response.0,
+                serde_json::from_slice::<serde_json::Value>(&response.1).unwrap(),
+                response.2,
+            )
+        }
+    };
+    let (status, doc, _) = get("/.well-known/openid-configuration").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["issuer"], SERVICE);
+    assert_eq!(
+        doc["jwks_uri"],
+        format!("http://{}/oauth/discovery/keys", service.http_addr)
+    );
+    let (status, jwks, cache_control) = get("/oauth/discovery/keys").await;
+    assert_eq!(status, 200);
+    assert!(cache_control.unwrap().contains("max-age="));
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, [authority.kid(), previous.kid()]);
+    for k in jwks["keys"].as_array().unwrap() {
+        for private in ["d", "p", "q", "dp", "dq", "qi"] {
+            assert!(
+                k.get(private).is_none(),
+                "published a private member {private}"
+            );
+        }
+    }
+    assert_eq!(jwks["keys"][0]["alg"], "RS256");
+    assert_eq!(jwks["keys"][1]["alg"], "ES256");
+}
+
+/// A minimal HTTP/1.1 GET over a TCP stream: status, body, Cache-Control.
+async fn reqwest_get(url: &str) -> (u16, Vec<u8>, Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let cache_control = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("cache-control:")
+            .map(|v| v.trim().to_owned())
+    });
+    (status, body.as_bytes().to_vec(), cache_control)
+}
