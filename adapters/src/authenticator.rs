@@ -71,32 +71,39 @@ impl JwtAuthenticator {
         if allowed.is_empty() {
             return Err(Rejection::AlgorithmNotAllowed.into());
         }
-        let mut misses: Vec<(&DynKeySource, Arc<KeySet<PublicKey>>)> = Vec::new();
+        // Sources whose keys did not verify the token, with the set each tried (`None`: it had none).
+        let mut misses: Vec<(&DynKeySource, Option<Arc<KeySet<PublicKey>>>)> = Vec::new();
         for source in &allowed {
             let Some(keys) = source.current().filter(|k| !k.is_empty()) else {
+                misses.push((source, None));
                 continue;
             };
             match token.verify(&keys) {
                 Ok(proof) => return Ok(proof),
                 Err(SignatureFailure::Invalid) => return Err(Rejection::BadSignature.into()),
-                Err(SignatureFailure::NoMatchingKey) => misses.push((source, keys)),
+                Err(SignatureFailure::NoMatchingKey) => misses.push((source, Some(keys))),
             }
         }
-        if misses.is_empty() {
-            // No source of this issuer has ever produced usable keys: an outage, not a bad token.
-            return Err(VerificationError::KeysUnavailable(
-                allowed[0].issuer().clone(),
-            ));
-        }
-        // Perhaps the issuer rotated its keys: each source may refetch, once, rate-limited.
+        // Perhaps the issuer rotated its keys, or its provider just came back: each source may
+        // refetch, once, rate-limited and shared with concurrent misses.
+        let mut any_keys = false;
         for (source, seen) in misses {
-            if let Some(newer) = source.refetch_after_miss(&seen).await {
+            let had_keys = seen.is_some();
+            let newer = source.refetch_after_miss(seen.as_ref()).await;
+            any_keys |= had_keys || newer.as_ref().is_some_and(|k| !k.is_empty());
+            if let Some(newer) = newer {
                 match token.verify(&newer) {
                     Ok(proof) => return Ok(proof),
                     Err(SignatureFailure::Invalid) => return Err(Rejection::BadSignature.into()),
                     Err(SignatureFailure::NoMatchingKey) => {}
                 }
             }
+        }
+        if !any_keys {
+            // No source of this issuer has usable keys: an outage, not a bad token.
+            return Err(VerificationError::KeysUnavailable(
+                allowed[0].issuer().clone(),
+            ));
         }
         Err(if token.kid().is_some() {
             Rejection::UnknownKeyId

@@ -512,6 +512,7 @@ fn refresh_policy(field: &str, c: &RefreshConfig) -> Result<RefreshPolicy, Confi
             .map(Duration::from_millis)
             .unwrap_or(d.miss_wait),
         retry_initial: d.retry_initial,
+        retry_max: d.retry_max,
     };
     if policy.min_interval.is_zero() {
         return Err(bad(format!("{field}.min_seconds"), "must be positive"));
@@ -714,7 +715,10 @@ mod tests {
         assert!(s.auth_enabled);
         assert_eq!(s.service_name.as_str(), "gitlab-duo-workflow-service");
         let issuers: Vec<&str> = s.remote_sources.iter().map(|r| r.issuer.as_str()).collect();
-        assert_eq!(issuers, ["https://gitlab.com", "https://customers.gitlab.com"]);
+        assert_eq!(
+            issuers,
+            ["https://gitlab.com", "https://customers.gitlab.com"]
+        );
         assert!(s.signing_key.is_none() && s.upstream_url.is_none());
     }
 

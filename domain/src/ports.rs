@@ -95,7 +95,7 @@ impl SourceState {
 /// Where one issuer's public keys come from (static file, local authority, OIDC discovery, ...).
 /// `K` is the adapters' parsed key material, parsed once when a set loads.
 #[async_trait]
-pub trait KeySource<K>: Send + Sync {
+pub trait KeySource<K: Send + Sync>: Send + Sync {
     /// A short name for logs and readiness, e.g. `gitlab`, `customers-dot`, `local-authority`.
     fn name(&self) -> &str;
 
@@ -108,10 +108,11 @@ pub trait KeySource<K>: Send + Sync {
     /// The current keys; `None` while the source has never produced keys.
     fn current(&self) -> Option<Arc<KeySet<K>>>;
 
-    /// Called when no key of `seen` (the set the caller tried) verified a token: an unknown `kid`,
-    /// or a kid-less token. A source that can refetch does so here, rate-limited and
-    /// single-flight, and returns a newer set; sources whose keys cannot change return `None`.
-    async fn refetch_after_miss(&self, seen: &Arc<KeySet<K>>) -> Option<Arc<KeySet<K>>> {
+    /// Called when no key of `seen` (the set the caller tried; `None` when the source had none)
+    /// verified a token: an unknown `kid`, or a kid-less token. A source that can refetch does so
+    /// here, rate-limited and single-flight, and returns a newer set; sources whose keys cannot
+    /// change return `None`.
+    async fn refetch_after_miss(&self, seen: Option<&Arc<KeySet<K>>>) -> Option<Arc<KeySet<K>>> {
         let _ = seen;
         None
     }

@@ -46,8 +46,9 @@ pub struct RefreshPolicy {
     pub miss_refetch_interval: Duration,
     /// How long a request may wait for a miss-triggered refetch.
     pub miss_wait: Duration,
-    /// First retry delay after a failure; doubles up to `max_interval`, with jitter.
+    /// First retry delay after a failure; doubles up to `retry_max` (and `max_interval`), with jitter.
     pub retry_initial: Duration,
+    pub retry_max: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -59,6 +60,7 @@ impl Default for RefreshPolicy {
             miss_refetch_interval: Duration::from_secs(10),
             miss_wait: Duration::from_secs(5),
             retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
         }
     }
 }
@@ -307,13 +309,13 @@ async fn refresh_loop(source: Weak<RemoteKeySource>) {
     }
 }
 
-/// Exponential backoff with jitter, capped at the maximum refresh interval.
+/// Exponential backoff with jitter, capped at `retry_max` and the maximum refresh interval.
 fn backoff(policy: &RefreshPolicy, failures: u32) -> Duration {
     let exp = policy
         .retry_initial
         .saturating_mul(1u32 << failures.clamp(1, 16).saturating_sub(1));
-    exp.min(policy.max_interval)
-        .mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    let cap = exp.min(policy.retry_max).min(policy.max_interval);
+    cap.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
 }
 
 #[async_trait]
@@ -341,11 +343,11 @@ impl KeySource<PublicKey> for RemoteKeySource {
 
     async fn refetch_after_miss(
         &self,
-        seen: &Arc<KeySet<PublicKey>>,
+        seen: Option<&Arc<KeySet<PublicKey>>>,
     ) -> Option<Arc<KeySet<PublicKey>>> {
         // Someone refreshed since the caller looked: try that first, no fetch.
         if let Some(current) = self.current() {
-            if !Arc::ptr_eq(&current, seen) {
+            if seen.is_none_or(|seen| !Arc::ptr_eq(&current, seen)) {
                 return Some(current);
             }
         }
