@@ -271,21 +271,27 @@ impl RemoteKeySource {
         ))
         .map_err(|e| format!("discovery URL: {e}"))?;
         let doc = self.fetcher.get(&url).await?;
-        let doc: serde_json::Value = serde_json::from_slice(&doc.body)
-            .map_err(|_| format!("{url} is not a JSON document"))?;
-        let claimed = doc
-            .get("issuer")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| format!("{url} has no issuer"))?;
-        if claimed.trim_end_matches('/') != issuer.trim_end_matches('/') {
-            return Err(format!("{url} names issuer {claimed:?}, not {issuer:?}"));
-        }
-        let jwks = doc
-            .get("jwks_uri")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| format!("{url} has no jwks_uri"))?;
-        Url::parse(jwks).map_err(|e| format!("jwks_uri {jwks:?}: {e}"))
+        jwks_uri_of(&doc.body, issuer).map_err(|e| format!("{url}: {e}"))
     }
+}
+
+/// The `jwks_uri` of an OIDC discovery document, once its `issuer` is `issuer` (a trailing slash
+/// is the only difference tolerated).
+pub fn jwks_uri_of(document: &[u8], issuer: &str) -> Result<Url, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(document).map_err(|_| "not a JSON document".to_owned())?;
+    let claimed = doc
+        .get("issuer")
+        .and_then(|v| v.as_str())
+        .ok_or("no issuer")?;
+    if claimed.trim_end_matches('/') != issuer.trim_end_matches('/') {
+        return Err(format!("names issuer {claimed:?}, not {issuer:?}"));
+    }
+    let jwks = doc
+        .get("jwks_uri")
+        .and_then(|v| v.as_str())
+        .ok_or("no jwks_uri")?;
+    Url::parse(jwks).map_err(|e| format!("jwks_uri {jwks:?}: {e}"))
 }
 
 async fn refresh_loop(source: Weak<RemoteKeySource>) {
