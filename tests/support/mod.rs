@@ -267,3 +267,29 @@ pub fn static_source_config(
         ),
     )
 }
+
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A compact JWS over exactly these header and payload bytes, signed by `key`: hostile tokens
+/// carry a valid signature, so that their one hostile property is the only reason to refuse them.
+pub fn sign_raw(key: &SigningKey, header: &[u8], payload: &[u8]) -> String {
+    let input = format!("{}.{}", b64(header), b64(payload));
+    let signature = key.sign(input.as_bytes());
+    format!("{input}.{}", b64(&signature))
+}
+
+/// Good instance-token claims for `issuer`, valid now for an hour.
+pub fn good_claims(issuer: &str) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    serde_json::json!({
+        "iss": issuer, "aud": SERVICE, "sub": "instance-1",
+        "iat": now, "nbf": now - 5, "exp": now + 3600, "jti": "j-1",
+        "scopes": [EXECUTE], "gitlab_realm": "self-managed", "gitlab_instance_id": "instance-1",
+    })
+}

@@ -31,6 +31,8 @@ pub struct ProviderState {
     pub jwks: Value,
     /// The `issuer` the discovery document states (default: the provider's own URL).
     pub issuer_override: Option<String>,
+    /// The `jwks_uri` the discovery document states (default: the provider's own JWKS).
+    pub jwks_uri_override: Option<String>,
     pub mode: Mode,
     pub cache_control: String,
 }
@@ -72,6 +74,7 @@ pub async fn start_on(addr: SocketAddr, keys: Vec<Value>) -> Provider {
     let state = Arc::new(Mutex::new(ProviderState {
         jwks: json!({ "keys": keys }),
         issuer_override: None,
+        jwks_uri_override: None,
         mode: Mode::Healthy,
         cache_control: "max-age=86400".into(),
     }));
@@ -126,9 +129,11 @@ async fn respond(
                     .issuer_override
                     .clone()
                     .unwrap_or_else(|| format!("http://{addr}"));
-                Some(
-                    json!({"issuer": issuer, "jwks_uri": format!("http://{addr}/oauth/discovery/keys")}),
-                )
+                let jwks_uri = s
+                    .jwks_uri_override
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}/oauth/discovery/keys"));
+                Some(json!({"issuer": issuer, "jwks_uri": jwks_uri}))
             }
             "/oauth/discovery/keys" => {
                 jwks_fetches.fetch_add(1, Ordering::SeqCst);

@@ -1,0 +1,968 @@
+//! Hostile input (../shared/SECURITY-CHECKLIST.md), row by row, through the real path: gRPC
+//! metadata in, status and details out, against the real service. Every hostile token carries a
+//! valid signature by a trusted key unless the row is about the signature, so its one hostile
+//! property is the only reason to refuse it. After each row: no panic anywhere in the process,
+//! and the next good request still passes.
+//!
+//! Rows exercised in tests/key_sources.rs against fake providers: 5 (random-kid flood),
+//! 16 (10 MiB body, hang, redirect), 17 (discovery issuer), 18 (`oct` and private members),
+//! 20 (failures keep the last good keys). Row 21 (secrets in logs) runs the binary in
+//! app/tests/binary.rs.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+
+use duo_workflow_service::server::Running;
+use serde_json::{json, Value};
+use support::{
+    assert_status, b64, generate_token, good_claims, key, sign_raw, start_service, Headers,
+    SigningKeyPem, TempDir, EXECUTE, SERVICE,
+};
+use tonic::Code;
+
+const GITLAB: &str = "https://gitlab.test";
+const CUSTOMERS: &str = "https://customers.test";
+const EDGE: &str = "https://edge.test";
+const FORBIDDEN: &str = "Forbidden by auth provider";
+
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts panics outside the tests' own assertions, on any thread of this test binary (a panic
+/// in a server task would otherwise only show as a broken connection).
+fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info
+                .location()
+                .is_some_and(|l| l.file().starts_with("tests/"))
+            {
+                PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            default(info);
+        }));
+    });
+}
+
+struct Fixture {
+    service: Running,
+    _dir: TempDir,
+}
+
+fn rs() -> std::sync::Arc<SigningKeyPem> {
+    key("rs256-instance")
+}
+fn es() -> std::sync::Arc<SigningKeyPem> {
+    key("es256-instance")
+}
+fn ed() -> std::sync::Arc<SigningKeyPem> {
+    key("eddsa-instance")
+}
+fn customers() -> std::sync::Arc<SigningKeyPem> {
+    key("rs256-customers")
+}
+
+/// GitLab: an RS256 key and an ES256 key, but only RS256 allowed. CustomersDot: its own RS256 key.
+/// Edge: ES256 and EdDSA keys, plus a P-384 entry (dropped: unsupported).
+async fn fixture() -> Fixture {
+    count_panics();
+    let dir = TempDir::new();
+    let p384 =
+        json!({"kty": "EC", "crv": "P-384", "kid": "p384", "x": b64(&[1; 48]), "y": b64(&[2; 48])});
+    let gitlab = dir.write(
+        "gitlab.jwks",
+        &json!({"keys": [rs().jwk(), es().jwk()]}).to_string(),
+    );
+    let cdot = dir.write(
+        "customers.jwks",
+        &json!({"keys": [customers().jwk()]}).to_string(),
+    );
+    let edge = dir.write(
+        "edge.jwks",
+        &json!({"keys": [es().jwk(), ed().jwk(), p384]}).to_string(),
+    );
+    let config = format!(
+        r#"
+[[key_sources]]
+type = "static"
+name = "gitlab"
+issuer = "{GITLAB}"
+jwks_file = "{}"
+algorithms = ["RS256"]
+
+[[key_sources]]
+type = "static"
+name = "customers"
+issuer = "{CUSTOMERS}"
+jwks_file = "{}"
+
+[[key_sources]]
+type = "static"
+name = "edge"
+issuer = "{EDGE}"
+jwks_file = "{}"
+"#,
+        gitlab.display(),
+        cdot.display(),
+        edge.display()
+    );
+    let file = dir.write("config.toml", &config);
+    let service = start_service(Some(&file), &[]).await.unwrap();
+    Fixture { service, _dir: dir }
+}
+
+fn header(alg: &str, kid: Option<&str>) -> Value {
+    let mut h = json!({"alg": alg, "typ": "JWT"});
+    if let Some(kid) = kid {
+        h["kid"] = json!(kid);
+    }
+    h
+}
+
+fn signed(key: &SigningKeyPem, header: &Value, claims: &Value) -> String {
+    sign_raw(
+        &key.key,
+        &serde_json::to_vec(header).unwrap(),
+        &serde_json::to_vec(claims).unwrap(),
+    )
+}
+
+impl Fixture {
+    fn addr(&self) -> SocketAddr {
+        self.service.addr
+    }
+
+    /// `token` is refused with `code`/`details`; nothing panicked; a good token still passes.
+    async fn refuses_with(&self, what: &str, token: &str, code: Code, details: &str) {
+        let result = generate_token(self.addr(), &Headers::bearer(token)).await;
+        match result {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(s) => {
+                assert_eq!(s.code(), code, "{what}: {:?}", s.message());
+                assert_eq!(s.message(), details, "{what}");
+            }
+        }
+        assert_eq!(
+            PANICS.load(Ordering::SeqCst),
+            0,
+            "{what}: something panicked"
+        );
+        let good = signed(
+            &rs(),
+            &header("RS256", Some(rs().kid())),
+            &good_claims(GITLAB),
+        );
+        assert!(
+            generate_token(self.addr(), &Headers::bearer(&good))
+                .await
+                .is_ok(),
+            "{what}: the next good call failed"
+        );
+    }
+
+    async fn refuses(&self, what: &str, token: &str) {
+        self.refuses_with(what, token, Code::Unauthenticated, FORBIDDEN)
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn the_fixture_accepts_good_tokens_of_every_algorithm() {
+    let f = fixture().await;
+    for (k, alg, iss) in [
+        (rs(), "RS256", GITLAB),
+        (es(), "ES256", EDGE),
+        (ed(), "EdDSA", EDGE),
+    ] {
+        for kid in [Some(k.kid()), None] {
+            let t = signed(&k, &header(alg, kid), &good_claims(iss));
+            assert!(
+                generate_token(f.addr(), &Headers::bearer(&t)).await.is_ok(),
+                "{alg} kid {kid:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn row_01_alg_missing_not_a_string_none_or_not_allowed() {
+    let f = fixture().await;
+    let claims = good_claims(GITLAB);
+    let kid = rs().kid().to_owned();
+    let headers = [
+        ("alg missing", json!({"typ": "JWT", "kid": kid})),
+        ("alg a number", json!({"alg": 256, "kid": kid})),
+        ("alg null", json!({"alg": null, "kid": kid})),
+        ("alg an array", json!({"alg": ["RS256"], "kid": kid})),
+    ];
+    for (what, h) in headers {
+        f.refuses(what, &signed(&rs(), &h, &claims)).await;
+    }
+    for none in ["none", "None", "NONE", "nOnE"] {
+        let unsigned = format!(
+            "{}.{}.",
+            b64(header(none, None).to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        f.refuses(&format!("alg {none}, empty signature"), &unsigned)
+            .await;
+        let with_sig = format!("{unsigned}c2ln");
+        f.refuses(&format!("alg {none}"), &with_sig).await;
+    }
+    // A valid ES256 signature by a key of the issuer, but the issuer's source allows RS256 only.
+    f.refuses(
+        "ES256 not in the allow-list",
+        &signed(&es(), &header("ES256", Some(es().kid())), &claims),
+    )
+    .await;
+    f.refuses(
+        "ES256 not in the allow-list, no kid",
+        &signed(&es(), &header("ES256", None), &claims),
+    )
+    .await;
+    for alg in ["RS384", "PS256", "ES384", "HS512", "rs256"] {
+        f.refuses(alg, &signed(&rs(), &header(alg, Some(&kid)), &claims))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn row_02_alg_that_does_not_fit_the_key() {
+    let f = fixture().await;
+    let claims = good_claims(GITLAB);
+    let input = format!(
+        "{}.{}",
+        b64(header("HS256", None).to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    // The classic confusion: HMAC keyed with the RSA public key, as PEM and as raw modulus.
+    let jwk = rs().jwk();
+    let secrets: [Vec<u8>; 3] = [
+        rs().key.public_key().to_pem().into_bytes(),
+        jwk.to_string().into_bytes(),
+        jwk["n"].as_str().unwrap().as_bytes().to_vec(),
+    ];
+    for secret in secrets {
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
+            input.as_bytes(),
+        );
+        f.refuses(
+            "HS256 with the RSA public key as secret",
+            &format!("{input}.{}", b64(tag.as_ref())),
+        )
+        .await;
+    }
+    // RS256 naming the EC key (RSA signature by the RSA key, kid of the EC key).
+    f.refuses(
+        "RS256 against an EC key",
+        &signed(&rs(), &header("RS256", Some(es().kid())), &claims),
+    )
+    .await;
+    // ES256 against a P-384 key: that key was dropped at load time.
+    let edge = good_claims(EDGE);
+    f.refuses(
+        "ES256 naming a P-384 key",
+        &signed(&es(), &header("ES256", Some("p384")), &edge),
+    )
+    .await;
+    // EdDSA header over an ES256 key's kid, and the reverse.
+    f.refuses(
+        "EdDSA naming the ES256 key",
+        &signed(&ed(), &header("EdDSA", Some(es().kid())), &edge),
+    )
+    .await;
+    f.refuses(
+        "ES256 naming the EdDSA key",
+        &signed(&es(), &header("ES256", Some(ed().kid())), &edge),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn row_03_key_material_in_the_header_is_never_used() {
+    let f = fixture().await;
+    let attacker = key("rs256-attacker");
+    let claims = good_claims(GITLAB);
+    for param in ["jwk", "jku", "x5u", "x5c"] {
+        let mut h = header("RS256", None);
+        h[param] = match param {
+            "jwk" => attacker.jwk(),
+            "x5c" => json!(["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]),
+            _ => json!("https://attacker.example/keys"),
+        };
+        // Signed by the attacker's own key, which the header offers.
+        f.refuses(
+            &format!("{param} with the attacker's key"),
+            &signed(&attacker, &h, &claims),
+        )
+        .await;
+        // Even a token signed by the trusted key is refused when it carries these parameters.
+        let mut h2 = h.clone();
+        h2["kid"] = json!(rs().kid());
+        f.refuses(
+            &format!("{param} beside a trusted signature"),
+            &signed(&rs(), &h2, &claims),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn row_04_kid_not_a_string_too_long_or_of_another_issuer() {
+    let f = fixture().await;
+    let claims = good_claims(GITLAB);
+    for (what, kid) in [
+        ("kid a number", json!(1)),
+        ("kid an object", json!({"k": rs().kid()})),
+        ("kid an array", json!([rs().kid()])),
+        ("kid empty", json!("")),
+        ("kid of 257 bytes", json!("k".repeat(257))),
+    ] {
+        let mut h = header("RS256", None);
+        h["kid"] = kid;
+        f.refuses(what, &signed(&rs(), &h, &claims)).await;
+    }
+    // CustomersDot's key, named by its kid, signing a GitLab-issued token.
+    f.refuses(
+        "kid of another issuer's key",
+        &signed(
+            &customers(),
+            &header("RS256", Some(customers().kid())),
+            &claims,
+        ),
+    )
+    .await;
+    f.refuses(
+        "another issuer's key, no kid",
+        &signed(&customers(), &header("RS256", None), &claims),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn row_06_structure() {
+    let f = fixture().await;
+    let good = signed(
+        &rs(),
+        &header("RS256", Some(rs().kid())),
+        &good_claims(GITLAB),
+    );
+    let parts: Vec<&str> = good.split('.').collect();
+    let cases = [
+        ("two segments", format!("{}.{}", parts[0], parts[1])),
+        ("four segments", format!("{good}.{}", parts[2])),
+        (
+            "five segments (JWE)",
+            format!(
+                "{}.{}.{}.{}.{}",
+                parts[0], parts[1], parts[1], parts[1], parts[2]
+            ),
+        ),
+        ("empty header", format!(".{}.{}", parts[1], parts[2])),
+        ("empty payload", format!("{}..{}", parts[0], parts[2])),
+        ("empty signature", format!("{}.{}.", parts[0], parts[1])),
+        ("thousands of dots", ".".repeat(5000)),
+        ("dots around", format!(".{good}.")),
+        (
+            "padding",
+            format!("{}=.{}.{}", parts[0], parts[1], parts[2]),
+        ),
+        ("padded signature", format!("{good}==")),
+        ("tab inside", format!("{}\t{}", &good[..10], &good[10..])),
+        (
+            "standard base64 alphabet",
+            good.replace('-', "+").replace('_', "/"),
+        ),
+        ("one byte over the cap", "a".repeat(8 * 1024 + 1)),
+        (
+            "a megabyte",
+            format!(
+                "{}.{}.{}",
+                "a".repeat(400_000),
+                "b".repeat(400_000),
+                "c".repeat(200_000)
+            ),
+        ),
+        ("empty token", String::new()),
+    ];
+    for (what, token) in cases {
+        // Values that gRPC metadata cannot carry are refused by the client library; the rest
+        // must be refused by the service.
+        if tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")).is_err() {
+            continue;
+        }
+        if token.len() > 16 * 1024 {
+            // Beyond the metadata limit: refused by HTTP/2 (row 22), not by the verifier.
+            let result = generate_token(f.addr(), &Headers::bearer(&token)).await;
+            assert!(result.is_err(), "{what}");
+            continue;
+        }
+        f.refuses(what, &token).await;
+    }
+    // A space splits `Bearer <token>` into three words: refused before verification (step 2).
+    let spaced = format!("{} .{}.{}", parts[0], parts[1], parts[2]);
+    f.refuses_with(
+        "space inside",
+        &spaced,
+        Code::Unauthenticated,
+        "Invalid authorization header",
+    )
+    .await;
+    // Metadata that is not visible ASCII cannot hold a bearer token.
+    f.refuses_with(
+        "non-ASCII",
+        &format!("{good}é"),
+        Code::Unauthenticated,
+        "Invalid authorization header",
+    )
+    .await;
+    let mut zipped = header("RS256", Some(rs().kid()));
+    zipped["zip"] = json!("DEF");
+    f.refuses("zip header", &signed(&rs(), &zipped, &good_claims(GITLAB)))
+        .await;
+}
+
+#[tokio::test]
+async fn row_07_json() {
+    let f = fixture().await;
+    let rs_key = rs();
+    let kid = rs_key.kid();
+    let h = serde_json::to_vec(&header("RS256", Some(kid))).unwrap();
+    let claims = good_claims(GITLAB);
+    let body = |extra: &str| {
+        let s = claims.to_string();
+        format!("{}{extra}}}", &s[..s.len() - 1])
+    };
+    let payloads: Vec<(&str, Vec<u8>)> = vec![
+        ("payload an array", b"[1,2]".to_vec()),
+        ("payload a string", b"\"claims\"".to_vec()),
+        ("payload a number", b"12".to_vec()),
+        ("payload null", b"null".to_vec()),
+        ("payload not JSON", b"{iss: gitlab}".to_vec()),
+        (
+            "payload with trailing data",
+            format!("{claims}{{}}").into_bytes(),
+        ),
+        (
+            "duplicate iss",
+            body(r#","iss":"https://customers.test""#).into_bytes(),
+        ),
+        (
+            "duplicate aud",
+            body(&format!(r#","aud":"{SERVICE}""#)).into_bytes(),
+        ),
+        ("duplicate exp", body(r#","exp":99999999999"#).into_bytes()),
+        (
+            "deep nesting",
+            body(&format!(r#","x":{}1{}"#, "[".repeat(200), "]".repeat(200))).into_bytes(),
+        ),
+        ("huge number", body(r#","x":1e999"#).into_bytes()),
+        ("huge exp", body_with(&claims, "exp", "1e999").into_bytes()),
+        (
+            "invalid UTF-8",
+            [b"{\"iss\":\"\xff\xfe\"}".as_slice()].concat(),
+        ),
+    ];
+    for (what, payload) in payloads {
+        f.refuses(what, &sign_raw(&rs().key, &h, &payload)).await;
+    }
+    let p = serde_json::to_vec(&claims).unwrap();
+    let headers: Vec<(&str, Vec<u8>)> = vec![
+        ("header an array", b"[\"RS256\"]".to_vec()),
+        ("header a string", b"\"RS256\"".to_vec()),
+        (
+            "duplicate alg",
+            format!(r#"{{"alg":"RS256","alg":"none","kid":"{kid}"}}"#).into_bytes(),
+        ),
+        (
+            "duplicate kid",
+            format!(r#"{{"alg":"RS256","kid":"{kid}","kid":"other"}}"#).into_bytes(),
+        ),
+        (
+            "deep header",
+            format!(
+                r#"{{"alg":"RS256","x":{}1{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            )
+            .into_bytes(),
+        ),
+    ];
+    for (what, h) in headers {
+        f.refuses(what, &sign_raw(&rs().key, &h, &p)).await;
+    }
+}
+
+/// The claims with one member's JSON text replaced.
+fn body_with(claims: &Value, name: &str, raw: &str) -> String {
+    let mut c = claims.clone();
+    c.as_object_mut().unwrap().remove(name);
+    let s = c.to_string();
+    format!("{},\"{name}\":{raw}}}", &s[..s.len() - 1])
+}
+
+#[tokio::test]
+async fn row_08_claim_types() {
+    let f = fixture().await;
+    let claims = good_claims(GITLAB);
+    let exp = claims["exp"].as_i64().unwrap();
+    let cases: Vec<(&str, &str, String)> = vec![
+        ("exp as a string", "exp", format!("\"{exp}\"")),
+        ("nbf as a string", "nbf", "\"0\"".into()),
+        ("iat as a string", "iat", "\"0\"".into()),
+        ("exp negative", "exp", "-1".into()),
+        ("nbf negative", "nbf", "-100".into()),
+        ("exp fractional beyond reason", "exp", "1e300".into()),
+        ("exp overflowing with leeway", "exp", i64::MAX.to_string()),
+        ("exp beyond u64", "exp", "18446744073709551616".into()),
+        ("iat overflowing", "iat", u64::MAX.to_string()),
+        ("exp a bool", "exp", "true".into()),
+        ("aud a number", "aud", "7".into()),
+        ("aud an object", "aud", format!("{{\"x\":\"{SERVICE}\"}}")),
+        (
+            "aud with a non-string",
+            "aud",
+            format!("[\"{SERVICE}\", 1]"),
+        ),
+        ("iss a number", "iss", "1".into()),
+        ("iss an array", "iss", format!("[\"{GITLAB}\"]")),
+        ("sub a number", "sub", "5".into()),
+        ("scopes a string", "scopes", format!("\"{EXECUTE}\"")),
+        (
+            "scopes with a number",
+            "scopes",
+            format!("[\"{EXECUTE}\", 5]"),
+        ),
+        (
+            "scopes an object",
+            "scopes",
+            format!("{{\"{EXECUTE}\": true}}"),
+        ),
+        ("duo_seat_count negative", "duo_seat_count", "-5".into()),
+        ("gitlab_realm a number", "gitlab_realm", "1".into()),
+    ];
+    let h = serde_json::to_vec(&header("RS256", Some(rs().kid()))).unwrap();
+    for (what, name, raw) in cases {
+        f.refuses(
+            what,
+            &sign_raw(&rs().key, &h, body_with(&claims, name, &raw).as_bytes()),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn row_09_time() {
+    let f = fixture().await;
+    let now = good_claims(GITLAB)["iat"].as_i64().unwrap();
+    let with = |changes: &[(&str, Value)]| {
+        let mut c = good_claims(GITLAB);
+        for (k, v) in changes {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(*k);
+            } else {
+                c[*k] = v.clone();
+            }
+        }
+        signed(&rs(), &header("RS256", Some(rs().kid())), &c)
+    };
+    f.refuses("missing exp", &with(&[("exp", Value::Null)]))
+        .await;
+    f.refuses("exp past beyond leeway", &with(&[("exp", json!(now - 61))]))
+        .await;
+    f.refuses(
+        "exp long past",
+        &with(&[("exp", json!(1)), ("iat", json!(0)), ("nbf", json!(0))]),
+    )
+    .await;
+    f.refuses("nbf in the future", &with(&[("nbf", json!(now + 120))]))
+        .await;
+    f.refuses("iat in the future", &with(&[("iat", json!(now + 120))]))
+        .await;
+    f.refuses(
+        "lifetime of 30 days",
+        &with(&[("exp", json!(now + 30 * 86400))]),
+    )
+    .await;
+    f.refuses(
+        "lifetime without iat or nbf",
+        &with(&[
+            ("iat", Value::Null),
+            ("nbf", Value::Null),
+            ("exp", json!(now + 30 * 86400)),
+        ]),
+    )
+    .await;
+    // Inside the leeway is fine.
+    let t = with(&[("exp", json!(now - 30)), ("nbf", json!(now + 30))]);
+    assert!(generate_token(f.addr(), &Headers::bearer(&t)).await.is_ok());
+}
+
+#[tokio::test]
+async fn row_10_audience() {
+    let f = fixture().await;
+    let mut c = good_claims(GITLAB);
+    c.as_object_mut().unwrap().remove("aud");
+    f.refuses(
+        "aud missing",
+        &signed(&rs(), &header("RS256", Some(rs().kid())), &c),
+    )
+    .await;
+    for aud in [
+        json!("gitlab-ai-gateway"),
+        json!([]),
+        json!(["gitlab-ai-gateway"]),
+        json!(null),
+        json!(""),
+        json!(format!("{SERVICE} ")),
+    ] {
+        let mut c = good_claims(GITLAB);
+        c["aud"] = aud.clone();
+        f.refuses(
+            &format!("aud {aud}"),
+            &signed(&rs(), &header("RS256", Some(rs().kid())), &c),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn row_11_unknown_issuer_is_an_error_not_no_token() {
+    let f = fixture().await;
+    for iss in [
+        json!("https://evil.test"),
+        json!(format!("{GITLAB}/")),
+        json!("HTTPS://GITLAB.TEST"),
+        json!(null),
+    ] {
+        let mut c = good_claims(GITLAB);
+        c["iss"] = iss.clone();
+        f.refuses(
+            &format!("iss {iss}"),
+            &signed(&rs(), &header("RS256", Some(rs().kid())), &c),
+        )
+        .await;
+    }
+    let mut c = good_claims(GITLAB);
+    c.as_object_mut().unwrap().remove("iss");
+    f.refuses(
+        "iss missing",
+        &signed(&rs(), &header("RS256", Some(rs().kid())), &c),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn row_12_two_authorization_entries() {
+    let f = fixture().await;
+    let good = signed(
+        &rs(),
+        &header("RS256", Some(rs().kid())),
+        &good_claims(GITLAB),
+    );
+    let mut req = tonic::Request::new(duo_workflow_contract::GenerateTokenRequest {
+        workflow_definition: None,
+    });
+    Headers::bearer(&good).apply(req.metadata_mut());
+    req.metadata_mut()
+        .append("authorization", format!("Bearer {good}").parse().unwrap());
+    let result = support::client(f.addr()).await.generate_token(req).await;
+    assert_status(
+        result,
+        Code::Unauthenticated,
+        "Invalid authorization header",
+    );
+    assert!(generate_token(f.addr(), &Headers::bearer(&good))
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn row_13_crit() {
+    let f = fixture().await;
+    for crit in [json!(["exp"]), json!(["b64"]), json!([]), json!("x")] {
+        let mut h = header("RS256", Some(rs().kid()));
+        h["crit"] = crit.clone();
+        f.refuses(
+            &format!("crit {crit}"),
+            &signed(&rs(), &h, &good_claims(GITLAB)),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn row_14_signature_shapes() {
+    let f = fixture().await;
+    let rs_token = signed(
+        &rs(),
+        &header("RS256", Some(rs().kid())),
+        &good_claims(GITLAB),
+    );
+    let (input, sig) = rs_token.rsplit_once('.').unwrap();
+    let sig = base64_decode(sig);
+    f.refuses(
+        "RSA signature one byte short",
+        &format!("{input}.{}", b64(&sig[1..])),
+    )
+    .await;
+    f.refuses(
+        "RSA signature one byte long",
+        &format!("{input}.{}", b64(&[&[0u8][..], &sig].concat())),
+    )
+    .await;
+    f.refuses(
+        "RSA signature of zeros",
+        &format!("{input}.{}", b64(&vec![0; sig.len()])),
+    )
+    .await;
+    let mut flipped = sig.clone();
+    flipped[10] ^= 1;
+    f.refuses(
+        "RSA signature with a bit flipped",
+        &format!("{input}.{}", b64(&flipped)),
+    )
+    .await;
+
+    let es_token = signed(
+        &es(),
+        &header("ES256", Some(es().kid())),
+        &good_claims(EDGE),
+    );
+    let (input, sig) = es_token.rsplit_once('.').unwrap();
+    let sig = base64_decode(sig);
+    assert_eq!(sig.len(), 64);
+    let (r, s) = sig.split_at(32);
+    f.refuses(
+        "ECDSA in DER form",
+        &format!("{input}.{}", b64(&der_signature(r, s))),
+    )
+    .await;
+    f.refuses(
+        "ECDSA r = 0",
+        &format!("{input}.{}", b64(&[&[0u8; 32][..], s].concat())),
+    )
+    .await;
+    f.refuses(
+        "ECDSA s = 0",
+        &format!("{input}.{}", b64(&[r, &[0u8; 32][..]].concat())),
+    )
+    .await;
+    f.refuses("ECDSA all zero", &format!("{input}.{}", b64(&[0u8; 64])))
+        .await;
+    f.refuses("ECDSA 63 bytes", &format!("{input}.{}", b64(&sig[..63])))
+        .await;
+    f.refuses(
+        "ECDSA 96 bytes (P-384 size)",
+        &format!("{input}.{}", b64(&[&sig[..], &[1u8; 32][..]].concat())),
+    )
+    .await;
+
+    let ed_token = signed(
+        &ed(),
+        &header("EdDSA", Some(ed().kid())),
+        &good_claims(EDGE),
+    );
+    let (input, sig) = ed_token.rsplit_once('.').unwrap();
+    let sig = base64_decode(sig);
+    f.refuses(
+        "Ed25519 signature short",
+        &format!("{input}.{}", b64(&sig[..63])),
+    )
+    .await;
+    f.refuses("Ed25519 zeros", &format!("{input}.{}", b64(&[0u8; 64])))
+        .await;
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .unwrap()
+}
+
+/// ECDSA-Sig-Value DER encoding of (r, s).
+fn der_signature(r: &[u8], s: &[u8]) -> Vec<u8> {
+    fn int(v: &[u8]) -> Vec<u8> {
+        let v: Vec<u8> = v.iter().copied().skip_while(|&b| b == 0).collect();
+        let mut body = if v.first().is_some_and(|b| b & 0x80 != 0) {
+            vec![0]
+        } else {
+            vec![]
+        };
+        body.extend(v);
+        [vec![0x02, body.len() as u8], body].concat()
+    }
+    let body = [int(r), int(s)].concat();
+    [vec![0x30, body.len() as u8], body].concat()
+}
+
+#[tokio::test]
+async fn row_15_plain_http_key_sources_are_refused_unless_loopback_or_allowed() {
+    // At configuration time, naming the field.
+    let configs = [
+        ("issuer", "type = \"oidc\"\nname = \"x\"\nissuer = \"http://gitlab.example\"\n"),
+        ("jwks_uri", "type = \"jwks\"\nname = \"x\"\nissuer = \"x\"\njwks_uri = \"http://gitlab.example/keys\"\n"),
+    ];
+    for (field, source) in configs {
+        let dir = TempDir::new();
+        let file = dir.write("config.toml", &format!("[[key_sources]]\n{source}"));
+        let error = start_service(Some(&file), &[])
+            .await
+            .err()
+            .expect("plain HTTP accepted")
+            .to_string();
+        assert!(
+            error.contains(&format!("key_sources[0].{field}")),
+            "{error}"
+        );
+    }
+    for env in [
+        "DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL",
+        "DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL",
+    ] {
+        let error = start_service(None, &[(env, "http://gitlab.example")])
+            .await
+            .err()
+            .expect("plain HTTP accepted");
+        assert!(error.to_string().contains("key source"), "{error}");
+    }
+    // A discovery document on loopback pointing at a plain-HTTP JWKS elsewhere: never fetched,
+    // the source stays without keys.
+    let provider = support::provider::start(vec![rs().jwk()]).await;
+    provider.state.lock().unwrap().jwks_uri_override =
+        Some("http://gitlab.example/oauth/discovery/keys".into());
+    let issuer = provider.issuer();
+    let service = start_service(
+        None,
+        &[("DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL", issuer.as_str())],
+    )
+    .await
+    .unwrap();
+    let t = signed(
+        &rs(),
+        &header("RS256", Some(rs().kid())),
+        &good_claims(&issuer),
+    );
+    assert_status(
+        generate_token(service.addr, &Headers::bearer(&t)).await,
+        Code::Unavailable,
+        "Keys of the token's issuer are not available",
+    );
+    // With the development switch, plain HTTP to a named host is allowed by configuration
+    // (checked by loading the configuration only: nothing may reach that host).
+    let dir = TempDir::new();
+    let file = dir.write(
+        "config.toml",
+        "[[key_sources]]\ntype = \"jwks\"\nname = \"dev\"\nissuer = \"dev\"\njwks_uri = \"http://gitlab.example/keys\"\nallow_insecure_http = true\n",
+    );
+    let settings = duo_workflow_service::config::Settings::load(Some(&file), &Default::default());
+    assert!(settings.is_ok(), "{:?}", settings.err());
+}
+
+#[tokio::test]
+async fn row_19_key_count_capped_and_unusable_keys_skipped() {
+    count_panics();
+    // 99 unusable entries, then 122 usable ones: the junk is skipped, the first 100 usable keys kept.
+    let mut keys: Vec<Value> = (0..99)
+        .map(|i| json!({"kty": "RSA", "kid": format!("junk-{i}"), "n": "AQAB", "e": "AQAB"}))
+        .collect();
+    keys.push(rs().jwk());
+    for i in 0..120 {
+        let mut k = customers().jwk();
+        k["kid"] = json!(format!("extra-{i}"));
+        keys.push(k);
+    }
+    let mut late = customers().jwk();
+    late["kid"] = json!("late");
+    keys.push(late);
+    let provider = support::provider::start(keys).await;
+    let issuer = provider.issuer();
+    let service = start_service(
+        None,
+        &[("DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL", issuer.as_str())],
+    )
+    .await
+    .unwrap();
+    let good = signed(
+        &rs(),
+        &header("RS256", Some(rs().kid())),
+        &good_claims(&issuer),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while generate_token(service.addr, &Headers::bearer(&good))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the usable key among junk was never accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for (kid, kept) in [
+        ("extra-0", true),
+        ("extra-98", true),
+        ("extra-99", false),
+        ("late", false),
+    ] {
+        let t = signed(
+            &customers(),
+            &header("RS256", Some(kid)),
+            &good_claims(&issuer),
+        );
+        let result = generate_token(service.addr, &Headers::bearer(&t)).await;
+        if kept {
+            assert!(result.is_ok(), "{kid}: {result:?}");
+        } else {
+            assert_status(result, Code::Unauthenticated, FORBIDDEN);
+        }
+    }
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn row_22_oversized_metadata_is_refused_and_the_service_goes_on() {
+    let f = fixture().await;
+    for size in [20 * 1024, 64 * 1024, 1024 * 1024] {
+        let mut req = tonic::Request::new(duo_workflow_contract::GenerateTokenRequest {
+            workflow_definition: None,
+        });
+        req.metadata_mut()
+            .insert("x-padding", "p".repeat(size).parse().unwrap());
+        let result = support::client(f.addr()).await.generate_token(req).await;
+        assert!(result.is_err(), "{size} bytes of metadata accepted");
+        // Many small headers adding up beyond the limit.
+        let mut req = tonic::Request::new(duo_workflow_contract::GenerateTokenRequest {
+            workflow_definition: None,
+        });
+        for i in 0..(size / 100) {
+            req.metadata_mut().append(
+                tonic::metadata::MetadataKey::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                "v".repeat(90).parse().unwrap(),
+            );
+        }
+        assert!(
+            support::client(f.addr())
+                .await
+                .generate_token(req)
+                .await
+                .is_err(),
+            "{size} bytes in many headers"
+        );
+    }
+    let good = signed(
+        &rs(),
+        &header("RS256", Some(rs().kid())),
+        &good_claims(GITLAB),
+    );
+    assert!(generate_token(f.addr(), &Headers::bearer(&good))
+        .await
+        .is_ok());
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0);
+}
