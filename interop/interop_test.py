@@ -9,7 +9,10 @@ Everything the service talks to is played here, in Python, the way GitLab's own 
 * grpcio clients checking exact status codes and `details()` strings.
 
 Three service processes run: the main one (auth on, upstream configured), a debug one (auth off)
-and one without an upstream (custom service name, CustomersDot disabled).
+and one without an upstream (custom service name, CustomersDot disabled). More processes, each with
+its own mutable GitLab provider, play the key-source scenarios of SPEC Part B: the published keys
+(PyJWKClient), rotation without restart, a random-kid flood, provider outages, start-up with the
+provider down, a discovery document naming another issuer and an empty provider URL.
 
 Usage: interop_test.py BINARY.  Prints `PASS name` / `FAIL name: why` per check and ends with
 `N passed, N failed`; exits non-zero on any failure.
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from concurrent import futures
 from pathlib import Path
@@ -192,12 +196,14 @@ def mint(
     instance_id=INSTANCE_ID,
     seat_count=OMIT,
     with_kid=False,
+    kid=None,
     iat_offset=0,
     lifetime=3600,
     nbf_offset=-5,
     omit=(),
 ) -> str:
-    """A token like GitLab Rails mints (RS256, no kid unless asked). Pass OMIT to leave a claim out."""
+    """A token like GitLab Rails mints (RS256, no kid unless asked: `with_kid` puts the key's kid,
+    `kid` any kid). Pass OMIT to leave a claim out."""
     now = int(time.time()) + iat_offset
     claims = {
         "iss": iss,
@@ -213,7 +219,7 @@ def mint(
         "duo_seat_count": seat_count,
     }
     claims = {k: v for k, v in claims.items() if v is not OMIT and k not in omit}
-    headers = {"kid": key.kid} if with_kid else None
+    headers = {"kid": kid} if kid is not None else ({"kid": key.kid} if with_kid else None)
     token = jwt.encode(claims, key.private, algorithm="RS256", headers=headers)
     SEEN_TOKENS.add(token)
     return token
@@ -304,9 +310,9 @@ class Outcome:
         return f"{self.code.name} {self.details!r}" if not self.ok else "OK"
 
 
-def generate_token(stub, md, request=None) -> Outcome:
+def generate_token(stub, md, request=None, timeout=RPC_TIMEOUT) -> Outcome:
     try:
-        response = stub.GenerateToken(request or pb.GenerateTokenRequest(), metadata=md, timeout=RPC_TIMEOUT)
+        response = stub.GenerateToken(request or pb.GenerateTokenRequest(), metadata=md, timeout=timeout)
         SEEN_TOKENS.add(response.token)
         return Outcome(value=response)
     except grpc.RpcError as e:
@@ -393,26 +399,55 @@ def expect(condition: bool, why: str) -> None:
 
 
 class OidcIssuer:
-    """An OIDC issuer like GitLab: discovery document and JWKS over plain HTTP on loopback."""
+    """An OIDC issuer like GitLab: discovery document and JWKS over plain HTTP on loopback.
 
-    def __init__(self, name: str, keys):
+    Its state is mutable, for rotation and outage scenarios: `set_keys` swaps the published key
+    set; `set_mode` makes it answer "ok", "500" (both documents), "garbage" (a 200 JWKS that is not
+    JSON) or "hang" (both documents stall until released or HANG_SECONDS pass, then 503).
+    `count(path)` is how many GETs of `path` it served. `discovery_issuer(base)` overrides the
+    `issuer` its discovery document states."""
+
+    DISCOVERY = "/.well-known/openid-configuration"
+    JWKS = "/oauth/discovery/keys"
+    HANG_SECONDS = 12.0  # longer than the service's 10 s fetch timeout
+
+    def __init__(self, name: str, keys, *, port: int = 0, discovery_issuer=None):
         self.name = name
+        self.lock = threading.Lock()
         self.keys = list(keys)
+        self.mode = "ok"
+        self.release = threading.Event()
+        self.discovery_issuer = discovery_issuer
         self.requests = []
+        self.counts = {}
         issuer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
-                issuer.requests.append(self.path)
-                if self.path == "/.well-known/openid-configuration":
-                    self.reply(issuer.discovery(), "max-age=86400")
-                elif self.path == "/oauth/discovery/keys":
-                    self.reply({"keys": [k.jwk() for k in issuer.keys]}, "max-age=86400, public")
-                else:
-                    self.send_error(404)
+                with issuer.lock:
+                    issuer.requests.append(self.path)
+                    issuer.counts[self.path] = issuer.counts.get(self.path, 0) + 1
+                    mode = issuer.mode
+                    keys = list(issuer.keys)
+                known = self.path in (OidcIssuer.DISCOVERY, OidcIssuer.JWKS)
+                try:
+                    if known and mode == "hang":
+                        issuer.release.wait(OidcIssuer.HANG_SECONDS)
+                        self.send_error(503)
+                    elif known and mode == "500":
+                        self.send_error(500)
+                    elif self.path == OidcIssuer.DISCOVERY:
+                        self.reply(json.dumps(issuer.discovery()).encode(), "max-age=86400")
+                    elif self.path == OidcIssuer.JWKS and mode == "garbage":
+                        self.reply(b"<html><body>502 Bad Gateway</body></html>\x00{", "max-age=86400, public")
+                    elif self.path == OidcIssuer.JWKS:
+                        self.reply(json.dumps({"keys": [k.jwk() for k in keys]}).encode(), "max-age=86400, public")
+                    else:
+                        self.send_error(404)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the service gave up waiting (hang mode)
 
-            def reply(self, document, cache_control):
-                body = json.dumps(document).encode()
+            def reply(self, body, cache_control):
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Cache-Control", cache_control)
@@ -423,16 +458,38 @@ class OidcIssuer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, name=f"oidc-{name}", daemon=True)
         self.thread.start()
 
+    def set_keys(self, keys) -> None:
+        with self.lock:
+            self.keys = list(keys)
+
+    def set_mode(self, mode: str) -> None:
+        with self.lock:
+            self.mode = mode
+        if mode == "hang":
+            self.release.clear()
+        else:
+            self.release.set()
+
+    def count(self, path: str) -> int:
+        with self.lock:
+            return self.counts.get(path, 0)
+
+    def jwks_gets(self) -> int:
+        return self.count(OidcIssuer.JWKS)
+
+    def discovery_gets(self) -> int:
+        return self.count(OidcIssuer.DISCOVERY)
+
     def discovery(self) -> dict:
         b = self.base
         return {
-            "issuer": b,
+            "issuer": self.discovery_issuer(b) if self.discovery_issuer else b,
             "authorization_endpoint": f"{b}/oauth/authorize",
             "token_endpoint": f"{b}/oauth/token",
             "revocation_endpoint": f"{b}/oauth/revoke",
@@ -451,6 +508,7 @@ class OidcIssuer:
         }
 
     def stop(self):
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -706,6 +764,49 @@ class World:
             },
         )
 
+        self.core = list(self.processes)
+
+        # Processes of the key-source scenarios (SPEC Part B 2-5): each has its own GitLab
+        # provider, so that fetch counts and the per-issuer refetch rate limit are its alone.
+        self.rot_a = Key("rotation-key-a")
+        self.rot_b = Key("rotation-key-b")
+        self.rot_c = Key("rotation-key-c")
+        self.providers = {}
+        self.extra = {}
+
+        def provider(label, keys, **kw) -> OidcIssuer:
+            self.providers[label] = OidcIssuer(f"gitlab-{label}", keys, **kw)
+            return self.providers[label]
+
+        def extra(name, gitlab_url, cdot_url):
+            self.extra[name] = self.spawn(
+                name,
+                binary,
+                log_dir,
+                {
+                    **common,
+                    "DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL": gitlab_url,
+                    "DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL": cdot_url,
+                },
+            )
+
+        cdot_url = self.customers_dot.base
+        extra("rotation-kid", provider("rotation-kid", [self.rot_a]).base, cdot_url)
+        # Also the empty-CustomersDot-URL process.
+        extra("rotation-kidless", provider("rotation-kidless", [self.rot_a]).base, "")
+        extra("flood", provider("flood", [self.gitlab_old, self.gitlab_new]).base, cdot_url)
+        for mode in ("500", "garbage", "hang"):
+            extra(f"outage-{mode}", provider(f"outage-{mode}", [self.gitlab_new]).base, cdot_url)
+        # GitLab's provider starts later, on this port (nothing listens there yet).
+        self.down_port = free_port()
+        self.down_base = f"http://127.0.0.1:{self.down_port}"
+        self.down_provider = None
+        extra("provider-down", self.down_base, cdot_url)
+        # A discovery document naming another issuer (GitLab) / its own with a trailing slash (CustomersDot).
+        mismatch = provider("mismatch", [self.gitlab_new], discovery_issuer=lambda base: "https://gitlab.example.com")
+        slash = provider("slash", [self.cdot], discovery_issuer=lambda base: base + "/")
+        extra("issuer-mismatch", mismatch.base, slash.base)
+
     def spawn(self, name, binary, log_dir, settings) -> ServiceProcess:
         p = ServiceProcess(name, binary, settings, log_dir)
         self.processes.append(p)
@@ -717,7 +818,8 @@ class World:
                 p.stop()
             except Exception as e:  # keep stopping the rest
                 print(f"# could not stop {p.name}: {e}", flush=True)
-        for thing in (self.executor, self.gitlab, self.customers_dot):
+        providers = list(self.providers.values()) + ([self.down_provider] if self.down_provider else [])
+        for thing in [self.executor, self.gitlab, self.customers_dot] + providers:
             try:
                 thing.stop()
             except Exception as e:
@@ -1333,6 +1435,405 @@ def scenarios_no_upstream(s: Suite, w: World) -> None:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Key sources (SPEC Part B): published keys, rotation, floods, outages, start-up, discovery
+# --------------------------------------------------------------------------------------------
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+KEYS_UNAVAILABLE = "Keys of the token's issuer are not available"
+PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+FAST = 1.0  # seconds: what "answers promptly" means here
+RECOVERY_TIMEOUT = 15.0  # seconds from the provider's start to an accepted token
+HANG_MISS_TIMEOUT = 9.0  # seconds a miss may take while the provider hangs (service waits ≤ 5 s)
+
+
+def http_get(url: str, timeout=RPC_TIMEOUT):
+    """GET without proxies: (status, headers, body)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as response:
+        return response.status, response.headers, response.read()
+
+
+def timed(fn):
+    t0 = time.monotonic()
+    result = fn()
+    return result, time.monotonic() - t0
+
+
+def wait_health(process: ServiceProcess, service: str, want: str, timeout: float) -> Outcome:
+    """Polls gRPC health of `service` until it reports `want` or `timeout` passes; the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        outcome = health(process.channel, service)
+        if (outcome.ok and outcome.value == want) or time.monotonic() > deadline:
+            return outcome
+        time.sleep(0.1)
+
+
+def expect_health(process: ServiceProcess, service: str, want: str, timeout: float = 0.0) -> None:
+    expect(process.stub is not None, f"{process.name} is not up")
+    outcome = wait_health(process, service, want, timeout)
+    expect(outcome.ok and outcome.value == want, f"health {service!r}: expected {want}, got {outcome.value if outcome.ok else outcome!r}")
+
+
+def expect_fast(what: str, seconds: float, limit: float = FAST) -> None:
+    expect(seconds <= limit, f"{what} took {seconds * 1000:.0f} ms (limit {limit * 1000:.0f} ms)")
+
+
+def source_ready(process: ServiceProcess, source="gitlab"):
+    return lambda: expect_health(process, f"key-source/{source}", "SERVING", KEYS_TIMEOUT)
+
+
+def cdot_md_token(w: World):
+    token = mint(w.cdot, iss=w.customers_dot.base, realm="self-managed", scopes=(EXECUTE,))
+    return metadata(token, realm="self-managed")
+
+
+def scenarios_published_keys(s: Suite, w: World) -> None:
+    """The local authority's discovery document and JWKS, used by PyJWT's PyJWKClient."""
+    p = w.main
+    base = f"http://127.0.0.1:{p.http_port}"
+    state = {}
+
+    def discovery():
+        status, _, body = http_get(base + OidcIssuer.DISCOVERY)
+        expect_equal("status", status, 200)
+        doc = json.loads(body)
+        expect_equal("issuer", doc.get("issuer"), SERVICE_NAME)
+        expect_equal("jwks_uri", doc.get("jwks_uri"), base + OidcIssuer.JWKS)
+        state["jwks_uri"] = doc["jwks_uri"]
+
+    s.check("published.discovery_document", discovery)
+
+    def jwks_uri():
+        expect("jwks_uri" in state, "no jwks_uri from the discovery document (see published.discovery_document)")
+        return state["jwks_uri"]
+
+    def jwks():
+        status, headers, body = http_get(jwks_uri())
+        expect_equal("status", status, 200)
+        directives = {d.strip().lower() for d in (headers.get("Cache-Control") or "").split(",") if d.strip()}
+        expect_equal("Cache-Control directives", directives, {"public", "max-age=300"})
+        keys = json.loads(body).get("keys")
+        expect(isinstance(keys, list), f"no keys array: {body[:200]!r}")
+        for k in keys:
+            private = [m for m in PRIVATE_JWK_MEMBERS if m in k]
+            expect(not private, f"key {k.get('kid')!r} publishes private members {private}")
+            expect_equal("kty", k.get("kty"), "RSA")
+            expect_equal("use", k.get("use"), "sig")
+            expect_equal("alg", k.get("alg"), "RS256")
+            expect(isinstance(k.get("kid"), str) and k["kid"], f"kid missing: {k}")
+        by_n = {k.get("n"): k for k in keys}
+        found = {}
+        for label, key in (("signing", w.signing), ("validation", w.validation)):
+            jwk = key.jwk()
+            published = by_n.get(jwk["n"])
+            expect(published is not None, f"the {label} key is not in the JWKS (kids {[k.get('kid') for k in keys]})")
+            expect_equal(f"{label} e", published.get("e"), jwk["e"])
+            found[label] = published["kid"]
+        expect(found["signing"] != found["validation"], f"signing and validation share kid {found['signing']!r}")
+        expect_equal("number of keys", len(keys), 2)
+        state["kids"] = found
+
+    s.check("published.jwks_signing_and_validation_keys_public_only", jwks)
+
+    def pyjwkclient_user_token():
+        outcome = generate_token(p.stub, w.good_md())
+        expect_ok(outcome)
+        token = outcome.value.token
+        client = jwt.PyJWKClient(jwks_uri(), timeout=RPC_TIMEOUT, cache_jwk_set=False)
+        signing_key = client.get_signing_key_from_jwt(token)
+        claims = jwt.decode(
+            token, signing_key.key, algorithms=["RS256"], audience=SERVICE_NAME, issuer=SERVICE_NAME, leeway=5
+        )
+        expect_equal("sub", claims.get("sub"), USER_ID)
+        if "kids" in state:
+            expect_equal("kid of the user token", signing_key.key_id, state["kids"]["signing"])
+
+    s.check("published.pyjwkclient_verifies_generated_user_token", pyjwkclient_user_token)
+
+    def pyjwkclient_validation_key():
+        expect("kids" in state, "no published kids (see published.jwks_*)")
+        token = mint_user_token(w.validation, kid=state["kids"]["validation"])
+        client = jwt.PyJWKClient(jwks_uri(), timeout=RPC_TIMEOUT, cache_jwk_set=False)
+        key = client.get_signing_key_from_jwt(token)
+        jwt.decode(token, key.key, algorithms=["RS256"], audience=SERVICE_NAME, issuer=SERVICE_NAME, leeway=5)
+        # ... and the service itself accepts it under that kid.
+        expect_ok(execute_workflow(p.stub, metadata(token)))
+
+    s.check("published.pyjwkclient_and_service_accept_validation_kid", pyjwkclient_validation_key)
+
+
+def scenarios_source_health(s: Suite, w: World) -> None:
+    s.check("health.main.key_source_gitlab_serving", lambda: expect_health(w.main, "key-source/gitlab", "SERVING"))
+    s.check(
+        "health.main.key_source_customers_dot_serving",
+        lambda: expect_health(w.main, "key-source/customers-dot", "SERVING", KEYS_TIMEOUT),
+    )
+
+
+def scenarios_provider_down(s: Suite, w: World) -> None:
+    """Start-up with the GitLab provider unreachable, then the provider comes up."""
+    d = w.extra["provider-down"]
+    token = mint(w.gitlab_new, iss=w.down_base, scopes=(EXECUTE, GENERATE))
+
+    s.check("provider_down.overall_health_serving", lambda: expect_health(d, "", "SERVING"))
+    s.check(
+        "provider_down.health_key_source_gitlab_not_serving",
+        lambda: expect_health(d, "key-source/gitlab", "NOT_SERVING"),
+    )
+
+    def unavailable():
+        outcome, seconds = timed(lambda: generate_token(d.stub, metadata(token)))
+        expect_status(outcome, UNAVAILABLE, KEYS_UNAVAILABLE)
+        expect_fast("the refusal", seconds, 2.0)
+
+    s.check("provider_down.token_unavailable", unavailable)
+    s.check("provider_down.customersdot_still_accepted", lambda: expect_ok(generate_token(d.stub, cdot_md_token(w))))
+
+    def recovery():
+        w.down_provider = OidcIssuer("gitlab-late", [w.gitlab_new], port=w.down_port)
+        started = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            outcome = generate_token(d.stub, metadata(token))
+            elapsed = time.monotonic() - started
+            if outcome.ok or elapsed > RECOVERY_TIMEOUT:
+                break
+            time.sleep(0.25)
+        print(f"# provider-down recovery: {outcome!r} {elapsed:.1f} s after the provider started ({tries} tries)", flush=True)
+        expect(outcome.ok, f"not accepted within {RECOVERY_TIMEOUT:.0f}s of the provider starting: last {outcome!r}")
+
+    s.check("provider_down.token_accepted_after_provider_starts", recovery)
+    s.check(
+        "provider_down.health_key_source_gitlab_serving_after_recovery",
+        lambda: expect_health(d, "key-source/gitlab", "SERVING", 3.0),
+    )
+
+
+def scenarios_rotation(s: Suite, w: World) -> None:
+    """The provider rotates (max-age=86400 kept); the next token under the new key is accepted."""
+    for label, new_key, with_kid in (("kid", w.rot_b, True), ("kidless", w.rot_c, False)):
+        process = w.extra[f"rotation-{label}"]
+        provider = w.providers[f"rotation-{label}"]
+        state = {}
+
+        s.check(f"rotation.{label}.source_ready", source_ready(process))
+        s.check(
+            f"rotation.{label}.old_key_accepted",
+            lambda process=process, provider=provider, with_kid=with_kid: expect_ok(
+                generate_token(process.stub, metadata(mint(w.rot_a, iss=provider.base, with_kid=with_kid)))
+            ),
+        )
+
+        def rotate(process=process, provider=provider, new_key=new_key, with_kid=with_kid, label=label, state=state):
+            token = mint(new_key, iss=provider.base, with_kid=with_kid, scopes=(EXECUTE, GENERATE))
+            before = provider.jwks_gets()
+            t0 = time.monotonic()
+            provider.set_keys([new_key])
+            outcome = generate_token(process.stub, metadata(token))
+            ms = (time.monotonic() - t0) * 1000
+            state["fetches"] = provider.jwks_gets() - before
+            print(
+                f"# rotation to acceptance ({label} token): {ms:.1f} ms ({outcome!r}; provider JWKS GETs +{state['fetches']})",
+                flush=True,
+            )
+            expect_ok(outcome)
+
+        s.check(f"rotation.{label}.new_key_accepted_first_try", rotate)
+        s.check(
+            f"rotation.{label}.one_jwks_refetch",
+            lambda state=state: expect_equal("JWKS GETs caused by the rotation", state.get("fetches"), 1),
+        )
+
+        def steady(process=process, provider=provider, new_key=new_key, with_kid=with_kid):
+            before = provider.jwks_gets() + provider.discovery_gets()
+            for _ in range(5):
+                expect_ok(generate_token(process.stub, metadata(mint(new_key, iss=provider.base, with_kid=with_kid))))
+            expect_equal("provider GETs for 5 good tokens", provider.jwks_gets() + provider.discovery_gets() - before, 0)
+
+        s.check(f"rotation.{label}.steady_state_no_fetch", steady)
+
+
+def scenarios_flood(s: Suite, w: World) -> None:
+    """~300 concurrent tokens with random kids: all refused, at most one provider fetch."""
+    process = w.extra["flood"]
+    provider = w.providers["flood"]
+    count = 300
+    state = {}
+
+    s.check("flood.source_ready", source_ready(process))
+
+    def flood():
+        tokens = [mint(w.gitlab_new, iss=provider.base, kid=f"random-{uuid.uuid4().hex}") for _ in range(count)]
+        before = provider.jwks_gets()
+        with futures.ThreadPoolExecutor(max_workers=32) as pool:
+            outcomes, seconds = timed(lambda: list(pool.map(lambda t: generate_token(process.stub, metadata(t)), tokens)))
+        state["fetches"] = provider.jwks_gets() - before
+        print(
+            f"# random-kid flood: {count} tokens in {seconds:.2f} s, provider JWKS GETs during the flood: {state['fetches']}",
+            flush=True,
+        )
+        wrong = [o for o in outcomes if o.code != UNAUTHENTICATED or o.details != FORBIDDEN]
+        expect(not wrong, f"{len(wrong)} of {count} not refused with UNAUTHENTICATED {FORBIDDEN!r}, e.g. {wrong[:3]}")
+
+    s.check("flood.random_kids_all_forbidden", flood)
+    s.check(
+        "flood.at_most_one_jwks_fetch",
+        lambda: expect("fetches" in state and state["fetches"] <= 1, f"JWKS GETs during the flood: {state.get('fetches')}"),
+    )
+    s.check(
+        "flood.good_token_accepted_after",
+        lambda: expect_ok(generate_token(process.stub, metadata(mint(w.gitlab_old, iss=provider.base, with_kid=True)))),
+    )
+    s.check(
+        "flood.good_kidless_token_accepted_after",
+        lambda: expect_ok(generate_token(process.stub, metadata(mint(w.gitlab_new, iss=provider.base)))),
+    )
+
+
+def scenarios_outage(s: Suite, w: World, mode: str) -> None:
+    """The GitLab provider answers 500 / garbage / hangs: cached keys keep verifying, a miss fails
+    fast (or, while the fetch hangs, within the service's bounded wait) and CustomersDot is unaffected."""
+    name = f"outage-{mode}"
+    process = w.extra[name]
+    provider = w.providers[name]
+    state = {}
+
+    s.check(f"{name}.source_ready", source_ready(process))
+
+    def accepted_before():
+        token = mint(w.gitlab_new, iss=provider.base, scopes=(EXECUTE, GENERATE))
+        expect_ok(generate_token(process.stub, metadata(token)))
+        state["token"] = token
+
+    if not s.check(f"{name}.kidless_token_accepted_before", accepted_before):
+        return
+    # The refetch the miss causes reaches this document (garbage mode spoils only the JWKS).
+    path = OidcIssuer.JWKS if mode == "garbage" else OidcIssuer.DISCOVERY
+    before = provider.count(path)
+    provider.set_mode(mode)
+    try:
+        miss_token = mint(w.gitlab_new, iss=provider.base, kid=f"unknown-{uuid.uuid4().hex}")
+        if mode == "hang":
+            result = {}
+
+            def miss():
+                result["outcome"], result["seconds"] = timed(
+                    lambda: generate_token(process.stub, metadata(miss_token), timeout=HANG_MISS_TIMEOUT)
+                )
+
+            thread = threading.Thread(target=miss, name="hang-miss", daemon=True)
+            thread.start()
+
+            def fetch_hangs():
+                deadline = time.monotonic() + 3.0
+                while provider.count(path) == before and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                expect(provider.count(path) > before, "the miss did not make the service refetch")
+
+            s.check(f"{name}.miss_refetch_in_flight", fetch_hangs)
+        else:
+
+            def miss_fails_fast():
+                outcome, seconds = timed(lambda: generate_token(process.stub, metadata(miss_token)))
+                expect_status(outcome, UNAUTHENTICATED, FORBIDDEN)
+                expect_fast("the miss", seconds, 2.0)
+                expect(provider.count(path) > before, f"the miss did not make the service refetch {path}")
+
+            s.check(f"{name}.unknown_kid_forbidden_fast_after_failed_refetch", miss_fails_fast)
+
+        def cached():
+            outcome, seconds = timed(lambda: generate_token(process.stub, metadata(state["token"])))
+            expect_ok(outcome)
+            expect_fast("the cached-key verification", seconds)
+
+        s.check(f"{name}.cached_kidless_token_still_accepted", cached)
+
+        def cdot():
+            outcome, seconds = timed(lambda: generate_token(process.stub, cdot_md_token(w)))
+            expect_ok(outcome)
+            expect_fast("the CustomersDot token", seconds)
+
+        s.check(f"{name}.customersdot_answers_promptly", cdot)
+        s.check(f"{name}.health_key_source_gitlab_still_serving", lambda: expect_health(process, "key-source/gitlab", "SERVING"))
+        if mode == "hang":
+
+            def miss_bounded():
+                thread.join(HANG_MISS_TIMEOUT + 2)
+                expect(not thread.is_alive(), "the miss never returned")
+                print(f"# miss while the provider hangs: {result['outcome']!r} after {result['seconds']:.2f} s", flush=True)
+                expect_status(result["outcome"], UNAUTHENTICATED, FORBIDDEN)
+
+            s.check(f"{name}.unknown_kid_forbidden_within_bounded_wait", miss_bounded)
+    finally:
+        provider.set_mode("ok")
+
+
+def scenarios_discovery_issuer(s: Suite, w: World) -> None:
+    """A discovery document must name the configured issuer; a trailing slash is tolerated."""
+    process = w.extra["issuer-mismatch"]
+    mismatch = w.providers["mismatch"]
+    slash = w.providers["slash"]
+
+    s.check("discovery_issuer.trailing_slash.source_ready", source_ready(process, "customers-dot"))
+    s.check(
+        "discovery_issuer.trailing_slash.token_accepted",
+        lambda: expect_ok(
+            generate_token(
+                process.stub,
+                metadata(mint(w.cdot, iss=slash.base, realm="self-managed", scopes=(GENERATE,)), realm="self-managed"),
+            )
+        ),
+    )
+
+    def fetched_but_refused():
+        deadline = time.monotonic() + 5.0
+        while mismatch.discovery_gets() == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        expect(mismatch.discovery_gets() > 0, "the discovery document was never fetched")
+
+    s.check("discovery_issuer.mismatch.document_fetched", fetched_but_refused)
+    s.check(
+        "discovery_issuer.mismatch.token_unavailable",
+        lambda: expect_status(
+            generate_token(process.stub, metadata(mint(w.gitlab_new, iss=mismatch.base))), UNAVAILABLE, KEYS_UNAVAILABLE
+        ),
+    )
+    s.check(
+        "discovery_issuer.mismatch.jwks_never_fetched",
+        lambda: expect_equal("JWKS GETs", mismatch.jwks_gets(), 0),
+    )
+    s.check(
+        "discovery_issuer.mismatch.health_not_serving",
+        lambda: expect_health(process, "key-source/gitlab", "NOT_SERVING"),
+    )
+
+
+def scenarios_empty_provider_url(s: Suite, w: World) -> None:
+    """DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL="" (the rotation-kidless process): no CustomersDot."""
+    process = w.extra["rotation-kidless"]
+    s.check(
+        "empty_customersdot_url.customersdot_token_forbidden",
+        lambda: expect_status(generate_token(process.stub, cdot_md_token(w)), UNAUTHENTICATED, FORBIDDEN),
+    )
+
+    def logged():
+        deadline = time.monotonic() + 2.0
+        while "unknown issuer" not in process.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        expect("unknown issuer" in process.log_text(), "the log never gives the reason 'unknown issuer'")
+
+    s.check("empty_customersdot_url.reason_unknown_issuer_logged", logged)
+
+    def no_source():
+        outcome = health(process.channel, "key-source/customers-dot")
+        expect(not (outcome.ok and outcome.value == "SERVING"), "a disabled CustomersDot source reports SERVING")
+
+    s.check("empty_customersdot_url.no_serving_customersdot_source", no_source)
+
+
 def scenarios_still_serving(s: Suite, w: World) -> None:
     for p in w.processes:
         s.check(f"final.{p.name}.process_alive", lambda p=p: expect(p.alive(), f"exited with {p.proc.returncode}"))
@@ -1376,6 +1877,9 @@ def main(argv) -> int:
         print(f"{suite.passed} passed, {suite.failed} failed")
         return 1
 
+    # PyJWKClient fetches with urllib, which honours proxy variables.
+    for var in ("no_proxy", "NO_PROXY"):
+        os.environ[var] = ",".join(filter(None, [os.environ.get(var, ""), "127.0.0.1", "localhost"]))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dws-interop-") as tmp:
         tmp = Path(tmp)
@@ -1386,7 +1890,7 @@ def main(argv) -> int:
         try:
             world = World(str(binary.resolve()), tmp)
             scenarios_readiness(suite, world)
-            if all(p.stub is not None for p in world.processes):
+            if all(p.stub is not None for p in world.core):
                 scenarios_authorization_header(suite, world)
                 scenarios_verification(suite, world)
                 scenarios_header_binding(suite, world)
@@ -1395,6 +1899,15 @@ def main(argv) -> int:
                 scenarios_workflow(suite, world, minted)
                 scenarios_debug_mode(suite, world)
                 scenarios_no_upstream(suite, world)
+                scenarios_published_keys(suite, world)
+                scenarios_source_health(suite, world)
+                scenarios_provider_down(suite, world)
+                scenarios_rotation(suite, world)
+                scenarios_flood(suite, world)
+                for mode in ("500", "garbage", "hang"):
+                    scenarios_outage(suite, world, mode)
+                scenarios_discovery_issuer(suite, world)
+                scenarios_empty_provider_url(suite, world)
                 scenarios_still_serving(suite, world)
         except Exception as e:
             suite.fail("setup", f"{type(e).__name__}: {e}")

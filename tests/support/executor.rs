@@ -34,6 +34,8 @@ pub struct FakeExecutor {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// When set, streams end with this status after the first action.
     pub fail_with: Arc<Mutex<Option<Status>>>,
+    /// When set, the executor thinks this long before answering (a call in flight).
+    pub delay: Arc<Mutex<Option<std::time::Duration>>>,
 }
 
 #[tonic::async_trait]
@@ -66,6 +68,10 @@ impl DuoWorkflow for FakeExecutor {
             seen.goals.push(start.goal);
         }
         self.seen.lock().unwrap().push(seen);
+        let delay = *self.delay.lock().unwrap();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let read = Action {
             request_id: "action-1".into(),
             action: Some(action::Action::RunReadFile(ReadFile {
