@@ -4,6 +4,7 @@
 //! property is the only reason to refuse it. After each row: no panic anywhere in the process,
 //! and the next good request still passes.
 //!
+//! Row 23 (the verified-token cache) is also unit-tested in adapters/src/verified_cache.rs.
 //! Rows exercised in tests/key_sources.rs against fake providers: 5 (random-kid flood),
 //! 16 (10 MiB body, hang, redirect), 17 (discovery issuer), 18 (`oct` and private members),
 //! 20 (failures keep the last good keys). Row 21 (secrets in logs) runs the binary in
@@ -964,5 +965,86 @@ async fn row_22_oversized_metadata_is_refused_and_the_service_goes_on() {
     assert!(generate_token(f.addr(), &Headers::bearer(&good))
         .await
         .is_ok());
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn row_23_cached_verifications_are_rechecked_and_dropped_with_their_key() {
+    count_panics();
+    // Time is checked again on every hit: a token accepted (and cached) is refused once expired.
+    let dir = TempDir::new();
+    let jwks = dir.write("gitlab.jwks", &json!({"keys": [rs().jwk()]}).to_string());
+    let file = dir.write(
+        "config.toml",
+        &format!(
+            "[auth]\nleeway_seconds = 0\n[[key_sources]]\ntype = \"static\"\nname = \"gitlab\"\nissuer = \"{GITLAB}\"\njwks_file = \"{}\"\n",
+            jwks.display()
+        ),
+    );
+    let service = start_service(Some(&file), &[]).await.unwrap();
+    let mut claims = good_claims(GITLAB);
+    let now = claims["iat"].as_i64().unwrap();
+    claims["exp"] = json!(now + 2);
+    let short_lived = signed(&rs(), &header("RS256", Some(rs().kid())), &claims);
+    for _ in 0..3 {
+        assert!(generate_token(service.addr, &Headers::bearer(&short_lived))
+            .await
+            .is_ok());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    assert_status(
+        generate_token(service.addr, &Headers::bearer(&short_lived)).await,
+        Code::Unauthenticated,
+        FORBIDDEN,
+    );
+
+    // A key that leaves its issuer's key set takes its cached verifications with it.
+    let provider = support::provider::start(vec![rs().jwk()]).await;
+    let issuer = provider.issuer();
+    let file = dir.write(
+        "fast.toml",
+        "[auth.refresh]\nmin_seconds = 1\nmax_seconds = 1\nmax_stale_seconds = 3600\n",
+    );
+    let service = start_service(
+        Some(&file),
+        &[("DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL", issuer.as_str())],
+    )
+    .await
+    .unwrap();
+    let key = rs();
+    let tokens: Vec<String> = [Some(key.kid()), None]
+        .into_iter()
+        .map(|kid| signed(&key, &header("RS256", kid), &good_claims(&issuer)))
+        .collect();
+    for token in &tokens {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while generate_token(service.addr, &Headers::bearer(token))
+            .await
+            .is_err()
+        {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            generate_token(service.addr, &Headers::bearer(token))
+                .await
+                .is_ok(),
+            "cached"
+        );
+    }
+    provider.set_keys(vec![customers().jwk()]);
+    let fetched = provider.jwks_fetches();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while provider.jwks_fetches() < fetched + 2 {
+        assert!(std::time::Instant::now() < deadline, "no refresh");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for token in &tokens {
+        assert_status(
+            generate_token(service.addr, &Headers::bearer(token)).await,
+            Code::Unauthenticated,
+            FORBIDDEN,
+        );
+    }
     assert_eq!(PANICS.load(Ordering::SeqCst), 0);
 }

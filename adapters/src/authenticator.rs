@@ -17,6 +17,7 @@ use crate::jose::keys::PublicKey;
 use crate::jose::token::{
     SignatureFailure, SignatureVerified, UnverifiedToken, DEFAULT_MAX_TOKEN_BYTES,
 };
+use crate::verified_cache::{digest_of, CacheLimits, Entry, VerifiedCache};
 
 pub type DynKeySource = Arc<dyn KeySource<PublicKey>>;
 
@@ -25,6 +26,14 @@ pub struct JwtAuthenticator {
     checks: ClaimChecks,
     clock: Arc<dyn Clock>,
     max_token_bytes: usize,
+    cache: VerifiedCache,
+}
+
+/// A signature that verified, and with what.
+struct Verified<'a> {
+    proof: SignatureVerified,
+    source: &'a DynKeySource,
+    keys: Arc<KeySet<PublicKey>>,
 }
 
 impl JwtAuthenticator {
@@ -50,7 +59,17 @@ impl JwtAuthenticator {
             checks,
             clock,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            cache: VerifiedCache::new(CacheLimits::default()),
         })
+    }
+
+    pub fn with_cache_limits(mut self, limits: CacheLimits) -> Self {
+        self.cache = VerifiedCache::new(limits);
+        self
+    }
+
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.cache.usage()
     }
 
     pub fn with_max_token_bytes(mut self, max: usize) -> Self {
@@ -59,11 +78,11 @@ impl JwtAuthenticator {
     }
 
     /// The signature check against the issuer's sources, refetching once on a miss.
-    async fn verify_signature(
+    async fn verify_signature<'s>(
         &self,
         token: &UnverifiedToken<'_>,
-        sources: &[DynKeySource],
-    ) -> Result<SignatureVerified, VerificationError> {
+        sources: &'s [DynKeySource],
+    ) -> Result<Verified<'s>, VerificationError> {
         let allowed: Vec<&DynKeySource> = sources
             .iter()
             .filter(|s| s.algorithms().contains(&token.algorithm()))
@@ -79,7 +98,13 @@ impl JwtAuthenticator {
                 continue;
             };
             match token.verify(&keys) {
-                Ok(proof) => return Ok(proof),
+                Ok(proof) => {
+                    return Ok(Verified {
+                        proof,
+                        source,
+                        keys,
+                    })
+                }
                 Err(SignatureFailure::Invalid) => return Err(Rejection::BadSignature.into()),
                 Err(SignatureFailure::NoMatchingKey) => misses.push((source, Some(keys))),
             }
@@ -93,7 +118,13 @@ impl JwtAuthenticator {
             any_keys |= had_keys || newer.as_ref().is_some_and(|k| !k.is_empty());
             if let Some(newer) = newer {
                 match token.verify(&newer) {
-                    Ok(proof) => return Ok(proof),
+                    Ok(proof) => {
+                        return Ok(Verified {
+                            proof,
+                            source,
+                            keys: newer,
+                        })
+                    }
                     Err(SignatureFailure::Invalid) => return Err(Rejection::BadSignature.into()),
                     Err(SignatureFailure::NoMatchingKey) => {}
                 }
@@ -116,14 +147,45 @@ impl JwtAuthenticator {
 
 #[async_trait]
 impl Authenticator for JwtAuthenticator {
-    async fn authenticate(&self, token: &BearerToken) -> Result<VerifiedClaims, VerificationError> {
-        let token = UnverifiedToken::parse(token.as_str(), self.max_token_bytes)?;
+    async fn authenticate(
+        &self,
+        bearer: &BearerToken,
+    ) -> Result<VerifiedClaims, VerificationError> {
+        let text = bearer.as_str();
+        if text.len() > self.max_token_bytes {
+            // Before hashing or parsing anything.
+            return Err(Rejection::TooLong {
+                len: text.len(),
+                max: self.max_token_bytes,
+            }
+            .into());
+        }
+        let digest = self.cache.enabled().then(|| digest_of(text));
+        if let Some(digest) = &digest {
+            if let Some(entry) = self.cache.get(digest) {
+                if entry.still_trusted() {
+                    let checked = self.checks.accept(entry.claims, self.clock.now());
+                    if checked.is_err() {
+                        self.cache.remove(digest);
+                    }
+                    return Ok(checked?);
+                }
+                self.cache.remove(digest);
+            }
+        }
+        let token = UnverifiedToken::parse(text, self.max_token_bytes)?;
         let sources = self
             .by_issuer
             .get(token.claimed_issuer()?)
             .ok_or(Rejection::UnknownIssuer)?;
-        let proof = self.verify_signature(&token, sources).await?;
-        let claims = token.into_claims(proof)?;
-        Ok(self.checks.accept(claims, self.clock.now())?)
+        let verified = self.verify_signature(&token, sources).await?;
+        let (source, keys) = (verified.source.clone(), verified.keys);
+        let claims = token.into_claims(verified.proof)?;
+        let accepted = self.checks.accept(claims.clone(), self.clock.now())?;
+        if let Some(digest) = digest {
+            self.cache
+                .insert(digest, Entry::new(claims, source, &keys, text.len()));
+        }
+        Ok(accepted)
     }
 }

@@ -5,6 +5,7 @@
 //! - [`authority`]: the local-key authority: mints user tokens and is its own key source.
 //! - [`sources`]: key sources (static keys; remote ones plug in here).
 //! - [`transport`]: the tonic transport: request-id and authentication layers, the service.
+//! - [`verified_cache`]: the bounded cache of verified tokens.
 
 pub mod authenticator;
 pub mod authority;
@@ -12,3 +13,4 @@ pub mod clock;
 pub mod jose;
 pub mod sources;
 pub mod transport;
+pub mod verified_cache;

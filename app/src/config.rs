@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use duo_workflow_adapters::sources::fetch::{check_scheme, FetchPolicy};
 use duo_workflow_adapters::sources::{Locator, RefreshPolicy, RemoteSourceConfig};
+use duo_workflow_adapters::verified_cache::CacheLimits;
 use duo_workflow_domain::keys::Algorithm;
 use duo_workflow_domain::policy::ClaimChecks;
 use duo_workflow_domain::{Issuer, ServiceName};
@@ -130,6 +131,9 @@ pub struct LimitsSection {
     pub max_header_list_bytes: Option<u32>,
     pub max_concurrent_streams: Option<u32>,
     pub shutdown_grace_seconds: Option<u64>,
+    /// Verified-token cache bounds; 0 disables the cache.
+    pub verified_token_cache_entries: Option<usize>,
+    pub verified_token_cache_bytes: Option<usize>,
 }
 
 /// A key source, chosen by its `type`; each type has its own settings.
@@ -238,6 +242,7 @@ pub struct Settings {
     pub max_header_list_bytes: u32,
     pub max_concurrent_streams: u32,
     pub shutdown_grace_seconds: u64,
+    pub verified_token_cache: CacheLimits,
 }
 
 impl Settings {
@@ -460,6 +465,14 @@ impl Settings {
             max_header_list_bytes,
             max_concurrent_streams,
             shutdown_grace_seconds: limits.shutdown_grace_seconds.unwrap_or(30),
+            verified_token_cache: CacheLimits {
+                max_entries: limits
+                    .verified_token_cache_entries
+                    .unwrap_or(CacheLimits::default().max_entries),
+                max_bytes: limits
+                    .verified_token_cache_bytes
+                    .unwrap_or(CacheLimits::default().max_bytes),
+            },
         })
     }
 }

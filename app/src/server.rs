@@ -145,7 +145,8 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         let authenticator =
             JwtAuthenticator::new(sources, settings.claim_checks.clone(), clock.clone())
                 .map_err(|e| config_error("key_sources", e))?
-                .with_max_token_bytes(settings.max_token_bytes);
+                .with_max_token_bytes(settings.max_token_bytes)
+                .with_cache_limits(settings.verified_token_cache);
         AuthMode::Enabled(Arc::new(authenticator))
     } else {
         tracing::warn!(

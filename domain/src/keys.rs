@@ -49,7 +49,7 @@ impl fmt::Display for Algorithm {
 }
 
 /// One key of an issuer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuerKey<K> {
     pub kid: Option<KeyId>,
     pub algorithm: Algorithm,
@@ -57,7 +57,7 @@ pub struct IssuerKey<K> {
 }
 
 /// The usable keys of one issuer at one moment; replaced whole, never edited in place.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySet<K> {
     keys: Vec<IssuerKey<K>>,
 }

@@ -184,10 +184,9 @@ impl RemoteKeySource {
         self.counts.lock().expect("counts lock").attempts += 1;
         let installed = match self.fetch_keys().await {
             Ok((set, max_age)) => {
-                let set = Arc::new(set);
-                self.install(set.clone());
+                let current = self.install(Arc::new(set));
                 *self.next_refresh.lock().expect("refresh lock") = self.interval_for(max_age);
-                Some(set)
+                Some(current)
             }
             Err(why) => {
                 self.counts.lock().expect("counts lock").failures += 1;
@@ -212,27 +211,32 @@ impl RemoteKeySource {
             .clamp(r.min_interval, r.max_interval)
     }
 
-    fn install(&self, set: Arc<KeySet<PublicKey>>) {
+    /// Installs a fetched set and returns the one now current: the previous `Arc` when nothing
+    /// changed, so that what was verified with it (the verified-token cache) stays valid.
+    fn install(&self, set: Arc<KeySet<PublicKey>>) -> Arc<KeySet<PublicKey>> {
         let kids =
             |k: &KeySet<PublicKey>| k.kids().into_iter().map(str::to_owned).collect::<Vec<_>>();
         let mut slot = self.snapshot.write().expect("snapshot lock");
-        let previous = slot.keys.as_deref().map(|k| (kids(k), k.len()));
-        let changed = previous.as_ref() != Some(&(kids(&set), set.len()));
-        if changed {
-            tracing::info!(
-                source = %self.config.name,
-                issuer = %self.config.issuer,
-                keys = set.len(),
-                kids = ?kids(&set),
-                previous_kids = ?previous.map(|p| p.0),
-                "key set changed"
-            );
-        }
+        let current = match &slot.keys {
+            Some(previous) if **previous == *set => previous.clone(),
+            previous => {
+                tracing::info!(
+                    source = %self.config.name,
+                    issuer = %self.config.issuer,
+                    keys = set.len(),
+                    kids = ?kids(&set),
+                    previous_kids = ?previous.as_deref().map(kids),
+                    "key set changed"
+                );
+                set
+            }
+        };
         *slot = Arc::new(Snapshot {
-            keys: Some(set),
+            keys: Some(current.clone()),
             fetched_at: Some((Instant::now(), self.clock.now())),
             last_error: None,
         });
+        current
     }
 
     async fn fetch_keys(&self) -> Result<(KeySet<PublicKey>, Option<Duration>), String> {

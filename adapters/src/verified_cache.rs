@@ -1,0 +1,269 @@
+//! A bounded cache of verified tokens, so that a token seen again costs a hash instead of a
+//! signature verification. Safe by construction (checklist row 23):
+//!
+//! - keyed by the SHA-256 of the whole token, so two tokens never share an entry;
+//! - bounded by entries and by bytes, evicting the oldest first;
+//! - a hit is only a hint that the signature verified: the claims' times and audience are checked
+//!   again on every hit, and the entry is dropped unless the key set that verified it is still
+//!   the source's current one (a key that leaves its set takes its entries with it);
+//! - only successful verifications are cached.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+
+use duo_workflow_domain::keys::KeySet;
+use duo_workflow_domain::Claims;
+use ring::digest;
+
+use crate::authenticator::DynKeySource;
+use crate::jose::keys::PublicKey;
+
+pub type TokenDigest = [u8; 32];
+
+pub fn digest_of(token: &str) -> TokenDigest {
+    let d = digest::digest(&digest::SHA256, token.as_bytes());
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    pub max_entries: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: 10_000,
+            max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a hit gives back: the claims, and the source and key set that verified them.
+#[derive(Clone)]
+pub struct Entry {
+    pub claims: Claims,
+    pub source: DynKeySource,
+    /// Weak, so a replaced key set is freed; compared by address with the source's current set.
+    pub keys: Weak<KeySet<PublicKey>>,
+    bytes: usize,
+}
+
+impl Entry {
+    pub fn new(
+        claims: Claims,
+        source: DynKeySource,
+        keys: &Arc<KeySet<PublicKey>>,
+        token_len: usize,
+    ) -> Self {
+        let c = &claims;
+        let strings = c.issuer.as_str().len()
+            + c.subject.as_ref().map_or(0, String::len)
+            + c.audience.iter().map(String::len).sum::<usize>()
+            + c.scopes.iter().map(|s| s.as_str().len()).sum::<usize>()
+            + [&c.realm, &c.instance_id, &c.duo_seat_count, &c.jti]
+                .iter()
+                .map(|s| s.as_ref().map_or(0, String::len))
+                .sum::<usize>();
+        let bytes = std::mem::size_of::<Self>() + strings + 64 + token_len / 8;
+        Self {
+            claims,
+            source,
+            keys: Arc::downgrade(keys),
+            bytes,
+        }
+    }
+
+    /// Whether the key set that verified the token is still its source's current set.
+    pub fn still_trusted(&self) -> bool {
+        match self.source.current() {
+            Some(current) => std::ptr::eq(Arc::as_ptr(&current), self.keys.as_ptr()),
+            None => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<TokenDigest, Entry>,
+    order: VecDeque<TokenDigest>,
+    bytes: usize,
+}
+
+pub struct VerifiedCache {
+    limits: CacheLimits,
+    inner: Mutex<Inner>,
+}
+
+impl VerifiedCache {
+    pub fn new(limits: CacheLimits) -> Self {
+        Self {
+            limits,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.limits.max_entries > 0 && self.limits.max_bytes > 0
+    }
+
+    pub fn get(&self, key: &TokenDigest) -> Option<Entry> {
+        self.inner.lock().expect("cache lock").map.get(key).cloned()
+    }
+
+    pub fn remove(&self, key: &TokenDigest) {
+        let mut inner = self.inner.lock().expect("cache lock");
+        if let Some(old) = inner.map.remove(key) {
+            inner.bytes -= old.bytes;
+        }
+    }
+
+    pub fn insert(&self, key: TokenDigest, entry: Entry) {
+        if !self.enabled() || entry.bytes > self.limits.max_bytes {
+            return;
+        }
+        let mut inner = self.inner.lock().expect("cache lock");
+        let added = entry.bytes;
+        match inner.map.insert(key, entry) {
+            Some(old) => inner.bytes -= old.bytes,
+            None => inner.order.push_back(key),
+        }
+        inner.bytes += added;
+        while inner.map.len() > self.limits.max_entries || inner.bytes > self.limits.max_bytes {
+            let Some(oldest) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = inner.map.remove(&oldest) {
+                inner.bytes -= old.bytes;
+            }
+        }
+        // Removed entries leave stale digests in `order`; compact when they dominate.
+        if inner.order.len() > 2 * self.limits.max_entries.max(16) {
+            let Inner { map, order, .. } = &mut *inner;
+            order.retain(|k| map.contains_key(k));
+        }
+    }
+
+    /// Entries and bytes held, for tests and metrics.
+    pub fn usage(&self) -> (usize, usize) {
+        let inner = self.inner.lock().expect("cache lock");
+        (inner.map.len(), inner.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::StaticKeySource;
+    use duo_workflow_domain::keys::IssuerKey;
+    use duo_workflow_domain::{Issuer, UnixTime};
+
+    fn source() -> (DynKeySource, Arc<KeySet<PublicKey>>) {
+        let key = PublicKey::ed25519(&[7; 32]).unwrap().into_issuer_key(None);
+        let keys: Vec<IssuerKey<PublicKey>> = vec![key];
+        let s = StaticKeySource::new(
+            "s",
+            Issuer::new("i"),
+            vec![],
+            keys,
+            UnixTime::from_secs(0).unwrap(),
+        )
+        .unwrap();
+        let s: DynKeySource = Arc::new(s);
+        let current = s.current().unwrap();
+        (s, current)
+    }
+
+    fn claims(sub: &str) -> Claims {
+        Claims {
+            issuer: duo_workflow_domain::Issuer::new("i"),
+            subject: Some(sub.into()),
+            audience: vec!["a".into()],
+            scopes: vec![],
+            realm: None,
+            instance_id: None,
+            duo_seat_count: None,
+            jti: None,
+            expires_at: None,
+            not_before: None,
+            issued_at: None,
+        }
+    }
+
+    #[test]
+    fn entries_are_bounded_oldest_first() {
+        let (s, keys) = source();
+        let cache = VerifiedCache::new(CacheLimits {
+            max_entries: 3,
+            max_bytes: 1 << 20,
+        });
+        for i in 0..5u8 {
+            cache.insert(
+                [i; 32],
+                Entry::new(claims(&i.to_string()), s.clone(), &keys, 100),
+            );
+        }
+        assert_eq!(cache.usage().0, 3);
+        assert!(cache.get(&[0; 32]).is_none() && cache.get(&[1; 32]).is_none());
+        assert!(cache.get(&[4; 32]).is_some());
+    }
+
+    #[test]
+    fn bytes_are_bounded() {
+        let (s, keys) = source();
+        let one = Entry::new(claims("x"), s.clone(), &keys, 1000).bytes;
+        let cache = VerifiedCache::new(CacheLimits {
+            max_entries: 1000,
+            max_bytes: one * 2 + one / 2,
+        });
+        for i in 0..10u8 {
+            cache.insert([i; 32], Entry::new(claims("x"), s.clone(), &keys, 1000));
+        }
+        let (entries, bytes) = cache.usage();
+        assert_eq!(entries, 2);
+        assert!(bytes <= one * 2 + one / 2);
+    }
+
+    #[test]
+    fn repeated_inserts_and_removals_do_not_grow_the_order_queue_unbounded() {
+        let (s, keys) = source();
+        let cache = VerifiedCache::new(CacheLimits {
+            max_entries: 4,
+            max_bytes: 1 << 20,
+        });
+        for i in 0..10_000u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            cache.insert(k, Entry::new(claims("x"), s.clone(), &keys, 10));
+            cache.remove(&k);
+        }
+        assert_eq!(cache.usage(), (0, 0));
+        assert!(cache.inner.lock().unwrap().order.len() <= 2 * 16 + 1);
+    }
+
+    #[test]
+    fn an_entry_is_trusted_only_while_its_key_set_is_current() {
+        let (s, keys) = source();
+        let entry = Entry::new(claims("x"), s.clone(), &keys, 10);
+        assert!(entry.still_trusted());
+        let (other, other_keys) = source();
+        let stale = Entry::new(claims("x"), other, &keys, 10);
+        assert!(
+            !stale.still_trusted(),
+            "a set that is not the source's current one"
+        );
+        drop(other_keys);
+    }
+
+    #[test]
+    fn disabled_caches_hold_nothing() {
+        let (s, keys) = source();
+        let cache = VerifiedCache::new(CacheLimits {
+            max_entries: 0,
+            max_bytes: 1 << 20,
+        });
+        cache.insert([1; 32], Entry::new(claims("x"), s, &keys, 10));
+        assert_eq!(cache.usage(), (0, 0));
+    }
+}
