@@ -143,42 +143,29 @@ pub enum KeySourceConfig {
     /// An issuer's keys from a JWKS file or PEM public keys: no network.
     Static(StaticSourceConfig),
     /// OIDC discovery: `{discovery_url or issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
-    Oidc(OidcSourceConfig),
+    Oidc(RemoteSourceFields),
     /// A JWKS URL, without discovery.
-    Jwks(JwksSourceConfig),
+    Jwks(RemoteSourceFields),
 }
 
+/// The settings of the `oidc` and `jwks` key source types.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OidcSourceConfig {
+pub struct RemoteSourceFields {
     pub name: String,
-    /// The `iss` of the tokens, and the `issuer` the discovery document must state.
+    /// The `iss` of the tokens, and (`oidc`) the `issuer` the discovery document must state.
     pub issuer: String,
-    /// Where to look for the discovery document, when it is not under the issuer itself (e.g. a
-    /// peer instance of this service, whose issuer is its service name).
+    /// `oidc` only: where to look for the discovery document when it is not under the issuer
+    /// itself (e.g. a peer instance of this service, whose issuer is its service name).
     pub discovery_url: Option<String>,
+    /// `jwks` only, and required there.
+    pub jwks_uri: Option<String>,
     #[serde(default)]
     pub required: bool,
     /// Plain HTTP to a non-loopback host: development only.
     #[serde(default)]
     pub allow_insecure_http: bool,
     /// Default `["RS256"]`.
-    #[serde(default)]
-    pub algorithms: Vec<String>,
-    #[serde(default)]
-    pub refresh: RefreshConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwksSourceConfig {
-    pub name: String,
-    pub issuer: String,
-    pub jwks_uri: String,
-    #[serde(default)]
-    pub required: bool,
-    #[serde(default)]
-    pub allow_insecure_http: bool,
     #[serde(default)]
     pub algorithms: Vec<String>,
     #[serde(default)]
@@ -396,26 +383,26 @@ impl Settings {
             }
         };
 
+        // Names identify sources in logs and readiness: unique, beside the built-in ones.
+        let mut names: std::collections::HashSet<String> =
+            remote_sources.iter().map(|s| s.name.clone()).collect();
+        names.insert("local-authority".to_owned());
         let mut static_sources = Vec::new();
         for (i, source) in file.key_sources.into_iter().enumerate() {
-            match source {
-                KeySourceConfig::Static(s) => static_sources.push(static_source(i, s)?),
-                KeySourceConfig::Oidc(s) => remote_sources.push(oidc_source(i, s)?),
-                KeySourceConfig::Jwks(s) => remote_sources.push(jwks_source(i, s)?),
-            }
-        }
-        let mut names = std::collections::HashSet::from(["local-authority".to_owned()]);
-        for (i, name) in static_sources
-            .iter()
-            .map(|s| &s.name)
-            .chain(remote_sources.iter().map(|s| &s.name))
-            .enumerate()
-        {
+            let name = match &source {
+                KeySourceConfig::Static(s) => &s.name,
+                KeySourceConfig::Oidc(s) | KeySourceConfig::Jwks(s) => &s.name,
+            };
             if !names.insert(name.clone()) {
                 return Err(bad(
                     format!("key_sources[{i}].name"),
                     format!("{name:?} is used by another key source"),
                 ));
+            }
+            match source {
+                KeySourceConfig::Static(s) => static_sources.push(static_source(i, s)?),
+                KeySourceConfig::Oidc(s) => remote_sources.push(remote_source(i, s, false)?),
+                KeySourceConfig::Jwks(s) => remote_sources.push(remote_source(i, s, true)?),
             }
         }
         let http_public_url = match file.http.public_url {
@@ -586,58 +573,50 @@ fn remote_algorithms(field: &str, names: &[String]) -> Result<Vec<Algorithm>, Co
     }
 }
 
-fn oidc_source(i: usize, s: OidcSourceConfig) -> Result<RemoteSourceConfig, ConfigError> {
+/// An `oidc` source (`jwks == false`) or a `jwks` source.
+fn remote_source(
+    i: usize,
+    s: RemoteSourceFields,
+    jwks: bool,
+) -> Result<RemoteSourceConfig, ConfigError> {
     let field = |k: &str| format!("key_sources[{i}].{k}");
     if s.name.trim().is_empty() {
         return Err(bad(field("name"), "must not be empty"));
     }
-    let discovery = match &s.discovery_url {
-        None => {
-            let issuer = issuer_url(&field("issuer"), &s.issuer)?;
-            check_scheme(
-                &Url::parse(&issuer).expect("checked"),
-                s.allow_insecure_http,
-            )
-            .map_err(|e| bad(field("issuer"), e))?;
-            None
-        }
-        Some(u) => {
-            let base = issuer_url(&field("discovery_url"), u)?;
-            let url = Url::parse(&base).expect("checked");
-            check_scheme(&url, s.allow_insecure_http)
-                .map_err(|e| bad(field("discovery_url"), e))?;
-            Some(url)
-        }
-    };
     if s.issuer.trim().is_empty() {
         return Err(bad(field("issuer"), "must not be empty"));
     }
+    let checked = |name: &str, url: &str| -> Result<Url, ConfigError> {
+        let url = Url::parse(url).map_err(|e| bad(field(name), format!("not a URL: {e}")))?;
+        check_scheme(&url, s.allow_insecure_http).map_err(|e| bad(field(name), e))?;
+        Ok(url)
+    };
+    let (issuer, locator) = match (jwks, &s.discovery_url, &s.jwks_uri) {
+        (true, Some(_), _) => return Err(bad(field("discovery_url"), "only for type = \"oidc\"")),
+        (false, _, Some(_)) => return Err(bad(field("jwks_uri"), "only for type = \"jwks\"")),
+        (true, None, None) => {
+            return Err(bad(field("jwks_uri"), "is required for type = \"jwks\""))
+        }
+        // A JWKS source's issuer is only the name its tokens carry.
+        (true, None, Some(uri)) => (s.issuer.clone(), Locator::Jwks(checked("jwks_uri", uri)?)),
+        (false, None, None) => {
+            let issuer = issuer_url(&field("issuer"), &s.issuer)?;
+            checked("issuer", &issuer)?;
+            (issuer, Locator::Discovery { url: None })
+        }
+        (false, Some(base), None) => {
+            let base = issuer_url(&field("discovery_url"), base)?;
+            let url = checked("discovery_url", &base)?;
+            (
+                s.issuer.trim_end_matches('/').to_owned(),
+                Locator::Discovery { url: Some(url) },
+            )
+        }
+    };
     Ok(RemoteSourceConfig {
         name: s.name,
-        issuer: Issuer::new(s.issuer.trim_end_matches('/')),
-        locator: Locator::Discovery { url: discovery },
-        algorithms: remote_algorithms(&field("algorithms"), &s.algorithms)?,
-        required: s.required,
-        fetch: fetch_policy(&field("refresh"), &s.refresh, s.allow_insecure_http)?,
-        refresh: refresh_policy(&field("refresh"), &s.refresh)?,
-    })
-}
-
-fn jwks_source(i: usize, s: JwksSourceConfig) -> Result<RemoteSourceConfig, ConfigError> {
-    let field = |k: &str| format!("key_sources[{i}].{k}");
-    if s.name.trim().is_empty() {
-        return Err(bad(field("name"), "must not be empty"));
-    }
-    if s.issuer.is_empty() {
-        return Err(bad(field("issuer"), "must not be empty"));
-    }
-    let url =
-        Url::parse(&s.jwks_uri).map_err(|e| bad(field("jwks_uri"), format!("not a URL: {e}")))?;
-    check_scheme(&url, s.allow_insecure_http).map_err(|e| bad(field("jwks_uri"), e))?;
-    Ok(RemoteSourceConfig {
-        name: s.name,
-        issuer: Issuer::new(s.issuer),
-        locator: Locator::Jwks(url),
+        issuer: Issuer::new(issuer),
+        locator,
         algorithms: remote_algorithms(&field("algorithms"), &s.algorithms)?,
         required: s.required,
         fetch: fetch_policy(&field("refresh"), &s.refresh, s.allow_insecure_http)?,
@@ -827,6 +806,48 @@ mod tests {
         assert_eq!(s.port, 9, "the environment overrides the file");
         assert!(!s.auth_enabled);
         assert_eq!(s.claim_checks.leeway.0, 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn remote_sources_are_checked_per_type() {
+        let dir = std::env::temp_dir().join(format!("dws-config-remote-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let cases = [
+            ("type = \"jwks\"\nname = \"j\"\nissuer = \"i\"\n", "key_sources[0].jwks_uri", "required"),
+            ("type = \"jwks\"\nname = \"j\"\nissuer = \"i\"\njwks_uri = \"https://a/k\"\ndiscovery_url = \"https://a\"\n", "key_sources[0].discovery_url", "oidc"),
+            ("type = \"oidc\"\nname = \"o\"\nissuer = \"https://a\"\njwks_uri = \"https://a/k\"\n", "key_sources[0].jwks_uri", "jwks"),
+            ("type = \"oidc\"\nname = \"o\"\nissuer = \"http://idp.example\"\n", "key_sources[0].issuer", "plain HTTP"),
+            ("type = \"oidc\"\nname = \"o\"\nissuer = \"svc\"\ndiscovery_url = \"http://peer.example:50053\"\n", "key_sources[0].discovery_url", "plain HTTP"),
+            ("type = \"oidc\"\nname = \"gitlab\"\nissuer = \"https://a\"\n", "key_sources[0].name", "another key source"),
+            ("type = \"oidc\"\nname = \"o\"\nissuer = \"https://a\"\nrefresh = { min_seconds = 10, max_seconds = 5 }\n", "key_sources[0].refresh.max_seconds", "min_seconds"),
+        ];
+        for (source, field, problem) in cases {
+            std::fs::write(&path, format!("[[key_sources]]\n{source}")).unwrap();
+            let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+            assert_eq!(e.field, field, "{source}");
+            assert!(e.problem.contains(problem), "{source}: {e}");
+        }
+        std::fs::write(
+            &path,
+            "[[key_sources]]\ntype = \"oidc\"\nname = \"peer\"\nissuer = \"gitlab-duo-workflow-service\"\ndiscovery_url = \"http://127.0.0.1:50053/\"\nrequired = true\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&path),
+            &env(&[
+                (ENV_OIDC_GITLAB_URL, ""),
+                (ENV_OIDC_CUSTOMER_PORTAL_URL, ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.remote_sources.len(), 1);
+        assert_eq!(
+            s.remote_sources[0].issuer.as_str(),
+            "gitlab-duo-workflow-service"
+        );
+        assert!(s.remote_sources[0].required);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
