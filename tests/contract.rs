@@ -734,3 +734,36 @@ async fn unknown_methods_still_need_authentication() {
         "No authorization header presented",
     );
 }
+
+#[tokio::test]
+async fn the_callers_deadline_bounds_authentication() {
+    let slow = AuthMode::Enabled(Arc::new(SlowAuthn));
+    let h = serve(slow, None, never_mints(), None).await;
+    let mut req = tonic::Request::new(duo_workflow_contract::GenerateTokenRequest {
+        workflow_definition: None,
+    });
+    Headers::bearer("t").apply(req.metadata_mut());
+    req.set_timeout(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let result = support::client(h.addr).await.generate_token(req).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "the deadline was not honoured"
+    );
+    let code = result.unwrap_err().code();
+    assert!(
+        matches!(code, Code::DeadlineExceeded | Code::Cancelled),
+        "{code:?}"
+    );
+}
+
+/// An authenticator that takes five seconds, as one stuck on a key refetch would.
+struct SlowAuthn;
+
+#[async_trait]
+impl Authenticator for SlowAuthn {
+    async fn authenticate(&self, _: &BearerToken) -> Result<VerifiedClaims, VerificationError> {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        Ok(instance_claims(&[support::EXECUTE]))
+    }
+}
