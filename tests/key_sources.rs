@@ -314,11 +314,43 @@ async fn start_up_with_a_provider_down_then_recovery() {
     );
     health_eventually(&service, "", ServingStatus::NotServing).await;
     health_eventually(&service, "key-source/gitlab", ServingStatus::NotServing).await;
+    let report = key_source_report(&service, "gitlab").await;
+    assert_eq!(report["state"], "pending");
+    assert_eq!(report["required"], true);
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("connection failed"),
+        "{report}"
+    );
 
     let _gitlab = provider::start_on(addr, vec![key("rs256-gitlab").jwk()]).await;
     accepted_eventually(&service, &t).await;
     health_eventually(&service, "", ServingStatus::Serving).await;
     health_eventually(&service, "key-source/gitlab", ServingStatus::Serving).await;
+    let report = key_source_report(&service, "gitlab").await;
+    assert_eq!(report["state"], "ready");
+    assert_eq!(report["keys"], 1);
+    assert!(report["age_seconds"].as_i64().unwrap() < 60);
+    assert_eq!(
+        key_source_report(&service, "local-authority").await["state"],
+        "ready"
+    );
+}
+
+/// One source's entry in `GET /key-sources` on the HTTP listener.
+async fn key_source_report(service: &Running, name: &str) -> serde_json::Value {
+    let (status, body, _) = reqwest_get(&format!("http://{}/key-sources", service.http_addr)).await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    doc["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap()
 }
 
 #[tokio::test]

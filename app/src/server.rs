@@ -171,6 +171,12 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
             Some(UpstreamExecutor::new(endpoint.connect_lazy()))
         }
     };
+    let published_keys = Arc::new(PublishedKeys::new(
+        authority.clone(),
+        settings.http_public_url.clone(),
+        readiness_sources.clone(),
+        clock.clone(),
+    ));
     let workflow = WorkflowService::new(
         settings.service_name.clone(),
         authority.clone(),
@@ -180,10 +186,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     Ok(Service {
         gatekeeper,
         workflow,
-        published_keys: Arc::new(PublishedKeys::new(
-            authority.clone(),
-            settings.http_public_url.clone(),
-        )),
+        published_keys,
         authority,
         sources: readiness_sources,
         remote,

@@ -1,6 +1,7 @@
 //! The local authority's public keys over HTTP, so that other services (or another instance of
 //! this one) can verify user tokens through OIDC discovery:
-//! `GET /.well-known/openid-configuration` and `GET /oauth/discovery/keys`.
+//! `GET /.well-known/openid-configuration` and `GET /oauth/discovery/keys`. Beside them,
+//! `GET /key-sources` reports each key source's state for operators (never key material).
 //!
 //! The discovery document's `issuer` is the service name, because that is the `iss` of the user
 //! tokens, and OIDC discovery requires the two to be identical. `jwks_uri` is built from the
@@ -18,10 +19,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use duo_workflow_domain::ports::{Clock, SourceState};
+
+use crate::authenticator::DynKeySource;
 use crate::authority::LocalAuthority;
 
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const JWKS_PATH: &str = "/oauth/discovery/keys";
+pub const KEY_SOURCES_PATH: &str = "/key-sources";
 
 /// Peers should notice a rotation within minutes; the keys change only on restart.
 const CACHE_CONTROL: &str = "public, max-age=300";
@@ -32,17 +37,59 @@ pub struct PublishedKeys {
     public_url: Option<String>,
     /// Rendered once: the keys never change while the process runs.
     jwks: Bytes,
+    sources: Vec<DynKeySource>,
+    clock: Arc<dyn Clock>,
 }
 
 impl PublishedKeys {
-    pub fn new(authority: Arc<LocalAuthority>, public_url: Option<String>) -> Self {
+    pub fn new(
+        authority: Arc<LocalAuthority>,
+        public_url: Option<String>,
+        sources: Vec<DynKeySource>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let jwks = Bytes::from(serde_json::to_vec(&authority.jwks()).expect("JSON"));
         let public_url = public_url.map(|u| u.trim_end_matches('/').to_owned());
         Self {
             authority,
             public_url,
             jwks,
+            sources,
+            clock,
         }
+    }
+
+    /// Every key source: its state, key count, and the age of its keys.
+    fn key_sources(&self) -> serde_json::Value {
+        let now = self.clock.now().as_secs();
+        let sources: Vec<serde_json::Value> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let mut v = json!({"name": s.name(), "issuer": s.issuer().as_str(), "required": s.required()});
+                match s.state() {
+                    SourceState::Pending { reason } => {
+                        v["state"] = json!("pending");
+                        v["reason"] = json!(reason);
+                    }
+                    SourceState::Ready { keys, loaded_at } => {
+                        v["state"] = json!("ready");
+                        v["keys"] = json!(keys);
+                        v["loaded_at"] = json!(loaded_at.as_secs());
+                        v["age_seconds"] = json!(now - loaded_at.as_secs());
+                    }
+                    SourceState::Stale { keys, loaded_at, reason } => {
+                        v["state"] = json!("stale");
+                        v["keys"] = json!(keys);
+                        v["loaded_at"] = json!(loaded_at.as_secs());
+                        v["age_seconds"] = json!(now - loaded_at.as_secs());
+                        v["reason"] = json!(reason);
+                    }
+                }
+                v
+            })
+            .collect();
+        json!({ "sources": sources })
     }
 
     fn base_url<B>(&self, req: &Request<B>) -> Option<String> {
@@ -64,6 +111,15 @@ impl PublishedKeys {
         }
         match req.uri().path() {
             JWKS_PATH => json_response(self.jwks.clone()),
+            KEY_SOURCES_PATH => {
+                let body = serde_json::to_vec(&self.key_sources()).expect("JSON");
+                let mut response = json_response(Bytes::from(body));
+                response.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
+                response
+            }
             DISCOVERY_PATH => {
                 let Some(base) = self.base_url(req) else {
                     return plain(StatusCode::BAD_REQUEST, "no usable Host header");
