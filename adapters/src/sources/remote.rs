@@ -93,13 +93,6 @@ struct Flight {
     last_miss_start: Option<Instant>,
 }
 
-/// Counters, for tests and operators.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct FetchCounts {
-    pub attempts: u64,
-    pub failures: u64,
-}
-
 pub struct RemoteKeySource {
     me: Weak<RemoteKeySource>,
     config: RemoteSourceConfig,
@@ -107,7 +100,6 @@ pub struct RemoteKeySource {
     clock: Arc<dyn Clock>,
     snapshot: RwLock<Arc<Snapshot>>,
     flight: Mutex<Flight>,
-    counts: Mutex<FetchCounts>,
     /// The refresh interval the last successful fetch earned.
     next_refresh: Mutex<Duration>,
 }
@@ -142,7 +134,6 @@ impl RemoteKeySource {
                 last_error: None,
             })),
             flight: Mutex::new(Flight::default()),
-            counts: Mutex::new(FetchCounts::default()),
             next_refresh,
         }))
     }
@@ -150,10 +141,6 @@ impl RemoteKeySource {
     /// Starts the background refresh (the first fetch starts now); it ends with the source.
     pub fn spawn_refresh(&self) {
         tokio::spawn(refresh_loop(self.me.clone()));
-    }
-
-    pub fn counts(&self) -> FetchCounts {
-        *self.counts.lock().expect("counts lock")
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -173,7 +160,19 @@ impl RemoteKeySource {
                 None => None,
             }
         });
-        let fetch: BoxFuture<'static, _> = async move { task.await.ok().flatten() }.boxed();
+        let me = self.me.clone();
+        let fetch: BoxFuture<'static, _> = async move {
+            let result = task.await;
+            if result.is_err() {
+                // The fetch task panicked before clearing the flight: clear it, or no fetch
+                // would ever start again.
+                if let Some(source) = me.upgrade() {
+                    source.flight.lock().expect("flight lock").running = None;
+                }
+            }
+            result.ok().flatten()
+        }
+        .boxed();
         let shared = fetch.shared();
         flight.running = Some(shared.clone());
         shared
@@ -181,7 +180,6 @@ impl RemoteKeySource {
 
     /// One fetch; on success the new set is installed and returned.
     async fn fetch_and_install(&self) -> Option<Arc<KeySet<PublicKey>>> {
-        self.counts.lock().expect("counts lock").attempts += 1;
         let installed = match self.fetch_keys().await {
             Ok((set, max_age)) => {
                 let current = self.install(Arc::new(set));
@@ -189,7 +187,6 @@ impl RemoteKeySource {
                 Some(current)
             }
             Err(why) => {
-                self.counts.lock().expect("counts lock").failures += 1;
                 tracing::warn!(source = %self.config.name, issuer = %self.config.issuer, "key fetch failed: {why}");
                 let mut slot = self.snapshot.write().expect("snapshot lock");
                 *slot = Arc::new(Snapshot {
