@@ -58,6 +58,12 @@ mock! {
 
 const NOW: i64 = 1_800_000_000;
 
+/// Both RPCs refused with the same status.
+async fn both_refused(addr: SocketAddr, headers: &Headers, code: Code, details: &str) {
+    assert_status(generate_token(addr, headers).await, code, details);
+    assert_status(execute_workflow(addr, headers).await, code, details);
+}
+
 fn now() -> UnixTime {
     UnixTime::from_secs(NOW).unwrap()
 }
@@ -161,16 +167,7 @@ async fn step_1_missing_authorization() {
     let mut headers = Headers::bearer("t");
     headers.authorization = None;
     let details = "No authorization header presented";
-    assert_status(
-        generate_token(h.addr, &headers).await,
-        Code::Unauthenticated,
-        details,
-    );
-    assert_status(
-        execute_workflow(h.addr, &headers).await,
-        Code::Unauthenticated,
-        details,
-    );
+    both_refused(h.addr, &headers, Code::Unauthenticated, details).await;
 }
 
 #[tokio::test]
@@ -186,16 +183,13 @@ async fn step_2_malformed_authorization() {
     ] {
         let mut headers = Headers::bearer("t");
         headers.authorization = Some(value.into());
-        assert_status(
-            generate_token(h.addr, &headers).await,
+        both_refused(
+            h.addr,
+            &headers,
             Code::Unauthenticated,
             "Invalid authorization header",
-        );
-        assert_status(
-            execute_workflow(h.addr, &headers).await,
-            Code::Unauthenticated,
-            "Invalid authorization header",
-        );
+        )
+        .await;
     }
 }
 
@@ -223,16 +217,7 @@ async fn step_3_authentication_type_must_be_oidc() {
     for value in [None, Some("OIDC"), Some("saml"), Some("")] {
         let mut headers = Headers::bearer("t");
         headers.authentication_type = value.map(str::to_owned);
-        assert_status(
-            generate_token(h.addr, &headers).await,
-            Code::Unauthenticated,
-            details,
-        );
-        assert_status(
-            execute_workflow(h.addr, &headers).await,
-            Code::Unauthenticated,
-            details,
-        );
+        both_refused(h.addr, &headers, Code::Unauthenticated, details).await;
     }
 }
 
@@ -275,16 +260,13 @@ async fn step_4_a_rejected_token_is_forbidden_whatever_the_reason() {
         )
         .await;
         let headers = Headers::bearer("t");
-        assert_status(
-            generate_token(h.addr, &headers).await,
+        both_refused(
+            h.addr,
+            &headers,
             Code::Unauthenticated,
             "Forbidden by auth provider",
-        );
-        assert_status(
-            execute_workflow(h.addr, &headers).await,
-            Code::Unauthenticated,
-            "Forbidden by auth provider",
-        );
+        )
+        .await;
     }
 }
 

@@ -1,28 +1,28 @@
 //! The local-key authority: signs user tokens with its signing key (SPEC "The user token minted by
-//! `GenerateToken`"), and is the key source for its own issuer, the service name, serving the
-//! public halves of the signing key and of the optional validation key (the previous signing key,
-//! kept during rotation).
+//! `GenerateToken`"), and provides the key source for its own issuer, the service name: a static
+//! source of the public halves of the signing key and of the optional validation key (the
+//! previous signing key, kept during rotation).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use duo_workflow_domain::keys::{Algorithm, KeySet};
-use duo_workflow_domain::ports::{IssueError, KeySource, SourceState, TokenIssuer};
+use duo_workflow_domain::ports::{IssueError, TokenIssuer};
 use duo_workflow_domain::user_token::{UserToken, UserTokenGrant};
 use duo_workflow_domain::{Issuer, ServiceName, UnixTime};
 use serde_json::{json, Map, Value};
 
-use crate::jose::keys::PublicKey;
 use crate::jose::signing::SigningKey;
 use crate::jose::token;
+use crate::sources::StaticKeySource;
+
+/// The name of the authority's key source in logs and readiness.
+pub const KEY_SOURCE_NAME: &str = "local-authority";
 
 pub struct LocalAuthority {
     issuer: Issuer,
     signing: SigningKey,
     validation: Option<SigningKey>,
-    algorithms: Vec<Algorithm>,
-    keys: Arc<KeySet<PublicKey>>,
-    loaded_at: UnixTime,
+    key_source: Arc<StaticKeySource>,
 }
 
 impl LocalAuthority {
@@ -32,32 +32,37 @@ impl LocalAuthority {
         validation: Option<SigningKey>,
         loaded_at: UnixTime,
     ) -> Self {
-        let mut algorithms = vec![signing.algorithm()];
         let mut keys = vec![signing
             .public_key()
             .clone()
             .into_issuer_key(Some(signing.kid().to_owned()))];
-        if let Some(v) = &validation {
-            if !algorithms.contains(&v.algorithm()) {
-                algorithms.push(v.algorithm());
-            }
-            if v.kid() != signing.kid() {
-                keys.push(
-                    v.public_key()
-                        .clone()
-                        .into_issuer_key(Some(v.kid().to_owned())),
-                );
-            }
+        if let Some(v) = validation.as_ref().filter(|v| v.kid() != signing.kid()) {
+            keys.push(
+                v.public_key()
+                    .clone()
+                    .into_issuer_key(Some(v.kid().to_owned())),
+            );
         }
-        let (set, _) = KeySet::new(keys);
+        // Allowed algorithms: those of the two keys.
+        let key_source = StaticKeySource::new(
+            KEY_SOURCE_NAME,
+            service.as_issuer(),
+            vec![],
+            keys,
+            loaded_at,
+        )
+        .expect("the signing key is a usable key");
         Self {
             issuer: service.as_issuer(),
             signing,
             validation,
-            algorithms,
-            keys: Arc::new(set),
-            loaded_at,
+            key_source: Arc::new(key_source),
         }
+    }
+
+    /// The key source of the service's own issuer: the signing and validation public keys.
+    pub fn key_source(&self) -> Arc<StaticKeySource> {
+        self.key_source.clone()
     }
 
     /// The issuer of user tokens: the service name.
@@ -122,30 +127,5 @@ impl TokenIssuer for LocalAuthority {
             token: token::sign(&self.signing, &claims, true),
             expires_at: grant.expires_at,
         })
-    }
-}
-
-impl KeySource<PublicKey> for LocalAuthority {
-    fn name(&self) -> &str {
-        "local-authority"
-    }
-
-    fn issuer(&self) -> &Issuer {
-        &self.issuer
-    }
-
-    fn algorithms(&self) -> &[Algorithm] {
-        &self.algorithms
-    }
-
-    fn current(&self) -> Option<Arc<KeySet<PublicKey>>> {
-        Some(self.keys.clone())
-    }
-
-    fn state(&self) -> SourceState {
-        SourceState::Ready {
-            keys: self.keys.len(),
-            loaded_at: self.loaded_at,
-        }
     }
 }

@@ -386,7 +386,7 @@ impl Settings {
         // Names identify sources in logs and readiness: unique, beside the built-in ones.
         let mut names: std::collections::HashSet<String> =
             remote_sources.iter().map(|s| s.name.clone()).collect();
-        names.insert("local-authority".to_owned());
+        names.insert(duo_workflow_adapters::authority::KEY_SOURCE_NAME.to_owned());
         let mut static_sources = Vec::new();
         for (i, source) in file.key_sources.into_iter().enumerate() {
             let name = match &source {

@@ -97,7 +97,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let authority = Arc::new(authority(settings, clock.as_ref())?);
 
-    let mut sources: Vec<DynKeySource> = vec![authority.clone()];
+    let mut sources: Vec<DynKeySource> = vec![authority.key_source()];
     let readiness_sources: Vec<DynKeySource>;
     for s in &settings.static_sources {
         let issuer = Issuer::new(s.issuer.clone());
