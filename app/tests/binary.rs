@@ -77,21 +77,23 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        let child = cmd.spawn().unwrap();
+        // Built first, so that Drop kills the child if start-up fails below.
+        let mut server = Self {
+            child: cmd.spawn().unwrap(),
+            log,
+            addr: String::new(),
+        };
         // The address is in the start-up log line: `serving grpc=127.0.0.1:PORT ...`.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = std::fs::read_to_string(&server.log).unwrap_or_default();
             if let Some(addr) = text
                 .split("grpc=")
                 .nth(1)
                 .and_then(|rest| rest.split_whitespace().next())
             {
-                return Self {
-                    child,
-                    log,
-                    addr: format!("http://{addr}"),
-                };
+                server.addr = format!("http://{addr}");
+                return server;
             }
             assert!(Instant::now() < deadline, "serve did not start: {text}");
             std::thread::sleep(Duration::from_millis(20));

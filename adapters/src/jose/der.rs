@@ -146,27 +146,26 @@ fn write_unsigned(out: &mut Vec<u8>, value: &[u8]) {
 /// SubjectPublicKeyInfo DER for a public key, for `BEGIN PUBLIC KEY` output.
 pub fn spki(key: &SpkiKey<'_>) -> Vec<u8> {
     let mut alg = Vec::new();
-    let bits: Vec<u8>;
-    match key {
+    let bits: &[u8] = match key {
         SpkiKey::Rsa(pkcs1) => {
             write(&mut alg, TAG_OID, OID_RSA_ENCRYPTION);
             write(&mut alg, TAG_NULL, &[]);
-            bits = pkcs1.to_vec();
+            pkcs1
         }
         SpkiKey::P256(point) => {
             write(&mut alg, TAG_OID, OID_EC_PUBLIC_KEY);
             write(&mut alg, TAG_OID, OID_P256);
-            bits = point.to_vec();
+            point
         }
         SpkiKey::Ed25519(x) => {
             write(&mut alg, TAG_OID, OID_ED25519);
-            bits = x.to_vec();
+            x
         }
-    }
+    };
     let mut inner = Vec::new();
     write(&mut inner, TAG_SEQUENCE, &alg);
     let mut bit_string = vec![0u8];
-    bit_string.extend_from_slice(&bits);
+    bit_string.extend_from_slice(bits);
     write(&mut inner, TAG_BIT_STRING, &bit_string);
     let mut out = Vec::new();
     write(&mut out, TAG_SEQUENCE, &inner);

@@ -124,9 +124,8 @@ impl UpstreamExecutor {
             .clone()
             .execute_workflow(upstream)
             .await
-            .map_err(|status| {
+            .inspect_err(|status| {
                 tracing::warn!(code = ?status.code(), "workflow executor refused the stream");
-                status
             })?;
         let actions: ActionStream = Box::pin(response.into_inner());
         Ok(Response::new(actions))
