@@ -120,22 +120,21 @@ impl Fetcher {
     }
 }
 
+/// What went wrong, with its innermost cause (DNS, refused, TLS), for the operator's log.
+/// reqwest's errors name the URL, never a body.
 fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
+    let kind = if e.is_timeout() {
+        "timed out"
     } else if e.is_connect() {
-        "connection failed".into()
+        "connection failed"
     } else {
-        // reqwest's errors name the URL, never a body.
-        let mut s = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(cause) = source {
-            s.push_str(": ");
-            s.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        s
+        "failed"
+    };
+    let mut root: &dyn std::error::Error = e;
+    while let Some(cause) = root.source() {
+        root = cause;
     }
+    format!("{kind} ({root})")
 }
 
 /// `max-age` of a `Cache-Control` value; `no-store`/`no-cache` mean zero (refresh as often as
