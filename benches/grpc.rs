@@ -1,0 +1,155 @@
+//! Authenticated calls per second through the whole service over gRPC on loopback: the release
+//! build, the real adapters, RS256 instance tokens, `ExecuteWorkflow` with no executor configured
+//! (so each call is authentication + authorization + an UNIMPLEMENTED answer, no minting).
+//! Client and server share this machine's cores.
+//!
+//! Run: `cargo bench -p duo-workflow-contract --bench grpc` (optionally `-- SECONDS`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
+use duo_workflow_contract::duo_workflow_client::DuoWorkflowClient;
+use duo_workflow_contract::{client_event, ClientEvent, StartWorkflowRequest};
+use duo_workflow_domain::keys::Algorithm;
+use duo_workflow_service::cli::{mint, MintRequest};
+use duo_workflow_service::config::Settings;
+use tonic::metadata::MetadataValue;
+use tonic::Code;
+
+const CONCURRENCY: usize = 32;
+const CONNECTIONS: usize = 4;
+
+async fn run(addr: SocketAddr, tokens: Arc<Vec<String>>, budget: Duration) -> f64 {
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..CONCURRENCY {
+        let (channel, tokens) = (channels[w % CONNECTIONS].clone(), tokens.clone());
+        workers.push(tokio::spawn(async move {
+            let mut client = DuoWorkflowClient::new(channel);
+            let mut n = 0usize;
+            while started.elapsed() < budget {
+                let token = &tokens[(w + n * CONCURRENCY) % tokens.len()];
+                let start = ClientEvent {
+                    response: Some(client_event::Response::StartRequest(
+                        StartWorkflowRequest::default(),
+                    )),
+                };
+                let mut req = tonic::Request::new(futures::stream::iter(vec![start]));
+                let md = req.metadata_mut();
+                md.insert(
+                    "authorization",
+                    MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+                );
+                md.insert(
+                    "x-gitlab-authentication-type",
+                    MetadataValue::from_static("oidc"),
+                );
+                md.insert("x-gitlab-realm", MetadataValue::from_static("saas"));
+                md.insert(
+                    "x-gitlab-instance-id",
+                    MetadataValue::from_static("instance-1"),
+                );
+                let status = client
+                    .execute_workflow(req)
+                    .await
+                    .err()
+                    .expect("no executor is configured");
+                assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for w in workers {
+        total += w.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let budget = Duration::from_secs_f64(
+        std::env::args()
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(5.0),
+    );
+    let key = SigningKey::from_pem(&generate_pem(Algorithm::RS256).unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("dws-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = dir.join("keys.jwks");
+    std::fs::write(
+        &jwks,
+        serde_json::json!({"keys": [key.public_key().to_jwk(key.kid())]}).to_string(),
+    )
+    .unwrap();
+    // Distinct tokens, so that with the cache off every call verifies a signature.
+    let tokens: Vec<String> = (0..2000)
+        .map(|i| {
+            mint(
+                &key,
+                &MintRequest {
+                    issuer: "https://gitlab.test".into(),
+                    audience: vec![duo_workflow_domain::ServiceName::DEFAULT.into()],
+                    subject: None,
+                    scopes: vec!["duo_workflow_execute_workflow".into()],
+                    realm: Some("saas".into()),
+                    instance_id: Some("instance-1".into()),
+                    duo_seat_count: Some(i.to_string()),
+                    lifetime_seconds: 3600,
+                    with_kid: i % 2 == 0,
+                },
+            )
+        })
+        .collect();
+    let tokens = Arc::new(tokens);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("{cores} cores shared by client and server; {CONCURRENCY} concurrent calls over {CONNECTIONS} connections; {} s per figure", budget.as_secs_f64());
+    for (label, cache_entries) in [
+        ("verified-token cache off", 0usize),
+        ("verified-token cache on", 10_000),
+    ] {
+        let config = dir.join(format!("c{cache_entries}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[limits]\nverified_token_cache_entries = {cache_entries}\n\
+                 [[key_sources]]\ntype = \"static\"\nname = \"gitlab\"\nissuer = \"https://gitlab.test\"\njwks_file = \"{}\"\n",
+                jwks.display()
+            ),
+        )
+        .unwrap();
+        let env: HashMap<String, String> = [
+            ("DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL", ""),
+            ("DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+        let settings = Settings::load(Some(&config), &env).unwrap();
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let service = duo_workflow_service::server::start(&settings, loopback, loopback)
+            .await
+            .unwrap();
+        let rate = run(service.addr, tokens.clone(), budget).await;
+        println!("authenticated ExecuteWorkflow calls, {label:<26} {rate:>10.0} /s");
+        service.stop().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
