@@ -14,6 +14,8 @@ its own mutable GitLab provider, play the key-source scenarios of SPEC Part B: t
 (PyJWKClient), rotation without restart, a random-kid flood, provider outages, start-up with the
 provider down, a discovery document naming another issuer and an empty provider URL.
 
+Then the hostile-input battery of hostile_test.py runs against a process of its own.
+
 Usage: interop_test.py BINARY.  Prints `PASS name` / `FAIL name: why` per check and ends with
 `N passed, N failed`; exits non-zero on any failure.
 """
@@ -44,6 +46,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_tools import protoc
+
+import hostile_test  # noqa: E402 (interop/hostile_test.py, beside this file)
 
 REPO = Path(__file__).resolve().parent.parent
 CONTRACT_PROTO = REPO / "proto" / "contract.proto"
@@ -1919,6 +1923,8 @@ def main(argv) -> int:
                     for p in world.processes:
                         for line in p.log_text().splitlines()[-6:]:
                             print(f"# {p.name} | {line}", flush=True)
+        # The hostile-input battery (SECURITY-CHECKLIST.md), against a process of its own.
+        hostile_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
     print(f"# {time.monotonic() - started:.1f}s", flush=True)
     print(f"{suite.passed} passed, {suite.failed} failed", flush=True)
     return 0 if suite.failed == 0 else 1
