@@ -42,6 +42,10 @@ pub const ENV_SERVICE_NAME_ALIAS: &str = "CLOUD_CONNECTOR_SERVICE_NAME";
 pub const ENV_CLIENT_TOKEN: &str = "DUO_WORKFLOW_CLIENT_TOKEN";
 pub const ENV_UPSTREAM_URL: &str = "DUO_WORKFLOW_UPSTREAM__URL";
 
+/// The names of the two built-in OIDC sources, in logs and readiness.
+pub const SOURCE_GITLAB: &str = "gitlab";
+pub const SOURCE_CUSTOMERS_DOT: &str = "customers-dot";
+
 pub const DEFAULT_PORT: u16 = 50052;
 pub const DEFAULT_HTTP_PORT: u16 = 50053;
 pub const DEFAULT_GITLAB_URL: &str = "https://gitlab.com";
@@ -288,7 +292,7 @@ impl Settings {
         let mut remote_sources = Vec::new();
         let builtin = [
             (
-                "gitlab",
+                SOURCE_GITLAB,
                 ENV_OIDC_GITLAB_URL,
                 "auth.oidc_gitlab_url",
                 file.auth.oidc_gitlab_url.as_deref(),
@@ -296,7 +300,7 @@ impl Settings {
                 file.auth.oidc_gitlab_required,
             ),
             (
-                "customers-dot",
+                SOURCE_CUSTOMERS_DOT,
                 ENV_OIDC_CUSTOMER_PORTAL_URL,
                 "auth.oidc_customer_portal_url",
                 file.auth.oidc_customer_portal_url.as_deref(),

@@ -98,7 +98,6 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     let authority = Arc::new(authority(settings, clock.as_ref())?);
 
     let mut sources: Vec<DynKeySource> = vec![authority.key_source()];
-    let readiness_sources: Vec<DynKeySource>;
     for s in &settings.static_sources {
         let issuer = Issuer::new(s.issuer.clone());
         let source = match &s.keys {
@@ -132,14 +131,20 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         remote.push(source);
     }
     for (name, env) in [
-        ("gitlab", crate::config::ENV_OIDC_GITLAB_URL),
-        ("customers-dot", crate::config::ENV_OIDC_CUSTOMER_PORTAL_URL),
+        (
+            crate::config::SOURCE_GITLAB,
+            crate::config::ENV_OIDC_GITLAB_URL,
+        ),
+        (
+            crate::config::SOURCE_CUSTOMERS_DOT,
+            crate::config::ENV_OIDC_CUSTOMER_PORTAL_URL,
+        ),
     ] {
         if !settings.remote_sources.iter().any(|s| s.name == name) {
             tracing::info!(source = name, "key source disabled: {env} is empty");
         }
     }
-    readiness_sources = sources.clone();
+    let readiness_sources = sources.clone();
 
     let mode = if settings.auth_enabled {
         let authenticator =
