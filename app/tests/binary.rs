@@ -177,29 +177,47 @@ async fn execute(
     Ok(n)
 }
 
+/// A debug-mode server relaying to an executor that holds each stream for `hold`, with one
+/// `ExecuteWorkflow` stream already held there when this returns.
+async fn serve_with_stream_in_flight(
+    dir: &Scratch,
+    config: Option<&Path>,
+    hold: Duration,
+) -> (
+    Server,
+    tokio::task::JoinHandle<Result<usize, tonic::Status>>,
+    executor::RunningExecutor,
+) {
+    let upstream = executor::start().await;
+    *upstream.executor.delay.lock().unwrap() = Some(hold);
+    let upstream_url = format!("http://{}", upstream.addr);
+    let server = Server::start(
+        dir,
+        config,
+        &[
+            ("DUO_WORKFLOW_AUTH__ENABLED", "false"),
+            ("DUO_WORKFLOW_UPSTREAM__URL", upstream_url.as_str()),
+        ],
+    );
+    let addr = server.addr.clone();
+    let in_flight = tokio::spawn(async move { execute(&addr, None, None).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.executor.seen.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stream never reached the executor"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (server, in_flight, upstream)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_and_sigint_let_in_flight_streams_finish_then_exit_zero() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let dir = Scratch::new();
-        let upstream = executor::start().await;
-        *upstream.executor.delay.lock().unwrap() = Some(Duration::from_millis(1500));
-        let upstream_url = format!("http://{}", upstream.addr);
-        let mut server = Server::start(
-            &dir,
-            None,
-            &[
-                ("DUO_WORKFLOW_AUTH__ENABLED", "false"),
-                ("DUO_WORKFLOW_UPSTREAM__URL", upstream_url.as_str()),
-            ],
-        );
-        let addr = server.addr.clone();
-        let in_flight = tokio::spawn(async move { execute(&addr, None, None).await });
-        // Wait until the executor holds the stream, then ask the service to stop.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while upstream.executor.seen.lock().unwrap().is_empty() {
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let (mut server, in_flight, _upstream) =
+            serve_with_stream_in_flight(&dir, None, Duration::from_millis(1500)).await;
         server.signal(signal);
         let finished = in_flight.await.unwrap();
         assert_eq!(
@@ -216,26 +234,10 @@ async fn sigterm_and_sigint_let_in_flight_streams_finish_then_exit_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grace_period_bounds_shutdown() {
     let dir = Scratch::new();
-    let upstream = executor::start().await;
-    *upstream.executor.delay.lock().unwrap() = Some(Duration::from_secs(30));
     let config = dir.path("config.toml");
     std::fs::write(&config, "[limits]\nshutdown_grace_seconds = 1\n").unwrap();
-    let upstream_url = format!("http://{}", upstream.addr);
-    let mut server = Server::start(
-        &dir,
-        Some(&config),
-        &[
-            ("DUO_WORKFLOW_AUTH__ENABLED", "false"),
-            ("DUO_WORKFLOW_UPSTREAM__URL", upstream_url.as_str()),
-        ],
-    );
-    let addr = server.addr.clone();
-    let in_flight = tokio::spawn(async move { execute(&addr, None, None).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while upstream.executor.seen.lock().unwrap().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (mut server, in_flight, _upstream) =
+        serve_with_stream_in_flight(&dir, Some(&config), Duration::from_secs(30)).await;
     let stopping = Instant::now();
     server.signal(libc::SIGTERM);
     let status = server.wait(Duration::from_secs(10));
