@@ -67,24 +67,21 @@ impl PublishedKeys {
             .iter()
             .map(|s| {
                 let mut v = json!({"name": s.name(), "issuer": s.issuer().as_str(), "required": s.required()});
-                match s.state() {
-                    SourceState::Pending { reason } => {
-                        v["state"] = json!("pending");
-                        v["reason"] = json!(reason);
-                    }
-                    SourceState::Ready { keys, loaded_at } => {
-                        v["state"] = json!("ready");
-                        v["keys"] = json!(keys);
-                        v["loaded_at"] = json!(loaded_at.as_secs());
-                        v["age_seconds"] = json!(now - loaded_at.as_secs());
-                    }
+                let (state, loaded, reason) = match s.state() {
+                    SourceState::Pending { reason } => ("pending", None, Some(json!(reason))),
+                    SourceState::Ready { keys, loaded_at } => ("ready", Some((keys, loaded_at)), None),
                     SourceState::Stale { keys, loaded_at, reason } => {
-                        v["state"] = json!("stale");
-                        v["keys"] = json!(keys);
-                        v["loaded_at"] = json!(loaded_at.as_secs());
-                        v["age_seconds"] = json!(now - loaded_at.as_secs());
-                        v["reason"] = json!(reason);
+                        ("stale", Some((keys, loaded_at)), Some(json!(reason)))
                     }
+                };
+                v["state"] = json!(state);
+                if let Some((keys, loaded_at)) = loaded {
+                    v["keys"] = json!(keys);
+                    v["loaded_at"] = json!(loaded_at.as_secs());
+                    v["age_seconds"] = json!(now - loaded_at.as_secs());
+                }
+                if let Some(reason) = reason {
+                    v["reason"] = reason;
                 }
                 v
             })
