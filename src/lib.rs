@@ -5,9 +5,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/_.rs"));
 
-/// Fully qualified gRPC method paths, as they appear in HTTP/2 `:path`.
-pub mod paths {
-    pub const SERVICE: &str = "DuoWorkflow";
-    pub const EXECUTE_WORKFLOW: &str = "/DuoWorkflow/ExecuteWorkflow";
-    pub const GENERATE_TOKEN: &str = "/DuoWorkflow/GenerateToken";
-}
+/// The encoded `FileDescriptorSet` of the contract (with `google/protobuf/struct.proto`), for
+/// gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/contract_descriptor.bin"));

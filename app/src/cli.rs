@@ -7,7 +7,8 @@ use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
 use duo_workflow_adapters::jose::token;
 use duo_workflow_contract::duo_workflow_client::DuoWorkflowClient;
 use duo_workflow_contract::{
-    action, client_event, ActionResponse, ClientEvent, GenerateTokenRequest, StartWorkflowRequest,
+    action, action_response, client_event, ActionResponse, ClientEvent, GenerateTokenRequest,
+    PlainTextResponse, StartWorkflowRequest,
 };
 use duo_workflow_domain::keys::Algorithm;
 use serde_json::{json, Map, Value};
@@ -193,6 +194,7 @@ pub async fn run_client(
                     Some(action::Action::RunWriteFile(_)) => "runWriteFile",
                     Some(action::Action::RunGitCommand(_)) => "runGitCommand",
                     Some(action::Action::RunEditFile(_)) => "runEditFile",
+                    Some(_) => "other",
                     None => "none",
                 };
                 println!("ExecuteWorkflow: action {} ({kind})", a.request_id);
@@ -200,7 +202,12 @@ pub async fn run_client(
                 let reply = ClientEvent {
                     response: Some(client_event::Response::ActionResponse(ActionResponse {
                         request_id: a.request_id,
-                        response: "this client does not execute actions".into(),
+                        response_type: Some(action_response::ResponseType::PlainTextResponse(
+                            PlainTextResponse {
+                                response: String::new(),
+                                error: "this client does not execute actions".into(),
+                            },
+                        )),
                     })),
                 };
                 let _ = tx.send(reply).await;

@@ -5,9 +5,18 @@ use std::sync::{Arc, Mutex};
 
 use duo_workflow_contract::duo_workflow_server::{DuoWorkflow, DuoWorkflowServer};
 use duo_workflow_contract::{
-    action, client_event, Action, ClientEvent, GenerateTokenRequest, GenerateTokenResponse,
-    ReadFile,
+    action, client_event, Action, Capability, ClientEvent, GenerateTokenRequest,
+    GenerateTokenResponse, ListCapabilitiesRequest, ListCapabilitiesResponse, ListFlowsRequest,
+    ListFlowsResponse, ListToolsRequest, ListToolsResponse, ReadFile, TrackSelfHostedAction,
+    TrackSelfHostedClientEvent, ValidateFlowConfigRequest, ValidateFlowConfigResponse,
 };
+
+/// What the fake executor answers to `ListCapabilities`.
+pub const CAPABILITIES: [&str; 3] = [
+    "tool_call_approval",
+    "tool_call_pattern_approval",
+    "flow_semantic_versioning",
+];
 use futures::Stream;
 use std::pin::Pin;
 use tokio::sync::oneshot;
@@ -76,6 +85,7 @@ impl DuoWorkflow for FakeExecutor {
             request_id: "action-1".into(),
             action: Some(action::Action::RunReadFile(ReadFile {
                 filepath: "README.md".into(),
+                ..Default::default()
             })),
         };
         let mut items: Vec<Result<Action, Status>> = vec![Ok(read)];
@@ -94,6 +104,62 @@ impl DuoWorkflow for FakeExecutor {
         _: Request<GenerateTokenRequest>,
     ) -> Result<Response<GenerateTokenResponse>, Status> {
         Err(Status::unimplemented("executor does not mint"))
+    }
+
+    async fn list_capabilities(
+        &self,
+        _: Request<ListCapabilitiesRequest>,
+    ) -> Result<Response<ListCapabilitiesResponse>, Status> {
+        Ok(Response::new(ListCapabilitiesResponse {
+            capabilities: CAPABILITIES
+                .iter()
+                .map(|name| Capability {
+                    name: (*name).into(),
+                    metadata: String::new(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_tools(
+        &self,
+        _: Request<ListToolsRequest>,
+    ) -> Result<Response<ListToolsResponse>, Status> {
+        Ok(Response::new(ListToolsResponse::default()))
+    }
+
+    async fn list_flows(
+        &self,
+        _: Request<ListFlowsRequest>,
+    ) -> Result<Response<ListFlowsResponse>, Status> {
+        Ok(Response::new(ListFlowsResponse::default()))
+    }
+
+    async fn validate_flow_config(
+        &self,
+        _: Request<ValidateFlowConfigRequest>,
+    ) -> Result<Response<ValidateFlowConfigResponse>, Status> {
+        Ok(Response::new(ValidateFlowConfigResponse {
+            valid: true,
+            errors: vec![],
+        }))
+    }
+
+    type TrackSelfHostedExecuteWorkflowStream =
+        Pin<Box<dyn Stream<Item = Result<TrackSelfHostedAction, Status>> + Send>>;
+
+    /// Acknowledges every event with its request id.
+    async fn track_self_hosted_execute_workflow(
+        &self,
+        request: Request<Streaming<TrackSelfHostedClientEvent>>,
+    ) -> Result<Response<Self::TrackSelfHostedExecuteWorkflowStream>, Status> {
+        use futures::StreamExt;
+        let acks = request.into_inner().map(|event| {
+            event.map(|e| TrackSelfHostedAction {
+                request_id: e.request_id,
+            })
+        });
+        Ok(Response::new(Box::pin(acks)))
     }
 }
 

@@ -6,7 +6,12 @@ use std::sync::Arc;
 
 use duo_workflow_contract::duo_workflow_client::DuoWorkflowClient;
 use duo_workflow_contract::duo_workflow_server::DuoWorkflow;
-use duo_workflow_contract::{Action, ClientEvent, GenerateTokenRequest, GenerateTokenResponse};
+use duo_workflow_contract::{
+    Action, ClientEvent, GenerateTokenRequest, GenerateTokenResponse, ListCapabilitiesRequest,
+    ListCapabilitiesResponse, ListFlowsRequest, ListFlowsResponse, ListToolsRequest,
+    ListToolsResponse, TrackSelfHostedAction, TrackSelfHostedClientEvent,
+    ValidateFlowConfigRequest, ValidateFlowConfigResponse,
+};
 use duo_workflow_domain::ports::{Clock, TokenIssuer};
 use duo_workflow_domain::user_token::UserTokenGrant;
 use duo_workflow_domain::ServiceName;
@@ -54,9 +59,47 @@ fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| Status::internal("request reached the service without authentication"))
 }
 
+/// Not relayed yet: the byte relay replaces these.
+fn not_relayed<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("not relayed yet"))
+}
+
 #[tonic::async_trait]
 impl DuoWorkflow for WorkflowService {
     type ExecuteWorkflowStream = ActionStream;
+    type TrackSelfHostedExecuteWorkflowStream =
+        Pin<Box<dyn Stream<Item = Result<TrackSelfHostedAction, Status>> + Send + 'static>>;
+
+    async fn list_capabilities(
+        &self,
+        _: Request<ListCapabilitiesRequest>,
+    ) -> Result<Response<ListCapabilitiesResponse>, Status> {
+        not_relayed()
+    }
+    async fn list_tools(
+        &self,
+        _: Request<ListToolsRequest>,
+    ) -> Result<Response<ListToolsResponse>, Status> {
+        not_relayed()
+    }
+    async fn list_flows(
+        &self,
+        _: Request<ListFlowsRequest>,
+    ) -> Result<Response<ListFlowsResponse>, Status> {
+        not_relayed()
+    }
+    async fn validate_flow_config(
+        &self,
+        _: Request<ValidateFlowConfigRequest>,
+    ) -> Result<Response<ValidateFlowConfigResponse>, Status> {
+        not_relayed()
+    }
+    async fn track_self_hosted_execute_workflow(
+        &self,
+        _: Request<Streaming<TrackSelfHostedClientEvent>>,
+    ) -> Result<Response<Self::TrackSelfHostedExecuteWorkflowStream>, Status> {
+        not_relayed()
+    }
 
     async fn execute_workflow(
         &self,
@@ -89,6 +132,7 @@ impl DuoWorkflow for WorkflowService {
         Ok(Response::new(GenerateTokenResponse {
             token: token.token,
             expires_at: token.expires_at.as_secs(),
+            server_capabilities: Vec::new(),
         }))
     }
 }
