@@ -6,14 +6,16 @@ mod support;
 use duo_workflow_adapters::authority::LocalAuthority;
 use duo_workflow_adapters::jose::token;
 use duo_workflow_domain::user_token::UserTokenGrant;
+use duo_workflow_domain::Rpc;
 use duo_workflow_domain::{ServiceName, UnitPrimitive, UnixTime};
 use duo_workflow_service::cli::mint;
 use duo_workflow_service::config::{
     ENV_AUTH_ENABLED, ENV_SIGNING_KEY, ENV_UPSTREAM_URL, ENV_VALIDATION_KEY,
 };
 use support::{
-    assert_status, decode_segment, execute_workflow, generate_token, instance_request, key,
-    start_service, static_source_config, Headers, TempDir, EXECUTE, GENERATE, SERVICE,
+    assert_status, decode_segment, execute_workflow, generate_token, generate_token_for,
+    instance_request, key, start_service, static_source_config, Headers, TempDir, AGENT_PLATFORM,
+    CHAT, EXECUTE, GENERATE, SERVICE,
 };
 use tonic::Code;
 
@@ -81,7 +83,15 @@ async fn instance_token_to_user_token_to_workflow() {
             "Unauthorized to generate token",
         );
     }
-    let seen = executor.executor.seen.lock().unwrap().clone();
+    let seen: Vec<_> = executor
+        .executor
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.rpc == "ExecuteWorkflow")
+        .cloned()
+        .collect();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].header("x-gitlab-global-user-id"), Some("user-77"));
     assert!(seen[0]
@@ -89,6 +99,99 @@ async fn instance_token_to_user_token_to_workflow() {
         .unwrap()
         .starts_with("Bearer "));
     assert!(seen[0].header("x-request-id").is_some());
+    service.stop().await.unwrap();
+}
+
+/// Today's GitLab (SPEC C): Rails asks for a chat user token with `duo_agent_platform` and
+/// `duo_chat`, and claims the user token must carry on; the user token then runs chat and agent
+/// flows and lists tools, but cannot report self-hosted usage.
+#[tokio::test]
+async fn todays_gitlab_instance_token_to_user_token_to_every_rpc() {
+    let dir = TempDir::new();
+    let instance_key = key("rs256-instance");
+    let config = static_source_config(&dir, GITLAB, &[&instance_key]);
+    let executor = support::executor::start().await;
+    let upstream = format!("http://{}", executor.addr);
+    let service = start_service(Some(&config), &[(ENV_UPSTREAM_URL, upstream.as_str())])
+        .await
+        .unwrap();
+    let mut claims = support::good_claims(GITLAB);
+    claims["scopes"] = serde_json::json!([AGENT_PLATFORM, CHAT, "code_suggestions"]);
+    claims["gitlab_instance_uid"] = serde_json::json!("uid-42");
+    claims["gitlab_root_namespace_id"] = serde_json::json!(9970);
+    claims["tool_access_policies"] = serde_json::json!({"deny": ["run_command"], "n": [1, 2.5]});
+    claims["skip_usage_cutoff"] = serde_json::json!(true);
+    let instance_token = support::sign_raw(
+        &instance_key.key,
+        br#"{"alg":"RS256","typ":"JWT"}"#,
+        claims.to_string().as_bytes(),
+    );
+    let headers = Headers::bearer(&instance_token);
+
+    // The executor's capabilities were learned at start-up (its auth is off): wait for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let response = loop {
+        let r = generate_token_for(service.addr, &headers, Some("chat"))
+            .await
+            .unwrap();
+        if !r.server_capabilities.is_empty() || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        response.server_capabilities,
+        support::executor::CAPABILITIES
+    );
+    let user = decode_segment(&response.token, 1);
+    assert_eq!(user["scopes"], serde_json::json!([AGENT_PLATFORM, CHAT]));
+    for name in [
+        "gitlab_instance_uid",
+        "gitlab_root_namespace_id",
+        "tool_access_policies",
+        "skip_usage_cutoff",
+    ] {
+        assert_eq!(user[name], claims[name], "{name} copied unchanged");
+    }
+
+    let user_headers = Headers::bearer(&response.token);
+    for definition in ["chat", "software_development", "developer/v1"] {
+        let start = support::start_with(|s| {
+            #[allow(deprecated)]
+            {
+                s.workflow_definition = definition.into();
+            }
+        });
+        assert!(
+            support::execute_workflow_with(service.addr, &user_headers, vec![start])
+                .await
+                .is_ok(),
+            "{definition}"
+        );
+    }
+    for rpc in [
+        Rpc::ListTools,
+        Rpc::ListFlows,
+        Rpc::ListCapabilities,
+        Rpc::ValidateFlowConfig,
+    ] {
+        support::call(service.addr, &user_headers, rpc)
+            .await
+            .unwrap();
+    }
+    assert_status(
+        support::call(
+            service.addr,
+            &user_headers,
+            Rpc::TrackSelfHostedExecuteWorkflow,
+        )
+        .await,
+        Code::PermissionDenied,
+        "Unauthorized to track self-hosted workflow execution",
+    );
+    support::call(service.addr, &headers, Rpc::TrackSelfHostedExecuteWorkflow)
+        .await
+        .unwrap();
     service.stop().await.unwrap();
 }
 
@@ -122,6 +225,7 @@ async fn the_validation_key_keeps_previous_user_tokens_valid() {
         instance_id: Some("instance-1".into()),
         scopes: vec![UnitPrimitive::execute_workflow()],
         duo_seat_count: None,
+        copied: vec![],
         issued_at: UnixTime::from_secs(now).unwrap(),
         expires_at: UnixTime::from_secs(now + 3600).unwrap(),
     };

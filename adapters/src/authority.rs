@@ -108,6 +108,12 @@ impl LocalAuthority {
         if let Some(seats) = &grant.duo_seat_count {
             c.insert("duo_seat_count".into(), json!(seats));
         }
+        for copied in &grant.copied {
+            // The text was written by serde_json from a parsed value, so it parses back.
+            if let Ok(value) = serde_json::from_str::<Value>(copied.value.as_str()) {
+                c.insert(copied.name.into(), value);
+            }
+        }
         Value::Object(c)
     }
 }

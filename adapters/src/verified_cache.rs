@@ -184,6 +184,7 @@ mod tests {
             realm: None,
             instance_id: None,
             duo_seat_count: None,
+            copied: vec![],
             jti: None,
             expires_at: None,
             not_before: None,

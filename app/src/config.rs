@@ -9,8 +9,8 @@ use duo_workflow_adapters::sources::fetch::{check_scheme, FetchPolicy};
 use duo_workflow_adapters::sources::{Locator, RefreshPolicy, RemoteSourceConfig};
 use duo_workflow_adapters::verified_cache::CacheLimits;
 use duo_workflow_domain::keys::Algorithm;
-use duo_workflow_domain::policy::ClaimChecks;
-use duo_workflow_domain::{Issuer, ServiceName};
+use duo_workflow_domain::policy::{ClaimChecks, Delegation};
+use duo_workflow_domain::{Issuer, MethodTable, ServiceName, UnitPrimitive};
 use serde::Deserialize;
 use std::time::Duration;
 use url::Url;
@@ -41,6 +41,11 @@ pub const ENV_SERVICE_NAME: &str = "DUO_WORKFLOW_CLOUD_CONNECTOR_SERVICE_NAME";
 pub const ENV_SERVICE_NAME_ALIAS: &str = "CLOUD_CONNECTOR_SERVICE_NAME";
 pub const ENV_CLIENT_TOKEN: &str = "DUO_WORKFLOW_CLIENT_TOKEN";
 pub const ENV_UPSTREAM_URL: &str = "DUO_WORKFLOW_UPSTREAM__URL";
+pub const ENV_UPSTREAM_CA_FILE: &str = "DUO_WORKFLOW_UPSTREAM__CA_FILE";
+pub const ENV_UPSTREAM_SERVER_CAPABILITIES: &str = "DUO_WORKFLOW_UPSTREAM__SERVER_CAPABILITIES";
+pub const ENV_UPSTREAM_ALLOWED_METHODS: &str = "DUO_WORKFLOW_UPSTREAM__ALLOWED_METHODS";
+pub const ENV_DELEGABLE_SCOPES: &str = "DUO_WORKFLOW_USER_TOKENS__DELEGABLE_SCOPES";
+pub const ENV_GRPC_REFLECTION_ENABLED: &str = "DUO_WORKFLOW_GRPC_REFLECTION_ENABLED";
 
 /// The names of the two built-in OIDC sources, in logs and readiness.
 pub const SOURCE_GITLAB: &str = "gitlab";
@@ -58,6 +63,8 @@ pub struct FileConfig {
     pub port: Option<u16>,
     pub http_port: Option<u16>,
     pub service_name: Option<String>,
+    /// Serve gRPC reflection, without a token.
+    pub grpc_reflection_enabled: Option<bool>,
     #[serde(default)]
     pub auth: AuthSection,
     #[serde(default)]
@@ -66,6 +73,8 @@ pub struct FileConfig {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub user_tokens: UserTokensSection,
     #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
@@ -125,7 +134,23 @@ pub struct SelfSignedJwtSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
+    /// The workflow executor every authorized call except `GenerateToken` is relayed to.
     pub url: Option<String>,
+    /// PEM certificates to trust for an `https` executor, besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// What `GenerateToken` reports as `server_capabilities`; unset: learned from the executor.
+    pub server_capabilities: Option<Vec<String>>,
+    /// Methods beyond the contract relayed for any authenticated caller, e.g.
+    /// `/DuoWorkflow/SomethingNew`; every other unknown method is `UNIMPLEMENTED`.
+    #[serde(default)]
+    pub allowed_methods: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserTokensSection {
+    /// The unit primitives a user token may carry (those of the caller's among them).
+    pub delegable_scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +223,14 @@ impl std::fmt::Debug for SecretPem {
     }
 }
 
+/// The workflow executor behind the service.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub url: Url,
+    /// Extra PEM certificates to trust (`https` only), and the field they came from.
+    pub ca: Option<(String, Vec<u8>)>,
+}
+
 /// A validated static key source.
 #[derive(Debug, Clone)]
 pub struct StaticSource {
@@ -227,7 +260,12 @@ pub struct Settings {
     pub claim_checks: ClaimChecks,
     pub signing_key: Option<SecretPem>,
     pub validation_key: Option<SecretPem>,
-    pub upstream_url: Option<Url>,
+    pub upstream: Option<Upstream>,
+    /// `None`: learned from the executor.
+    pub server_capabilities: Option<Vec<String>>,
+    /// Which methods are served, and to whom (SPEC C2), with the operator's switches.
+    pub methods: MethodTable,
+    pub delegation: Delegation,
     pub static_sources: Vec<StaticSource>,
     pub max_token_bytes: usize,
     pub max_header_list_bytes: u32,
@@ -367,23 +405,47 @@ impl Settings {
             ),
         )?;
 
-        let upstream_url = match get(ENV_UPSTREAM_URL)
-            .map(str::to_owned)
-            .or(file.upstream.url)
-        {
-            None => None,
-            Some(v) if v.is_empty() => None,
-            Some(v) => {
-                let field = if get(ENV_UPSTREAM_URL).is_some() {
-                    ENV_UPSTREAM_URL
-                } else {
-                    "upstream.url"
-                };
-                let url = Url::parse(&v).map_err(|e| bad(field, format!("not a URL: {e}")))?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(bad(field, "scheme must be http or https"));
+        let upstream = upstream(&file.upstream, env)?;
+        let server_capabilities = match get(ENV_UPSTREAM_SERVER_CAPABILITIES) {
+            Some(v) => Some(names(ENV_UPSTREAM_SERVER_CAPABILITIES, &comma_list(v))?),
+            None => match &file.upstream.server_capabilities {
+                Some(list) => Some(names("upstream.server_capabilities", list)?),
+                None => None,
+            },
+        };
+        let reflection = match get(ENV_GRPC_REFLECTION_ENABLED) {
+            Some(v) => parse_bool(ENV_GRPC_REFLECTION_ENABLED, v)?,
+            None => file.grpc_reflection_enabled.unwrap_or(false),
+        };
+        let (methods_field, allowed_methods) = match get(ENV_UPSTREAM_ALLOWED_METHODS) {
+            Some(v) => (ENV_UPSTREAM_ALLOWED_METHODS, comma_list(v)),
+            None => (
+                "upstream.allowed_methods",
+                file.upstream.allowed_methods.clone(),
+            ),
+        };
+        let mut methods = MethodTable::new(reflection);
+        for path in &allowed_methods {
+            methods = methods
+                .allow(path)
+                .map_err(|e| bad(methods_field, e.to_string()))?;
+        }
+        let delegation = match get(ENV_DELEGABLE_SCOPES) {
+            Some(v) => Some((ENV_DELEGABLE_SCOPES, comma_list(v))),
+            None => file
+                .user_tokens
+                .delegable_scopes
+                .clone()
+                .map(|list| ("user_tokens.delegable_scopes", list)),
+        };
+        let delegation = match delegation {
+            None => Delegation::default(),
+            Some((field, list)) => {
+                let list = names(field, &list)?;
+                if list.is_empty() {
+                    return Err(bad(field, "must name at least one unit primitive"));
                 }
-                Some(url)
+                Delegation::new(list.into_iter().map(UnitPrimitive::new).collect())
             }
         };
 
@@ -450,7 +512,10 @@ impl Settings {
             claim_checks,
             signing_key,
             validation_key,
-            upstream_url,
+            upstream,
+            server_capabilities,
+            methods,
+            delegation,
             static_sources,
             max_token_bytes,
             max_header_list_bytes,
@@ -466,6 +531,76 @@ impl Settings {
             },
         })
     }
+}
+
+/// A comma-separated environment list; blanks around items are ignored, and so are empty items.
+fn comma_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Names (unit primitives, capabilities): letters, digits, `_`, `-`, `.`, `/`, `:`.
+fn names(field: &str, list: &[String]) -> Result<Vec<String>, ConfigError> {
+    for name in list {
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-./:".contains(&b));
+        if !ok {
+            return Err(bad(field, format!("{name:?} is not a valid name")));
+        }
+    }
+    Ok(list.to_vec())
+}
+
+/// The executor: `DUO_WORKFLOW_UPSTREAM__URL` / `upstream.url`, and its CA bundle.
+fn upstream(
+    file: &UpstreamSection,
+    env: &HashMap<String, String>,
+) -> Result<Option<Upstream>, ConfigError> {
+    let get = |name: &str| env.get(name).map(String::as_str);
+    let (field, value) = match (get(ENV_UPSTREAM_URL), &file.url) {
+        (Some(v), _) => (ENV_UPSTREAM_URL, v.to_owned()),
+        (None, Some(v)) => ("upstream.url", v.clone()),
+        (None, None) => return Ok(None),
+    };
+    let (ca_field, ca_path) = match (get(ENV_UPSTREAM_CA_FILE), &file.ca_file) {
+        (Some(v), _) if v.trim().is_empty() => (ENV_UPSTREAM_CA_FILE, None),
+        (Some(v), _) => (ENV_UPSTREAM_CA_FILE, Some(PathBuf::from(v))),
+        (None, path) => ("upstream.ca_file", path.clone()),
+    };
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    let url = Url::parse(value.trim()).map_err(|e| bad(field, format!("not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(bad(field, "must be an http(s) URL with a host"));
+    }
+    let ca = match ca_path {
+        None => None,
+        Some(_) if url.scheme() != "https" => {
+            return Err(bad(
+                ca_field,
+                format!("needs an https executor URL ({field})"),
+            ))
+        }
+        Some(path) => {
+            let pem = std::fs::read(&path)
+                .map_err(|e| bad(ca_field, format!("cannot read {}: {e}", path.display())))?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(bad(
+                    ca_field,
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            Some((ca_field.to_owned(), pem))
+        }
+    };
+    Ok(Some(Upstream { url, ca }))
 }
 
 fn parse_port(field: &str, v: &str) -> Result<u16, ConfigError> {
@@ -715,7 +850,10 @@ mod tests {
             issuers,
             ["https://gitlab.com", "https://customers.gitlab.com"]
         );
-        assert!(s.signing_key.is_none() && s.upstream_url.is_none());
+        assert!(s.signing_key.is_none() && s.upstream.is_none());
+        assert_eq!(s.delegation, Delegation::default());
+        assert!(s.server_capabilities.is_none());
+        assert!(!s.methods.reflection_enabled());
     }
 
     #[test]

@@ -10,18 +10,23 @@ use duo_workflow_adapters::authority::LocalAuthority;
 use duo_workflow_adapters::clock::SystemClock;
 use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
 use duo_workflow_adapters::sources::{RemoteKeySource, StaticKeySource};
+use duo_workflow_adapters::transport::capabilities::LearningPolicy;
+use duo_workflow_adapters::transport::grpc_frames::MAX_MESSAGE_BYTES;
 use duo_workflow_adapters::transport::published_keys::PublishedKeys;
-use duo_workflow_adapters::transport::{self, Limits, UpstreamExecutor, WorkflowService};
-use duo_workflow_contract::duo_workflow_server::DuoWorkflowServer;
+use duo_workflow_adapters::transport::{
+    self, AdmissionLayer, GenerateTokenEndpoint, LearnedCapabilities, Limits, Minting, Relay,
+    Routes, ServerCapabilities,
+};
 use duo_workflow_domain::gatekeeper::{AuthMode, Gatekeeper, UnitPrimitiveAuthorizer};
 use duo_workflow_domain::keys::Algorithm;
 use duo_workflow_domain::ports::Clock;
-use duo_workflow_domain::Issuer;
+use duo_workflow_domain::{Issuer, Rpc};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::config::{Settings, StaticKeys, ENV_SIGNING_KEY, ENV_VALIDATION_KEY};
+use crate::config::{Settings, StaticKeys, Upstream, ENV_SIGNING_KEY, ENV_VALIDATION_KEY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -45,8 +50,13 @@ fn config_error(field: &str, problem: impl Into<String>) -> StartError {
 
 /// The parts of the service, built from settings.
 pub struct Service {
-    pub gatekeeper: Arc<Gatekeeper>,
-    pub workflow: WorkflowService,
+    pub admission: AdmissionLayer,
+    pub generate_token: GenerateTokenEndpoint,
+    /// `None`: no executor configured.
+    pub relay: Option<Relay>,
+    /// Learned from the executor when not configured.
+    pub capabilities: ServerCapabilities,
+    pub reflection: bool,
     pub authority: Arc<LocalAuthority>,
     /// Every key source, for readiness.
     pub sources: Vec<DynKeySource>,
@@ -166,15 +176,18 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         settings.service_name.clone(),
     ));
 
-    let executor = match &settings.upstream_url {
-        None => None,
-        Some(url) => {
-            let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-                .map_err(|e| config_error(crate::config::ENV_UPSTREAM_URL, e.to_string()))?
-                .connect_timeout(Duration::from_secs(5));
-            tracing::info!(%url, "workflow executor configured");
-            Some(UpstreamExecutor::new(endpoint.connect_lazy()))
-        }
+    let relay = settings
+        .upstream
+        .as_ref()
+        .map(|upstream| executor_channel(upstream).map(|c| Relay::new(c, MAX_MESSAGE_BYTES)))
+        .transpose()?;
+    let capabilities = match (&settings.server_capabilities, &relay) {
+        (Some(names), _) => ServerCapabilities::Configured(names.clone().into()),
+        (None, Some(relay)) => ServerCapabilities::Learned(LearnedCapabilities::new(
+            relay.channel().clone(),
+            LearningPolicy::default(),
+        )),
+        (None, None) => ServerCapabilities::Unknown,
     };
     let published_keys = Arc::new(PublishedKeys::new(
         authority.clone(),
@@ -182,15 +195,20 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         readiness_sources.clone(),
         clock.clone(),
     ));
-    let workflow = WorkflowService::new(
-        settings.service_name.clone(),
-        authority.clone(),
+    let generate_token = GenerateTokenEndpoint::new(Minting {
+        service: settings.service_name.clone(),
+        issuer: authority.clone(),
         clock,
-        executor,
-    );
+        delegation: settings.delegation.clone(),
+        capabilities: capabilities.clone(),
+        max_message_bytes: MAX_MESSAGE_BYTES,
+    });
     Ok(Service {
-        gatekeeper,
-        workflow,
+        admission: AdmissionLayer::new(gatekeeper, settings.methods.clone(), MAX_MESSAGE_BYTES),
+        generate_token,
+        relay,
+        capabilities,
+        reflection: settings.methods.reflection_enabled(),
         published_keys,
         authority,
         sources: readiness_sources,
@@ -198,9 +216,44 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         limits: Limits {
             max_header_list_bytes: settings.max_header_list_bytes,
             max_concurrent_streams: settings.max_concurrent_streams,
+            max_message_bytes: MAX_MESSAGE_BYTES,
         },
         grace: Duration::from_secs(settings.shutdown_grace_seconds),
     })
+}
+
+/// The HTTP/2 channel to the workflow executor: lazy (an unreachable executor fails calls, not
+/// start-up), TLS for `https` with the system's roots and the configured CA bundle, pings so
+/// that long idle workflow streams survive load balancers.
+fn executor_channel(upstream: &Upstream) -> Result<Channel, StartError> {
+    let field = crate::config::ENV_UPSTREAM_URL;
+    let mut endpoint = Endpoint::from_shared(upstream.url.to_string())
+        .map_err(|e| config_error(field, e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    if upstream.url.scheme() == "https" {
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some((_, pem)) = &upstream.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        let ca_field = upstream
+            .ca
+            .as_ref()
+            .map(|(f, _)| f.as_str())
+            .unwrap_or(field);
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| config_error(ca_field, e.to_string()))?;
+    }
+    tracing::info!(
+        executor = %upstream.url.origin().ascii_serialization(),
+        ca_file = upstream.ca.is_some(),
+        "workflow executor configured: authorized calls are relayed to it"
+    );
+    Ok(endpoint.connect_lazy())
 }
 
 /// The service's listeners: gRPC, and HTTP for the published keys.
@@ -259,15 +312,9 @@ async fn report_readiness(
                 .zip(&states)
                 .all(|(s, ok)| *ok || !s.required());
             reporter.set_service_status("", status(ready)).await;
-            if ready {
-                reporter
-                    .set_serving::<DuoWorkflowServer<WorkflowService>>()
-                    .await;
-            } else {
-                reporter
-                    .set_not_serving::<DuoWorkflowServer<WorkflowService>>()
-                    .await;
-            }
+            reporter
+                .set_service_status(Rpc::SERVICE, status(ready))
+                .await;
             last = Some(states);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -302,11 +349,17 @@ pub async fn serve(
             .clone()
             .serve(listeners.http, stopped_http),
     );
+    if let ServerCapabilities::Learned(learned) = &service.capabilities {
+        learned.learn_at_start();
+    }
+    let mut routes = Routes::new(health, service.generate_token, service.relay);
+    if service.reflection {
+        routes = routes.with_reflection();
+    }
     let server = transport::serve(
         listeners.grpc,
-        service.gatekeeper,
-        service.workflow,
-        health,
+        service.admission,
+        routes,
         service.limits,
         async move {
             let mut rx = stopped;

@@ -1,10 +1,12 @@
 //! Every refusal the service can give, with SPEC's exact `details` strings, so that every adapter
 //! reports them the same way. One concept, one place: transports map [`StatusKind`] to their codes.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::identity::Issuer;
-use crate::request::{BoundHeader, Rpc};
+use crate::method::{Flow, FlowError};
+use crate::request::BoundHeader;
 
 /// The class of a refusal; the transport maps it to a gRPC status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +29,18 @@ pub enum AuthError {
     /// The token's issuer is known but its key source has never produced usable keys.
     KeysUnavailable(Issuer),
     HeaderMismatch(BoundHeader),
-    Unauthorized(Rpc),
+    /// The flow fields of a start request contradict each other (SPEC C2).
+    InvalidFlow(FlowError),
+    Unauthorized(Denied),
     MissingGlobalUserId,
+}
+
+/// What a caller was not authorized to do; each has its own `details` (SPEC C2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    GenerateToken,
+    ExecuteWorkflow(Flow),
+    TrackSelfHostedExecuteWorkflow,
 }
 
 impl AuthError {
@@ -41,13 +53,15 @@ impl AuthError {
             | AuthError::HeaderMismatch(_) => StatusKind::Unauthenticated,
             AuthError::KeysUnavailable(_) => StatusKind::Unavailable,
             AuthError::Unauthorized(_) => StatusKind::PermissionDenied,
-            AuthError::MissingGlobalUserId => StatusKind::InvalidArgument,
+            AuthError::MissingGlobalUserId | AuthError::InvalidFlow(_) => {
+                StatusKind::InvalidArgument
+            }
         }
     }
 
-    /// The status `details` a client sees (SPEC Part A, byte for byte).
-    pub fn details(&self) -> &'static str {
-        match self {
+    /// The status `details` a client sees (SPEC Parts A and C, byte for byte).
+    pub fn details(&self) -> Cow<'static, str> {
+        let fixed = match self {
             AuthError::MissingAuthorization => "No authorization header presented",
             AuthError::InvalidAuthorizationHeader => "Invalid authorization header",
             AuthError::UnsupportedAuthenticationType => {
@@ -62,10 +76,20 @@ impl AuthError {
             AuthError::HeaderMismatch(BoundHeader::GlobalUserId) => {
                 "Header mismatch 'X-Gitlab-Global-User-Id'"
             }
-            AuthError::Unauthorized(Rpc::ExecuteWorkflow) => "Unauthorized to execute workflow",
-            AuthError::Unauthorized(Rpc::GenerateToken) => "Unauthorized to generate token",
+            AuthError::InvalidFlow(e) => e.message(),
+            AuthError::Unauthorized(Denied::GenerateToken) => "Unauthorized to generate token",
+            AuthError::Unauthorized(Denied::ExecuteWorkflow(flow)) if !flow.as_str().is_empty() => {
+                return Cow::Owned(format!("Unauthorized to execute {flow}"));
+            }
+            AuthError::Unauthorized(Denied::ExecuteWorkflow(_)) => {
+                "Unauthorized to execute workflow"
+            }
+            AuthError::Unauthorized(Denied::TrackSelfHostedExecuteWorkflow) => {
+                "Unauthorized to track self-hosted workflow execution"
+            }
             AuthError::MissingGlobalUserId => "Missing 'X-Gitlab-Global-User-Id' header",
-        }
+        };
+        Cow::Borrowed(fixed)
     }
 }
 
@@ -74,7 +98,7 @@ impl fmt::Display for AuthError {
         match self {
             AuthError::Forbidden(reason) => write!(f, "{}: {reason}", self.details()),
             AuthError::KeysUnavailable(issuer) => write!(f, "{} (issuer {issuer})", self.details()),
-            other => f.write_str(other.details()),
+            other => f.write_str(&other.details()),
         }
     }
 }

@@ -1,13 +1,15 @@
-//! The authentication steps of SPEC Part A, in their order, then per-RPC authorization.
-//! Transports turn a request into [`RequestMetadata`] and ask [`Gatekeeper::admit`].
+//! The authentication steps of SPEC Part A, in their order, then per-call authorization (SPEC
+//! C2). Transports turn a request into [`RequestMetadata`], ask [`Gatekeeper::authenticate`], and,
+//! once they know the [`Call`] (which may need the first request message), [`Gatekeeper::authorize`].
 
 use std::sync::Arc;
 
 use crate::error::AuthError;
 use crate::identity::{Identity, ServiceName};
+use crate::method::Call;
 use crate::policy::{bind_headers, SeatCountMismatch};
 use crate::ports::{Authenticator, Authorizer};
-use crate::request::{AuthorizationHeader, BearerToken, RequestMetadata, Rpc};
+use crate::request::{AuthorizationHeader, BearerToken, RequestMetadata};
 
 /// Whether callers must authenticate.
 #[derive(Clone)]
@@ -50,14 +52,9 @@ impl Gatekeeper {
         matches!(self.mode, AuthMode::Enabled(_))
     }
 
-    /// Authenticates the caller, binds its claims to the headers, and authorizes `rpc` (when the
-    /// path names one of ours; other methods only need an authenticated caller).
-    pub async fn admit(
-        &self,
-        metadata: &RequestMetadata,
-        rpc: Option<Rpc>,
-    ) -> Result<Admission, AuthError> {
-        let admission = match &self.mode {
+    /// Steps 1–5: authenticates the caller and binds its claims to the headers.
+    pub async fn authenticate(&self, metadata: &RequestMetadata) -> Result<Admission, AuthError> {
+        Ok(match &self.mode {
             AuthMode::Disabled => Admission {
                 identity: Identity::Debug,
                 seat_count_mismatch: None,
@@ -74,11 +71,12 @@ impl Gatekeeper {
                     seat_count_mismatch,
                 }
             }
-        };
-        if let Some(rpc) = rpc {
-            self.authorizer.authorize(&admission.identity, rpc)?;
-        }
-        Ok(admission)
+        })
+    }
+
+    /// Whether an authenticated caller may make this call.
+    pub fn authorize(&self, identity: &Identity, call: &Call) -> Result<(), AuthError> {
+        self.authorizer.authorize(identity, call)
     }
 }
 
@@ -99,7 +97,7 @@ pub fn bearer_token(header: &AuthorizationHeader) -> Result<BearerToken, AuthErr
     }
 }
 
-/// The default [`Authorizer`]: the unit-primitive table of SPEC Part A.
+/// The default [`Authorizer`]: the unit-primitive table of SPEC C2.
 pub struct UnitPrimitiveAuthorizer {
     service: ServiceName,
 }
@@ -111,8 +109,8 @@ impl UnitPrimitiveAuthorizer {
 }
 
 impl Authorizer for UnitPrimitiveAuthorizer {
-    fn authorize(&self, identity: &Identity, rpc: Rpc) -> Result<(), AuthError> {
-        crate::policy::authorize(identity, rpc, &self.service)
+    fn authorize(&self, identity: &Identity, call: &Call) -> Result<(), AuthError> {
+        crate::policy::authorize(identity, call, &self.service)
     }
 }
 
@@ -152,6 +150,7 @@ mod tests {
             realm: Some("saas".into()),
             instance_id: Some("i-1".into()),
             duo_seat_count: None,
+            copied: vec![],
             jti: None,
             expires_at: UnixTime::from_secs(200),
             not_before: None,
@@ -181,8 +180,12 @@ mod tests {
         }
     }
 
-    fn admit(g: &Gatekeeper, m: &RequestMetadata, rpc: Rpc) -> Result<Admission, AuthError> {
-        futures::executor::block_on(g.admit(m, Some(rpc)))
+    /// Authentication, then authorization of an `ExecuteWorkflow` of the default flow.
+    fn admit(g: &Gatekeeper, m: &RequestMetadata) -> Result<Admission, AuthError> {
+        let admission = futures::executor::block_on(g.authenticate(m))?;
+        let call = Call::ExecuteWorkflow(crate::method::Flow::named("software_development"));
+        g.authorize(&admission.identity, &call)?;
+        Ok(admission)
     }
 
     #[test]
@@ -223,38 +226,26 @@ mod tests {
         let mut m = metadata("Bearer t");
         m.authorization = AuthorizationHeader::Missing;
         m.authentication_type = None;
-        assert_eq!(
-            admit(&g, &m, Rpc::ExecuteWorkflow),
-            Err(AuthError::MissingAuthorization)
-        );
+        assert_eq!(admit(&g, &m), Err(AuthError::MissingAuthorization));
         m.authorization = AuthorizationHeader::One("Token t".into());
-        assert_eq!(
-            admit(&g, &m, Rpc::ExecuteWorkflow),
-            Err(AuthError::InvalidAuthorizationHeader)
-        );
+        assert_eq!(admit(&g, &m), Err(AuthError::InvalidAuthorizationHeader));
         m.authorization = AuthorizationHeader::One("Bearer t".into());
-        assert_eq!(
-            admit(&g, &m, Rpc::ExecuteWorkflow),
-            Err(AuthError::UnsupportedAuthenticationType)
-        );
+        assert_eq!(admit(&g, &m), Err(AuthError::UnsupportedAuthenticationType));
         m.authentication_type = Some("OIDC".into());
-        assert_eq!(
-            admit(&g, &m, Rpc::ExecuteWorkflow),
-            Err(AuthError::UnsupportedAuthenticationType)
-        );
+        assert_eq!(admit(&g, &m), Err(AuthError::UnsupportedAuthenticationType));
         assert_eq!(auth.1.load(Ordering::SeqCst), 0);
         m.authentication_type = Some("oidc".into());
-        assert!(admit(&g, &m, Rpc::ExecuteWorkflow).is_ok());
+        assert!(admit(&g, &m).is_ok());
         assert_eq!(auth.1.load(Ordering::SeqCst), 1);
     }
 
     #[test]
     fn verification_failures_map_to_forbidden_or_unavailable() {
         let (g, _) = keeper(Err(VerificationError::Rejected(Rejection::BadSignature)));
-        let e = admit(&g, &metadata("Bearer t"), Rpc::ExecuteWorkflow).unwrap_err();
+        let e = admit(&g, &metadata("Bearer t")).unwrap_err();
         assert_eq!(e.details(), "Forbidden by auth provider");
         let (g, _) = keeper(Err(VerificationError::KeysUnavailable(Issuer::new("x"))));
-        let e = admit(&g, &metadata("Bearer t"), Rpc::ExecuteWorkflow).unwrap_err();
+        let e = admit(&g, &metadata("Bearer t")).unwrap_err();
         assert_eq!(e.kind(), crate::error::StatusKind::Unavailable);
     }
 
@@ -264,7 +255,7 @@ mod tests {
         let mut m = metadata("Bearer t");
         m.realm = Some("self-managed".into());
         assert_eq!(
-            admit(&g, &m, Rpc::GenerateToken),
+            admit(&g, &m),
             Err(AuthError::HeaderMismatch(BoundHeader::Realm))
         );
     }
@@ -276,7 +267,7 @@ mod tests {
             Arc::new(UnitPrimitiveAuthorizer::new(service())),
             service(),
         );
-        let a = admit(&g, &RequestMetadata::default(), Rpc::GenerateToken).unwrap();
+        let a = admit(&g, &RequestMetadata::default()).unwrap();
         assert_eq!(a.identity, Identity::Debug);
     }
 }

@@ -46,12 +46,53 @@ string_newtype!(
 );
 
 impl UnitPrimitive {
+    /// What GitLab Rails requests today for the Duo Agent Platform (SPEC C2).
+    pub const DUO_AGENT_PLATFORM: &'static str = "duo_agent_platform";
+    /// Chat flows.
+    pub const DUO_CHAT: &'static str = "duo_chat";
+    /// The 2025 unit primitive of workflow execution, still accepted.
     pub const EXECUTE_WORKFLOW: &'static str = "duo_workflow_execute_workflow";
+    /// What 2024 GitLab versions sent to `GenerateToken`.
     pub const GENERATE_TOKEN: &'static str = "duo_workflow_generate_token";
+    pub const INCLUDE_FILE_CONTEXT: &'static str = "include_file_context";
 
     pub fn execute_workflow() -> Self {
         Self::new(Self::EXECUTE_WORKFLOW)
     }
+}
+
+/// A JSON value as text, exactly as the adapter that read it wrote it back. The domain copies
+/// such values from one token into another without looking inside (it has no JSON parser).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(String);
+
+impl JsonText {
+    /// `text` must be one well-formed JSON value; adapters build it from a parsed value.
+    pub fn new(text: String) -> Self {
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A claim a user token copies, unchanged, from the token of the caller of `GenerateToken`
+/// (SPEC C3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopiedClaim {
+    pub name: &'static str,
+    pub value: JsonText,
+}
+
+impl CopiedClaim {
+    /// The claims copied when present (any JSON value), besides `duo_seat_count`.
+    pub const NAMES: [&'static str; 4] = [
+        "gitlab_instance_uid",
+        "gitlab_root_namespace_id",
+        "tool_access_policies",
+        "skip_usage_cutoff",
+    ];
 }
 
 impl ServiceName {
@@ -79,6 +120,8 @@ pub struct Claims {
     pub realm: Option<String>,
     pub instance_id: Option<String>,
     pub duo_seat_count: Option<String>,
+    /// The claims of [`CopiedClaim::NAMES`] the token carries, in that order.
+    pub copied: Vec<CopiedClaim>,
     pub jti: Option<String>,
     /// `None` when the token has no `exp`, which the claim checks reject.
     pub expires_at: Option<UnixTime>,

@@ -8,13 +8,18 @@ pub mod error;
 pub mod gatekeeper;
 pub mod identity;
 pub mod keys;
+pub mod method;
 pub mod policy;
 pub mod ports;
 pub mod request;
 pub mod time;
 pub mod user_token;
 
-pub use error::{AuthError, Rejection, StatusKind};
-pub use identity::{Claims, Identity, Issuer, KeyId, ServiceName, UnitPrimitive, VerifiedClaims};
-pub use request::{AuthorizationHeader, RequestMetadata, Rpc};
+pub use error::{AuthError, Denied, Rejection, StatusKind};
+pub use identity::{
+    Claims, CopiedClaim, Identity, Issuer, JsonText, KeyId, ServiceName, UnitPrimitive,
+    VerifiedClaims,
+};
+pub use method::{Access, Call, Flow, MethodTable, Rpc};
+pub use request::{AuthorizationHeader, RequestMetadata};
 pub use time::{Seconds, UnixTime};

@@ -1,9 +1,10 @@
-//! The rules: what makes claims acceptable, how claims bind to headers, which RPC needs which unit
-//! primitive, and which unit primitives a user token may carry.
+//! The rules: what makes claims acceptable, how claims bind to headers, which call needs which
+//! unit primitive, and which unit primitives a user token may carry.
 
-use crate::error::{AuthError, Rejection};
+use crate::error::{AuthError, Denied, Rejection};
 use crate::identity::{Claims, Identity, ServiceName, UnitPrimitive, VerifiedClaims};
-use crate::request::{BoundHeader, RequestMetadata, Rpc};
+use crate::method::{Call, Flow};
+use crate::request::{BoundHeader, RequestMetadata};
 use crate::time::{Seconds, UnixTime};
 
 /// Audience and time checks applied to a token's claims after its signature verified.
@@ -119,41 +120,99 @@ pub fn bind_headers(
     })
 }
 
-/// The per-RPC authorization table of SPEC Part A.
-pub fn authorize(identity: &Identity, rpc: Rpc, service: &ServiceName) -> Result<(), AuthError> {
+/// The per-call authorization of SPEC C2 (which keeps Part A's unit primitives for the clients
+/// that still send them). The debug identity passes every check.
+pub fn authorize(identity: &Identity, call: &Call, service: &ServiceName) -> Result<(), AuthError> {
     let Some(claims) = identity.claims() else {
-        return Ok(()); // the debug identity passes every check
+        return Ok(());
     };
-    let allowed = match rpc {
-        Rpc::ExecuteWorkflow => claims.has_scope(UnitPrimitive::EXECUTE_WORKFLOW),
-        // A user token must not mint further user tokens, whatever it carries.
-        Rpc::GenerateToken => {
-            !service.is_issuer_of(claims)
-                && (claims.has_scope(UnitPrimitive::GENERATE_TOKEN)
-                    || claims.has_scope(UnitPrimitive::EXECUTE_WORKFLOW))
+    let has = |scope: &str| claims.has_scope(scope);
+    // The unit primitives of a flow: chat has its own, every other flow is the agent platform
+    // (or its 2025 name).
+    let may_run = |flow: &Flow| {
+        if flow.is_chat() {
+            has(UnitPrimitive::DUO_CHAT)
+        } else {
+            has(UnitPrimitive::DUO_AGENT_PLATFORM) || has(UnitPrimitive::EXECUTE_WORKFLOW)
         }
     };
-    if allowed {
-        Ok(())
-    } else {
-        Err(AuthError::Unauthorized(rpc))
+    // A user token must not mint further user tokens, nor report self-hosted usage.
+    let self_issued = service.is_issuer_of(claims);
+    let denied = match call {
+        Call::GenerateToken(flow) => {
+            let allowed = !self_issued
+                && (may_run(flow) || (!flow.is_chat() && has(UnitPrimitive::GENERATE_TOKEN)));
+            (!allowed).then_some(Denied::GenerateToken)
+        }
+        Call::ExecuteWorkflow(flow) => {
+            (!may_run(flow)).then(|| Denied::ExecuteWorkflow(flow.clone()))
+        }
+        Call::TrackSelfHostedExecuteWorkflow => {
+            let allowed = !self_issued && has(UnitPrimitive::DUO_AGENT_PLATFORM);
+            (!allowed).then_some(Denied::TrackSelfHostedExecuteWorkflow)
+        }
+        Call::Authenticated => None,
+    };
+    match denied {
+        None => Ok(()),
+        Some(d) => Err(AuthError::Unauthorized(d)),
     }
 }
 
-/// The unit primitives a user token minted for this caller may carry: never one the caller's own
-/// token could not grant. Either scope that allows `GenerateToken` delegates workflow execution.
-pub fn delegable_scopes(identity: &Identity) -> Vec<UnitPrimitive> {
-    let delegates_execution = match identity.claims() {
-        None => true,
-        Some(c) => {
-            c.has_scope(UnitPrimitive::EXECUTE_WORKFLOW)
-                || c.has_scope(UnitPrimitive::GENERATE_TOKEN)
+/// The unit primitives this service's user tokens may carry (SPEC C3; configurable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delegation {
+    delegable: Vec<UnitPrimitive>,
+}
+
+impl Default for Delegation {
+    fn default() -> Self {
+        Self::new(
+            [
+                UnitPrimitive::DUO_AGENT_PLATFORM,
+                UnitPrimitive::DUO_CHAT,
+                UnitPrimitive::EXECUTE_WORKFLOW,
+                UnitPrimitive::INCLUDE_FILE_CONTEXT,
+            ]
+            .map(UnitPrimitive::new)
+            .to_vec(),
+        )
+    }
+}
+
+impl Delegation {
+    /// Duplicates are dropped; the order given is the order in user tokens.
+    pub fn new(delegable: Vec<UnitPrimitive>) -> Self {
+        let mut unique: Vec<UnitPrimitive> = Vec::with_capacity(delegable.len());
+        for p in delegable {
+            if !unique.contains(&p) {
+                unique.push(p);
+            }
         }
-    };
-    if delegates_execution {
-        vec![UnitPrimitive::execute_workflow()]
-    } else {
-        Vec::new()
+        Self { delegable: unique }
+    }
+
+    pub fn delegable(&self) -> &[UnitPrimitive] {
+        &self.delegable
+    }
+
+    /// The scopes of a user token minted for this caller: the delegable unit primitives its own
+    /// token holds (never a scope it could not grant, never one this service does not delegate);
+    /// for the debug identity, all of them. A 2024 caller's `duo_workflow_generate_token`
+    /// delegates workflow execution, as it did in Part A.
+    pub fn scopes_for(&self, identity: &Identity) -> Vec<UnitPrimitive> {
+        let Some(claims) = identity.claims() else {
+            return self.delegable.clone();
+        };
+        self.delegable
+            .iter()
+            .filter(|p| {
+                claims.has_scope(p.as_str())
+                    || (p.as_str() == UnitPrimitive::EXECUTE_WORKFLOW
+                        && claims.has_scope(UnitPrimitive::GENERATE_TOKEN))
+            })
+            .cloned()
+            .collect()
     }
 }
 
@@ -175,6 +234,7 @@ mod tests {
             realm: Some("self-managed".into()),
             instance_id: Some("instance-1".into()),
             duo_seat_count: None,
+            copied: vec![],
             jti: None,
             expires_at: UnixTime::from_secs(2_000),
             not_before: None,
@@ -361,83 +421,192 @@ mod tests {
         assert_eq!(bind_headers(&c, &m, &service()), Ok(None));
     }
 
-    #[test]
-    fn execute_workflow_requires_its_unit_primitive() {
-        let mut c = claims("x");
-        c.scopes = vec![UnitPrimitive::new(UnitPrimitive::GENERATE_TOKEN)];
-        assert_eq!(
-            authorize(&verified(c.clone()), Rpc::ExecuteWorkflow, &service()),
-            Err(AuthError::Unauthorized(Rpc::ExecuteWorkflow))
-        );
-        c.scopes = vec![UnitPrimitive::execute_workflow()];
-        assert_eq!(
-            authorize(&verified(c), Rpc::ExecuteWorkflow, &service()),
-            Ok(())
-        );
+    fn scoped(iss: &str, scopes: &[&str]) -> Identity {
+        let mut c = claims(iss);
+        c.scopes = scopes.iter().map(|s| UnitPrimitive::new(*s)).collect();
+        verified(c)
     }
 
+    fn flow(name: &str) -> Flow {
+        Flow::named(name)
+    }
+
+    const CDOT: &str = "https://customers.gitlab.com";
+
     #[test]
-    fn generate_token_accepts_either_scope_from_a_foreign_issuer() {
+    fn execute_workflow_needs_the_agent_platform_or_its_legacy_name_and_chat_needs_duo_chat() {
+        let run = |scopes: &[&str], f: &str| {
+            authorize(
+                &scoped(CDOT, scopes),
+                &Call::ExecuteWorkflow(flow(f)),
+                &service(),
+            )
+        };
         for scope in [
-            UnitPrimitive::GENERATE_TOKEN,
+            UnitPrimitive::DUO_AGENT_PLATFORM,
             UnitPrimitive::EXECUTE_WORKFLOW,
         ] {
-            let mut c = claims("https://customers.gitlab.com");
-            c.scopes = vec![UnitPrimitive::new(scope)];
+            assert_eq!(run(&[scope], "software_development"), Ok(()));
+            assert_eq!(run(&[scope], "developer/v1"), Ok(()));
             assert_eq!(
-                authorize(&verified(c), Rpc::GenerateToken, &service()),
-                Ok(())
+                run(&[scope], "chat"),
+                Err(AuthError::Unauthorized(Denied::ExecuteWorkflow(flow(
+                    "chat"
+                ))))
             );
         }
-        let mut c = claims("https://customers.gitlab.com");
-        c.scopes = vec![UnitPrimitive::new("duo_chat")];
+        assert_eq!(run(&[UnitPrimitive::DUO_CHAT], "chat"), Ok(()));
+        let denied = run(&[UnitPrimitive::DUO_CHAT], "developer/v1").unwrap_err();
+        assert_eq!(denied.details(), "Unauthorized to execute developer/v1");
+        let denied = run(&[UnitPrimitive::GENERATE_TOKEN], "").unwrap_err();
+        assert_eq!(denied.details(), "Unauthorized to execute workflow");
+    }
+
+    #[test]
+    fn user_tokens_may_execute_workflows() {
+        let user = scoped(ServiceName::DEFAULT, &[UnitPrimitive::DUO_AGENT_PLATFORM]);
         assert_eq!(
-            authorize(&verified(c), Rpc::GenerateToken, &service()),
-            Err(AuthError::Unauthorized(Rpc::GenerateToken))
+            authorize(&user, &Call::ExecuteWorkflow(flow("x")), &service()),
+            Ok(())
+        );
+        assert_eq!(authorize(&user, &Call::Authenticated, &service()), Ok(()));
+    }
+
+    #[test]
+    fn generate_token_by_flow_with_2024_and_2025_scopes_from_a_foreign_issuer() {
+        let mint = |scopes: &[&str], f: Option<&str>| {
+            authorize(
+                &scoped(CDOT, scopes),
+                &Call::GenerateToken(Flow::of_token_request(f)),
+                &service(),
+            )
+        };
+        for scope in [
+            UnitPrimitive::DUO_AGENT_PLATFORM,
+            UnitPrimitive::EXECUTE_WORKFLOW,
+            UnitPrimitive::GENERATE_TOKEN,
+        ] {
+            assert_eq!(mint(&[scope], None), Ok(()));
+            assert_eq!(mint(&[scope], Some("software_development")), Ok(()));
+            assert_eq!(
+                mint(&[scope], Some("chat")),
+                Err(AuthError::Unauthorized(Denied::GenerateToken))
+            );
+        }
+        assert_eq!(mint(&[UnitPrimitive::DUO_CHAT], Some("chat")), Ok(()));
+        assert_eq!(
+            mint(&[UnitPrimitive::DUO_CHAT], None),
+            Err(AuthError::Unauthorized(Denied::GenerateToken))
+        );
+        assert_eq!(
+            mint(&[], None).unwrap_err().details(),
+            "Unauthorized to generate token"
         );
     }
 
     #[test]
-    fn a_user_token_cannot_generate_tokens() {
-        let mut c = claims(ServiceName::DEFAULT);
-        c.scopes = vec![
-            UnitPrimitive::execute_workflow(),
-            UnitPrimitive::new(UnitPrimitive::GENERATE_TOKEN),
-        ];
-        assert_eq!(
-            authorize(&verified(c), Rpc::GenerateToken, &service()),
-            Err(AuthError::Unauthorized(Rpc::GenerateToken))
+    fn a_user_token_can_neither_generate_tokens_nor_track_self_hosted_usage() {
+        let user = scoped(
+            ServiceName::DEFAULT,
+            &[
+                UnitPrimitive::DUO_AGENT_PLATFORM,
+                UnitPrimitive::DUO_CHAT,
+                UnitPrimitive::EXECUTE_WORKFLOW,
+                UnitPrimitive::GENERATE_TOKEN,
+            ],
         );
+        for f in [None, Some("chat")] {
+            assert_eq!(
+                authorize(
+                    &user,
+                    &Call::GenerateToken(Flow::of_token_request(f)),
+                    &service()
+                ),
+                Err(AuthError::Unauthorized(Denied::GenerateToken))
+            );
+        }
+        let denied = authorize(&user, &Call::TrackSelfHostedExecuteWorkflow, &service());
+        assert_eq!(
+            denied.unwrap_err().details(),
+            "Unauthorized to track self-hosted workflow execution"
+        );
+    }
+
+    #[test]
+    fn tracking_self_hosted_usage_needs_the_agent_platform() {
+        let track = |scopes: &[&str]| {
+            authorize(
+                &scoped(CDOT, scopes),
+                &Call::TrackSelfHostedExecuteWorkflow,
+                &service(),
+            )
+        };
+        assert_eq!(track(&[UnitPrimitive::DUO_AGENT_PLATFORM]), Ok(()));
+        for scope in [UnitPrimitive::EXECUTE_WORKFLOW, UnitPrimitive::DUO_CHAT] {
+            assert_eq!(
+                track(&[scope]),
+                Err(AuthError::Unauthorized(
+                    Denied::TrackSelfHostedExecuteWorkflow
+                ))
+            );
+        }
     }
 
     #[test]
     fn the_debug_identity_passes_every_check() {
-        assert_eq!(
-            authorize(&Identity::Debug, Rpc::GenerateToken, &service()),
-            Ok(())
-        );
-        assert_eq!(
-            authorize(&Identity::Debug, Rpc::ExecuteWorkflow, &service()),
-            Ok(())
-        );
-        assert_eq!(
-            delegable_scopes(&Identity::Debug),
-            vec![UnitPrimitive::execute_workflow()]
-        );
+        for call in [
+            Call::GenerateToken(flow("chat")),
+            Call::ExecuteWorkflow(flow("chat")),
+            Call::TrackSelfHostedExecuteWorkflow,
+            Call::Authenticated,
+        ] {
+            assert_eq!(authorize(&Identity::Debug, &call, &service()), Ok(()));
+        }
     }
 
     #[test]
-    fn user_tokens_carry_only_workflow_execution() {
-        let mut c = claims("x");
-        c.scopes = vec![
-            UnitPrimitive::new(UnitPrimitive::GENERATE_TOKEN),
-            UnitPrimitive::new("duo_chat"),
-        ];
+    fn user_tokens_carry_the_callers_delegable_scopes_only() {
+        let d = Delegation::default();
+        let scopes = |s: &[&str]| -> Vec<String> {
+            d.scopes_for(&scoped(CDOT, s))
+                .into_iter()
+                .map(|p| p.as_str().to_owned())
+                .collect()
+        };
         assert_eq!(
-            delegable_scopes(&verified(c.clone())),
-            vec![UnitPrimitive::execute_workflow()]
+            scopes(&[
+                "duo_chat",
+                "unknown_scope",
+                "duo_agent_platform",
+                "code_suggestions"
+            ]),
+            ["duo_agent_platform", "duo_chat"]
         );
-        c.scopes = vec![UnitPrimitive::new("duo_chat")];
-        assert!(delegable_scopes(&verified(c)).is_empty());
+        assert_eq!(
+            scopes(&[UnitPrimitive::GENERATE_TOKEN]),
+            [UnitPrimitive::EXECUTE_WORKFLOW],
+            "a 2024 caller's token still delegates workflow execution"
+        );
+        assert!(scopes(&["code_suggestions"]).is_empty());
+        assert_eq!(d.scopes_for(&Identity::Debug), d.delegable());
+        assert_eq!(d.delegable().len(), 4);
+    }
+
+    #[test]
+    fn the_delegable_set_is_configurable_and_bounds_everything() {
+        let d = Delegation::new(vec![
+            UnitPrimitive::new(UnitPrimitive::DUO_CHAT),
+            UnitPrimitive::new(UnitPrimitive::DUO_CHAT),
+        ]);
+        assert_eq!(d.delegable().len(), 1);
+        let caller = scoped(
+            CDOT,
+            &[
+                UnitPrimitive::DUO_AGENT_PLATFORM,
+                UnitPrimitive::GENERATE_TOKEN,
+            ],
+        );
+        assert!(d.scopes_for(&caller).is_empty());
+        assert_eq!(d.scopes_for(&Identity::Debug).len(), 1);
     }
 }

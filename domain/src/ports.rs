@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use crate::error::{AuthError, Rejection};
 use crate::identity::{Identity, Issuer, VerifiedClaims};
 use crate::keys::{Algorithm, KeySet};
-use crate::request::{BearerToken, Rpc};
+use crate::method::Call;
+use crate::request::BearerToken;
 use crate::time::UnixTime;
 use crate::user_token::{UserToken, UserTokenGrant};
 
@@ -43,9 +44,9 @@ pub trait Authenticator: Send + Sync {
     async fn authenticate(&self, token: &BearerToken) -> Result<VerifiedClaims, VerificationError>;
 }
 
-/// Decides whether an identity may call an RPC.
+/// Decides whether an identity may make a call.
 pub trait Authorizer: Send + Sync {
-    fn authorize(&self, identity: &Identity, rpc: Rpc) -> Result<(), AuthError>;
+    fn authorize(&self, identity: &Identity, call: &Call) -> Result<(), AuthError>;
 }
 
 /// Why a user token could not be minted.

@@ -1,37 +1,6 @@
-//! What a request says about itself: its RPC and the Cloud Connector metadata.
+//! What a request says about itself: the Cloud Connector metadata.
 
 use std::fmt;
-
-/// The RPCs of the `DuoWorkflow` service that carry a per-RPC authorization rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Rpc {
-    ExecuteWorkflow,
-    GenerateToken,
-}
-
-impl Rpc {
-    /// The RPC named by a gRPC method path, if it is one of ours.
-    pub fn from_path(path: &str) -> Option<Self> {
-        match path {
-            "/DuoWorkflow/ExecuteWorkflow" => Some(Rpc::ExecuteWorkflow),
-            "/DuoWorkflow/GenerateToken" => Some(Rpc::GenerateToken),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Rpc::ExecuteWorkflow => "ExecuteWorkflow",
-            Rpc::GenerateToken => "GenerateToken",
-        }
-    }
-}
-
-impl fmt::Display for Rpc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// The headers a token's claims are bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 use std::fmt;
 
 use crate::error::AuthError;
-use crate::identity::{Identity, ServiceName, UnitPrimitive};
-use crate::policy::delegable_scopes;
+use crate::identity::{CopiedClaim, Identity, ServiceName, UnitPrimitive};
+use crate::policy::Delegation;
 use crate::request::RequestMetadata;
 use crate::time::{Seconds, UnixTime};
 
@@ -23,6 +23,8 @@ pub struct UserTokenGrant {
     pub instance_id: Option<String>,
     pub scopes: Vec<UnitPrimitive>,
     pub duo_seat_count: Option<String>,
+    /// Copied unchanged from the caller's token (SPEC C3).
+    pub copied: Vec<CopiedClaim>,
     pub issued_at: UnixTime,
     pub expires_at: UnixTime,
 }
@@ -34,6 +36,7 @@ impl UserTokenGrant {
         identity: &Identity,
         metadata: &RequestMetadata,
         service: &ServiceName,
+        delegation: &Delegation,
         now: UnixTime,
     ) -> Result<Self, AuthError> {
         let subject = metadata
@@ -46,8 +49,12 @@ impl UserTokenGrant {
             subject: subject.to_owned(),
             realm: metadata.realm.clone(),
             instance_id: metadata.instance_id.clone(),
-            scopes: delegable_scopes(identity),
+            scopes: delegation.scopes_for(identity),
             duo_seat_count: identity.claims().and_then(|c| c.duo_seat_count.clone()),
+            copied: identity
+                .claims()
+                .map(|c| c.copied.clone())
+                .unwrap_or_default(),
             issued_at: now,
             expires_at: now.plus(USER_TOKEN_LIFETIME),
         })
@@ -89,18 +96,22 @@ mod tests {
     fn the_grant_follows_the_headers_and_lasts_an_hour() {
         let service = ServiceName::new(ServiceName::DEFAULT);
         let now = UnixTime::from_secs(10_000).unwrap();
-        let g = UserTokenGrant::for_caller(&Identity::Debug, &metadata(), &service, now).unwrap();
+        let delegation = Delegation::default();
+        let g =
+            UserTokenGrant::for_caller(&Identity::Debug, &metadata(), &service, &delegation, now)
+                .unwrap();
         assert_eq!(g.subject, "777");
         assert_eq!(g.realm.as_deref(), Some("saas"));
         assert_eq!(g.instance_id.as_deref(), Some("ee-1"));
         assert_eq!(g.expires_at.as_secs(), 13_600);
-        assert_eq!(g.scopes, vec![UnitPrimitive::execute_workflow()]);
+        assert_eq!(g.scopes, delegation.delegable());
+        assert!(g.copied.is_empty());
         // The debug identity has no token, so no seat count claim to carry over.
         assert_eq!(g.duo_seat_count, None);
     }
 
     #[test]
-    fn the_seat_count_comes_from_the_callers_token() {
+    fn the_seat_count_and_copied_claims_come_from_the_callers_token() {
         let service = ServiceName::new(ServiceName::DEFAULT);
         let now = UnixTime::from_secs(10_000).unwrap();
         let claims = Claims {
@@ -111,6 +122,10 @@ mod tests {
             realm: None,
             instance_id: None,
             duo_seat_count: Some("12".into()),
+            copied: vec![CopiedClaim {
+                name: "tool_access_policies",
+                value: crate::identity::JsonText::new(r#"{"a":[1]}"#.into()),
+            }],
             jti: None,
             expires_at: UnixTime::from_secs(11_000),
             not_before: None,
@@ -121,9 +136,17 @@ mod tests {
                 .accept(claims, now)
                 .unwrap(),
         );
-        let g = UserTokenGrant::for_caller(&identity, &metadata(), &service, now).unwrap();
+        let g = UserTokenGrant::for_caller(
+            &identity,
+            &metadata(),
+            &service,
+            &Delegation::default(),
+            now,
+        )
+        .unwrap();
         assert_eq!(g.duo_seat_count.as_deref(), Some("12"));
         assert_eq!(g.scopes, vec![UnitPrimitive::execute_workflow()]);
+        assert_eq!(g.copied, identity.claims().unwrap().copied);
     }
 
     #[test]
@@ -133,12 +156,12 @@ mod tests {
         let mut m = metadata();
         m.global_user_id = None;
         assert_eq!(
-            UserTokenGrant::for_caller(&Identity::Debug, &m, &service, now),
+            UserTokenGrant::for_caller(&Identity::Debug, &m, &service, &Delegation::default(), now),
             Err(AuthError::MissingGlobalUserId)
         );
         m.global_user_id = Some(String::new());
         assert_eq!(
-            UserTokenGrant::for_caller(&Identity::Debug, &m, &service, now),
+            UserTokenGrant::for_caller(&Identity::Debug, &m, &service, &Delegation::default(), now),
             Err(AuthError::MissingGlobalUserId)
         );
     }

@@ -1,6 +1,8 @@
-//! A fake workflow executor upstream: records what it received and answers with actions.
+//! A fake workflow executor upstream, speaking the whole contract with tonic's generated server:
+//! records every call it receives (RPC, metadata, goals) and answers each RPC.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use duo_workflow_contract::duo_workflow_server::{DuoWorkflow, DuoWorkflowServer};
@@ -10,6 +12,10 @@ use duo_workflow_contract::{
     ListFlowsResponse, ListToolsRequest, ListToolsResponse, ReadFile, TrackSelfHostedAction,
     TrackSelfHostedClientEvent, ValidateFlowConfigRequest, ValidateFlowConfigResponse,
 };
+use futures::{Stream, StreamExt};
+use tokio::sync::oneshot;
+use tonic::metadata::{KeyAndValueRef, MetadataMap};
+use tonic::{Request, Response, Status, Streaming};
 
 /// What the fake executor answers to `ListCapabilities`.
 pub const CAPABILITIES: [&str; 3] = [
@@ -17,15 +23,14 @@ pub const CAPABILITIES: [&str; 3] = [
     "tool_call_pattern_approval",
     "flow_semantic_versioning",
 ];
-use futures::Stream;
-use std::pin::Pin;
-use tokio::sync::oneshot;
-use tonic::{Request, Response, Status, Streaming};
 
-/// What the executor saw of one stream.
+/// What the executor saw of one call.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
+    /// The RPC's name, e.g. `ExecuteWorkflow`.
+    pub rpc: &'static str,
     pub metadata: Vec<(String, String)>,
+    /// `ExecuteWorkflow`: the goal of its start request, if its first message was one.
     pub goals: Vec<String>,
 }
 
@@ -47,6 +52,30 @@ pub struct FakeExecutor {
     pub delay: Arc<Mutex<Option<std::time::Duration>>>,
 }
 
+impl FakeExecutor {
+    fn record(&self, rpc: &'static str, metadata: &MetadataMap, goals: Vec<String>) {
+        let metadata = metadata
+            .iter()
+            .filter_map(|kv| match kv {
+                KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                }
+                _ => None,
+            })
+            .collect();
+        self.seen.lock().unwrap().push(Seen {
+            rpc,
+            metadata,
+            goals,
+        });
+    }
+
+    /// The RPCs received, in order.
+    pub fn rpcs(&self) -> Vec<&'static str> {
+        self.seen.lock().unwrap().iter().map(|s| s.rpc).collect()
+    }
+}
+
 #[tonic::async_trait]
 impl DuoWorkflow for FakeExecutor {
     type ExecuteWorkflowStream = Pin<Box<dyn Stream<Item = Result<Action, Status>> + Send>>;
@@ -55,28 +84,16 @@ impl DuoWorkflow for FakeExecutor {
         &self,
         request: Request<Streaming<ClientEvent>>,
     ) -> Result<Response<Self::ExecuteWorkflowStream>, Status> {
-        let metadata = request
-            .metadata()
-            .iter()
-            .filter_map(|kv| match kv {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
-                    Some((k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-                }
-                _ => None,
-            })
-            .collect();
+        let metadata = request.metadata().clone();
         let mut inbound = request.into_inner();
-        let mut seen = Seen {
-            metadata,
-            goals: Vec::new(),
-        };
+        let mut goals = Vec::new();
         if let Some(Ok(ClientEvent {
             response: Some(client_event::Response::StartRequest(start)),
         })) = inbound.message().await.transpose()
         {
-            seen.goals.push(start.goal);
+            goals.push(start.goal);
         }
-        self.seen.lock().unwrap().push(seen);
+        self.record("ExecuteWorkflow", &metadata, goals);
         let delay = *self.delay.lock().unwrap();
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
@@ -101,15 +118,17 @@ impl DuoWorkflow for FakeExecutor {
 
     async fn generate_token(
         &self,
-        _: Request<GenerateTokenRequest>,
+        request: Request<GenerateTokenRequest>,
     ) -> Result<Response<GenerateTokenResponse>, Status> {
+        self.record("GenerateToken", request.metadata(), vec![]);
         Err(Status::unimplemented("executor does not mint"))
     }
 
     async fn list_capabilities(
         &self,
-        _: Request<ListCapabilitiesRequest>,
+        request: Request<ListCapabilitiesRequest>,
     ) -> Result<Response<ListCapabilitiesResponse>, Status> {
+        self.record("ListCapabilities", request.metadata(), vec![]);
         Ok(Response::new(ListCapabilitiesResponse {
             capabilities: CAPABILITIES
                 .iter()
@@ -123,22 +142,25 @@ impl DuoWorkflow for FakeExecutor {
 
     async fn list_tools(
         &self,
-        _: Request<ListToolsRequest>,
+        request: Request<ListToolsRequest>,
     ) -> Result<Response<ListToolsResponse>, Status> {
+        self.record("ListTools", request.metadata(), vec![]);
         Ok(Response::new(ListToolsResponse::default()))
     }
 
     async fn list_flows(
         &self,
-        _: Request<ListFlowsRequest>,
+        request: Request<ListFlowsRequest>,
     ) -> Result<Response<ListFlowsResponse>, Status> {
+        self.record("ListFlows", request.metadata(), vec![]);
         Ok(Response::new(ListFlowsResponse::default()))
     }
 
     async fn validate_flow_config(
         &self,
-        _: Request<ValidateFlowConfigRequest>,
+        request: Request<ValidateFlowConfigRequest>,
     ) -> Result<Response<ValidateFlowConfigResponse>, Status> {
+        self.record("ValidateFlowConfig", request.metadata(), vec![]);
         Ok(Response::new(ValidateFlowConfigResponse {
             valid: true,
             errors: vec![],
@@ -153,7 +175,7 @@ impl DuoWorkflow for FakeExecutor {
         &self,
         request: Request<Streaming<TrackSelfHostedClientEvent>>,
     ) -> Result<Response<Self::TrackSelfHostedExecuteWorkflowStream>, Status> {
-        use futures::StreamExt;
+        self.record("TrackSelfHostedExecuteWorkflow", request.metadata(), vec![]);
         let acks = request.into_inner().map(|event| {
             event.map(|e| TrackSelfHostedAction {
                 request_id: e.request_id,

@@ -15,6 +15,7 @@ use duo_workflow_contract::{
     client_event, ClientEvent, GenerateTokenRequest, GenerateTokenResponse, StartWorkflowRequest,
 };
 use duo_workflow_domain::keys::Algorithm;
+use duo_workflow_domain::Rpc;
 use duo_workflow_service::cli::{mint, MintRequest};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
@@ -23,6 +24,8 @@ use tonic::{Code, Status};
 pub const SERVICE: &str = "gitlab-duo-workflow-service";
 pub const EXECUTE: &str = "duo_workflow_execute_workflow";
 pub const GENERATE: &str = "duo_workflow_generate_token";
+pub const AGENT_PLATFORM: &str = "duo_agent_platform";
+pub const CHAT: &str = "duo_chat";
 
 /// A private key generated once per test binary (RSA generation is the slow part), by label.
 pub fn key(label: &str) -> Arc<SigningKeyPem> {
@@ -149,8 +152,17 @@ pub async fn generate_token(
     addr: SocketAddr,
     headers: &Headers,
 ) -> Result<GenerateTokenResponse, Status> {
+    generate_token_for(addr, headers, None).await
+}
+
+/// `GenerateToken` for a flow (its request's `workflowDefinition`).
+pub async fn generate_token_for(
+    addr: SocketAddr,
+    headers: &Headers,
+    workflow_definition: Option<&str>,
+) -> Result<GenerateTokenResponse, Status> {
     let mut req = tonic::Request::new(GenerateTokenRequest {
-        workflow_definition: None,
+        workflow_definition: workflow_definition.map(str::to_owned),
     });
     headers.apply(req.metadata_mut());
     client(addr)
@@ -170,10 +182,33 @@ pub fn start_event(goal: &str) -> ClientEvent {
     }
 }
 
+/// A start request shaped by `shape`, e.g. to choose its flow.
+pub fn start_with(shape: impl FnOnce(&mut StartWorkflowRequest)) -> ClientEvent {
+    let mut start = StartWorkflowRequest {
+        goal: "write a poem".into(),
+        workflow_id: "wf-1".into(),
+        ..Default::default()
+    };
+    shape(&mut start);
+    ClientEvent {
+        response: Some(client_event::Response::StartRequest(start)),
+    }
+}
+
 /// Opens `ExecuteWorkflow`, sends a start request, and collects every action until the stream
 /// ends; returns the actions' request ids, or the status the stream ended with.
 pub async fn execute_workflow(addr: SocketAddr, headers: &Headers) -> Result<Vec<String>, Status> {
-    let events = futures::stream::iter(vec![start_event("write a poem")]);
+    execute_workflow_with(addr, headers, vec![start_event("write a poem")]).await
+}
+
+/// `ExecuteWorkflow` sending `events`, then half-closing; the actions' request ids, or the
+/// status the stream ended with.
+pub async fn execute_workflow_with(
+    addr: SocketAddr,
+    headers: &Headers,
+    events: Vec<ClientEvent>,
+) -> Result<Vec<String>, Status> {
+    let events = futures::stream::iter(events);
     let mut req = tonic::Request::new(events);
     headers.apply(req.metadata_mut());
     let mut stream = client(addr).await.execute_workflow(req).await?.into_inner();
@@ -182,6 +217,53 @@ pub async fn execute_workflow(addr: SocketAddr, headers: &Headers) -> Result<Vec
         actions.push(action.request_id);
     }
     Ok(actions)
+}
+
+/// Calls `rpc` with a minimal request (the default flow) and waits for its whole answer.
+pub async fn call(addr: SocketAddr, headers: &Headers, rpc: Rpc) -> Result<(), Status> {
+    use duo_workflow_contract::*;
+    fn with<T>(message: T, headers: &Headers) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        headers.apply(req.metadata_mut());
+        req
+    }
+    let mut c = client(addr).await;
+    match rpc {
+        Rpc::ExecuteWorkflow => execute_workflow(addr, headers).await.map(drop),
+        Rpc::GenerateToken => generate_token(addr, headers).await.map(drop),
+        Rpc::ListCapabilities => c
+            .list_capabilities(with(ListCapabilitiesRequest {}, headers))
+            .await
+            .map(drop),
+        Rpc::ListTools => c
+            .list_tools(with(ListToolsRequest {}, headers))
+            .await
+            .map(drop),
+        Rpc::ListFlows => c
+            .list_flows(with(ListFlowsRequest { filters: None }, headers))
+            .await
+            .map(drop),
+        Rpc::ValidateFlowConfig => c
+            .validate_flow_config(with(
+                ValidateFlowConfigRequest { flow_config: None },
+                headers,
+            ))
+            .await
+            .map(drop),
+        Rpc::TrackSelfHostedExecuteWorkflow => {
+            let events = futures::stream::iter(vec![TrackSelfHostedClientEvent {
+                request_id: "t-1".into(),
+                workflow_id: "wf-1".into(),
+                ..Default::default()
+            }]);
+            let mut acks = c
+                .track_self_hosted_execute_workflow(with(events, headers))
+                .await?
+                .into_inner();
+            while acks.message().await?.is_some() {}
+            Ok(())
+        }
+    }
 }
 
 #[track_caller]

@@ -2,7 +2,9 @@
 //! before any decoding; claims come out of a token only with proof that its signature verified.
 
 use duo_workflow_domain::keys::{Algorithm, KeySet, Selection, MAX_KID_LEN};
-use duo_workflow_domain::{Claims, Issuer, Rejection, UnitPrimitive, UnixTime};
+use duo_workflow_domain::{
+    Claims, CopiedClaim, Issuer, JsonText, Rejection, UnitPrimitive, UnixTime,
+};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -223,11 +225,26 @@ fn read_claims(p: &Map<String, Value>) -> Result<Claims, Rejection> {
         realm: optional_string(p, "gitlab_realm")?,
         instance_id: optional_string(p, "gitlab_instance_id")?,
         duo_seat_count,
+        copied: copied_claims(p),
         jti: optional_string(p, "jti")?,
         expires_at: numeric_date(p, "exp")?,
         not_before: numeric_date(p, "nbf")?,
         issued_at: numeric_date(p, "iat")?,
     })
+}
+
+/// The claims a user token copies from its caller's token, unchanged (any JSON value).
+fn copied_claims(p: &Map<String, Value>) -> Vec<CopiedClaim> {
+    CopiedClaim::NAMES
+        .into_iter()
+        .filter_map(|name| {
+            let value = p.get(name)?;
+            Some(CopiedClaim {
+                name,
+                value: JsonText::new(value.to_string()),
+            })
+        })
+        .collect()
 }
 
 fn optional_string(

@@ -1,6 +1,6 @@
 //! The request-id layer: every request gets a correlation id (the caller's `x-request-id` when it
 //! is sane, else a new UUID), written back into the request and response metadata, and every log
-//! line of the request carries it through a tracing span.
+//! line of the request carries it through a tracing span. It also notes when the request arrived.
 
 use std::task::{Context, Poll};
 
@@ -13,6 +13,10 @@ use super::metadata::REQUEST_ID;
 /// The request's correlation id, in the request extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
+
+/// When the request arrived, in the request extensions: the caller's deadline counts from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedAt(pub tokio::time::Instant);
 
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -68,6 +72,8 @@ where
         let value = HeaderValue::from_str(&id).expect("request ids are visible ASCII");
         req.headers_mut().insert(REQUEST_ID, value.clone());
         req.extensions_mut().insert(RequestId(id.clone()));
+        req.extensions_mut()
+            .insert(ReceivedAt(tokio::time::Instant::now()));
         let span = tracing::info_span!("request", request_id = %id, method = %req.uri().path());
         let future = span.in_scope(|| self.inner.call(req));
         Box::pin(

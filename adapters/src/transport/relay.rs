@@ -1,0 +1,357 @@
+//! The relay: every authorized call other than `GenerateToken` goes to the workflow executor as
+//! it came (SPEC C4). HTTP/2 request in, HTTP/2 request out: the caller's headers (metadata),
+//! then the body's data frames as they arrive, never decoded, so a field GitLab adds tomorrow
+//! passes through; the executor's headers, data frames and trailers (status, details,
+//! `grpc-status-details-bin`) come back the same way. Back-pressure is HTTP/2's own: a frame is
+//! read from one side only when the other side can take it.
+//!
+//! What the relay adds: the 4 MiB message limit each way (message boundaries are followed, not
+//! parsed), the caller's deadline (forwarded as what remains of it, and enforced here too),
+//! `UNAVAILABLE` when the executor cannot be reached, and gRPC statuses instead of broken
+//! streams when something fails half-way.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body as HttpBody, Frame};
+use tokio::time::{Instant, Sleep};
+use tonic::body::Body;
+use tonic::transport::Channel;
+use tonic::Status;
+use tower::ServiceExt;
+
+use super::grpc_frames::{too_large, MessageBoundaries};
+use super::request_id::ReceivedAt;
+
+/// What the caller sees when the executor cannot be reached. Deliberately says nothing about
+/// where the executor is.
+pub const EXECUTOR_UNAVAILABLE: &str = "Workflow executor unavailable";
+
+/// The connection to the workflow executor. Cloning is cheap (one HTTP/2 connection, shared).
+#[derive(Clone)]
+pub struct Relay {
+    channel: Channel,
+    max_message_bytes: usize,
+}
+
+impl Relay {
+    /// `channel` is usually lazy: an unreachable executor fails calls, not start-up.
+    pub fn new(channel: Channel, max_message_bytes: usize) -> Self {
+        Self {
+            channel,
+            max_message_bytes,
+        }
+    }
+
+    /// The executor's channel, for the service's own calls to it (its capabilities).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Forwards one call and returns the executor's response, streaming.
+    pub async fn forward(&self, request: Request<Body>) -> Response<Body> {
+        let (mut head, body) = request.into_parts();
+        let deadline = deadline_of(&head.headers, head.extensions.get::<ReceivedAt>());
+        strip_connection_headers(&mut head.headers);
+        if let Some(deadline) = deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            head.headers.insert("grpc-timeout", grpc_timeout(remaining));
+        }
+        let failure = Arc::new(Failure::default());
+        let upstream_request = Request::from_parts(
+            head,
+            Body::new(RequestBody {
+                inner: body,
+                boundaries: MessageBoundaries::default(),
+                limit: self.max_message_bytes,
+                failure: failure.clone(),
+            }),
+        );
+        let channel = self.channel.clone();
+        let exchange = async move { channel.oneshot(upstream_request).await };
+        let response = tokio::select! {
+            biased;
+            status = poll_fn(|cx| failure.poll(cx)) => return status.into_http(),
+            () = sleep_until(deadline) => return deadline_exceeded().into_http(),
+            response = exchange => response,
+        };
+        match response {
+            Ok(response) => {
+                let (head, body) = response.into_parts();
+                let body = ResponseBody {
+                    inner: Some(body),
+                    boundaries: MessageBoundaries::default(),
+                    limit: self.max_message_bytes,
+                    failure,
+                    deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                };
+                Response::from_parts(head, Body::new(body))
+            }
+            Err(error) => match failure.status() {
+                Some(status) => status.into_http(),
+                None => {
+                    tracing::warn!(error = %error_chain(&error), "workflow executor unreachable");
+                    Status::unavailable(EXECUTOR_UNAVAILABLE).into_http()
+                }
+            },
+        }
+    }
+}
+
+fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("Deadline Exceeded")
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The caller's deadline: `grpc-timeout` from when the request arrived.
+fn deadline_of(headers: &HeaderMap, received_at: Option<&ReceivedAt>) -> Option<Instant> {
+    let timeout = parse_grpc_timeout(headers.get("grpc-timeout")?)?;
+    let start = received_at.map(|r| r.0).unwrap_or_else(Instant::now);
+    start.checked_add(timeout)
+}
+
+/// gRPC's `TimeoutValue TimeoutUnit`: at most 8 digits, then one of `HMSmun`.
+fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// What remains of a deadline, in gRPC's notation (milliseconds, at least one).
+fn grpc_timeout(remaining: Duration) -> HeaderValue {
+    let ms = remaining.as_millis().clamp(1, 99_999_999);
+    HeaderValue::from_str(&format!("{ms}m")).expect("digits and a unit")
+}
+
+/// Headers that describe one hop, not the call (RFC 9113 8.2.2); HTTP/2 peers refuse them.
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// Why a relayed call must end early, set by whichever side notices first and read by the
+/// response (the side the caller is waiting on).
+#[derive(Default)]
+struct Failure {
+    status: OnceLock<Status>,
+    waker: AtomicWaker,
+}
+
+impl Failure {
+    fn fail(&self, status: Status) {
+        let _ = self.status.set(status);
+        self.waker.wake();
+    }
+
+    fn status(&self) -> Option<Status> {
+        self.status.get().cloned()
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Status> {
+        self.waker.register(cx.waker());
+        match self.status() {
+            Some(s) => Poll::Ready(s),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The caller's request body on its way to the executor. An oversized message fails the
+/// relayed call: the executor's stream is reset (this body errors) and the caller gets
+/// `RESOURCE_EXHAUSTED` through the response.
+struct RequestBody {
+    inner: Body,
+    boundaries: MessageBoundaries,
+    limit: usize,
+    failure: Arc<Failure>,
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => return other,
+        };
+        if let Some(data) = frame.data_ref() {
+            if let Err(len) = this.boundaries.advance(data, this.limit) {
+                let status = too_large(len, this.limit);
+                this.failure.fail(status.clone());
+                return Poll::Ready(Some(Err(status)));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The executor's response body on its way to the caller. It ends with the executor's trailers,
+/// or, when the call fails half-way, with trailers of its own: the status the request side set,
+/// `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED` for an oversized message, `UNAVAILABLE` when the
+/// executor's stream breaks. Dropping it (the caller cancelled) resets the executor's stream.
+struct ResponseBody {
+    /// `None` once the body has ended.
+    inner: Option<Body>,
+    boundaries: MessageBoundaries,
+    limit: usize,
+    failure: Arc<Failure>,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl ResponseBody {
+    /// Ends the body with `status` as its trailers; the executor's stream is dropped (reset).
+    fn end_with(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.inner = None;
+        let mut trailers = HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            trailers.insert("grpc-status", HeaderValue::from_static("13"));
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(status) = this.failure.poll(cx) {
+            return this.end_with(status);
+        }
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return this.end_with(deadline_exceeded());
+            }
+        }
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Err(len) = this.boundaries.advance(data, this.limit) {
+                        tracing::warn!(len, "the workflow executor sent an oversized message");
+                        return this.end_with(too_large(len, this.limit));
+                    }
+                } else {
+                    this.inner = None; // trailers end the body
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                let status = this.failure.status().unwrap_or_else(|| {
+                    tracing::warn!(error = %error, "the workflow executor's stream broke");
+                    Status::unavailable(EXECUTOR_UNAVAILABLE)
+                });
+                this.end_with(status)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_as_grpc_writes_them() {
+        let t = |s: &str| parse_grpc_timeout(&HeaderValue::from_str(s).unwrap());
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(t("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(t("4m"), Some(Duration::from_millis(4)));
+        assert_eq!(t("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(t("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "S", "123456789S", "1s", "-1S", "1.5S", "1 S"] {
+            assert_eq!(t(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_remaining_deadline_is_written_in_milliseconds() {
+        assert_eq!(grpc_timeout(Duration::from_millis(1500)), "1500m");
+        assert_eq!(grpc_timeout(Duration::ZERO), "1m");
+        assert_eq!(grpc_timeout(Duration::from_secs(u64::MAX)), "99999999m");
+    }
+
+    #[test]
+    fn connection_headers_stay_behind() {
+        let mut h = HeaderMap::new();
+        for name in ["connection", "host", "te", "x-gitlab-realm", "grpc-timeout"] {
+            h.insert(name, HeaderValue::from_static("v"));
+        }
+        strip_connection_headers(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["grpc-timeout", "te", "x-gitlab-realm"]);
+    }
+}
