@@ -5,9 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use duo_workflow_domain::keys::Algorithm;
-use duo_workflow_service::cli::{self, ClientHeaders, MintRequest};
+use duo_workflow_service::cli::{
+    self, ClientError, ClientFlow, ClientHeaders, ClientRun, FlowOptions, MintRequest,
+};
 use duo_workflow_service::config::{Settings, ENV_CLIENT_TOKEN};
 use duo_workflow_service::{init_logging, server};
 
@@ -60,6 +63,56 @@ struct ClientArgs {
     duo_seat_count: Option<String>,
     #[arg(long, default_value = "say hello")]
     goal: String,
+    /// The workflowID of the start request (default: empty).
+    #[arg(long, value_name = "ID")]
+    workflow_id: Option<String>,
+    /// The flow to run, e.g. chat, software_development, developer/v1 (default: none, the
+    /// service's default flow, software_development).
+    #[arg(long, value_name = "NAME")]
+    workflow_definition: Option<String>,
+    /// A flow by its config id; requires --flow-version. GenerateToken then asks for the flow
+    /// ID/SCHEMA_VERSION.
+    #[arg(long, value_name = "ID")]
+    flow_config_id: Option<String>,
+    /// The version of the --flow-config-id flow.
+    #[arg(long, value_name = "VERSION")]
+    flow_version: Option<String>,
+    /// The schema version of the --flow-config-id flow (default: v1).
+    #[arg(long, value_name = "V")]
+    flow_config_schema_version: Option<String>,
+}
+
+impl ClientArgs {
+    /// What to run; contradictory flow options stop the command here, before any call.
+    fn into_run(self) -> ClientRun {
+        let flow = ClientFlow::from_options(FlowOptions {
+            workflow_definition: self.workflow_definition,
+            flow_config_id: self.flow_config_id,
+            flow_config_schema_version: self.flow_config_schema_version,
+            flow_version: self.flow_version,
+        });
+        let flow = flow.unwrap_or_else(|message| {
+            let mut cli = Cli::command();
+            cli.build();
+            let client = cli
+                .find_subcommand_mut("client")
+                .expect("the client command");
+            client.error(ErrorKind::ArgumentConflict, message).exit()
+        });
+        ClientRun {
+            url: self.url,
+            token: self.token,
+            headers: ClientHeaders {
+                realm: self.realm,
+                instance_id: self.instance_id,
+                global_user_id: self.global_user_id,
+                duo_seat_count: self.duo_seat_count,
+            },
+            flow,
+            goal: self.goal,
+            workflow_id: self.workflow_id,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -136,15 +189,12 @@ async fn main() -> ExitCode {
     init_logging();
     let result = match Cli::parse().command {
         Command::Serve { config, listen } => serve(config, listen).await,
-        Command::Client(a) => {
-            let headers = ClientHeaders {
-                realm: a.realm,
-                instance_id: a.instance_id,
-                global_user_id: a.global_user_id,
-                duo_seat_count: a.duo_seat_count,
-            };
-            cli::run_client(&a.url, &a.token, &headers, &a.goal).await
-        }
+        Command::Client(a) => match cli::run_client(&a.into_run()).await {
+            Ok(()) => Ok(()),
+            Err(ClientError::Setup(e)) => Err(e),
+            // Its final status line is printed already.
+            Err(ClientError::Failed) => return ExitCode::FAILURE,
+        },
         Command::Keys(KeysCommand::Generate { out, alg }) => cli::generate_key(alg.into(), &out)
             .map(|kid| {
                 println!("wrote {} (kid {kid})", out.display());

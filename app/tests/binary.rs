@@ -1,5 +1,6 @@
 //! The `duo-workflow-service` binary itself: the CLI tools, graceful shutdown on SIGTERM and
-//! SIGINT, and that a full flow at the most verbose log level never prints a secret.
+//! SIGINT, that a full flow at the most verbose log level never prints a secret, and the `client`
+//! command speaking the 2026 contract through the service to a scripted executor.
 
 #[allow(dead_code)]
 #[path = "../../tests/support/executor.rs"]
@@ -7,13 +8,23 @@ mod executor;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use duo_workflow_contract::duo_workflow_client::DuoWorkflowClient;
+use duo_workflow_contract::duo_workflow_server::{DuoWorkflow, DuoWorkflowServer};
 use duo_workflow_contract::{
-    client_event, ClientEvent, GenerateTokenRequest, StartWorkflowRequest,
+    action, action_response, client_event, Action, ActionResponse, ClientEvent,
+    GenerateTokenRequest, GenerateTokenResponse, Grep, ListCapabilitiesRequest,
+    ListCapabilitiesResponse, ListFlowsRequest, ListFlowsResponse, ListToolsRequest,
+    ListToolsResponse, NewCheckpoint, PlainTextResponse, ReadFile, RunShellCommand,
+    ScheduleNotification, ScheduleNotificationResponse, StartWorkflowRequest,
+    TrackSelfHostedClientEvent, ValidateFlowConfigRequest, ValidateFlowConfigResponse,
 };
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
 
 const BIN: &str = env!("CARGO_BIN_EXE_duo-workflow-service");
 
@@ -127,6 +138,51 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A key playing a GitLab instance, and a configuration trusting it (a static key source for the
+/// issuer `http://gitlab.local`): the key's path and the configuration's.
+fn local_gitlab(dir: &Scratch) -> (PathBuf, PathBuf) {
+    let instance_key = dir.path("instance.pem");
+    run(&["keys", "generate", "--out", instance_key.to_str().unwrap()]);
+    let jwks = run(&[
+        "keys",
+        "public",
+        "--key",
+        instance_key.to_str().unwrap(),
+        "--jwks",
+    ]);
+    std::fs::write(dir.path("instance.jwks"), &jwks).unwrap();
+    let config = dir.path("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[key_sources]]\ntype = \"static\"\nname = \"local\"\nissuer = \"http://gitlab.local\"\njwks_file = \"{}\"\n",
+            dir.path("instance.jwks").display()
+        ),
+    )
+    .unwrap();
+    (instance_key, config)
+}
+
+/// An instance token of `local_gitlab`'s instance (self-managed, `inst-1`) with `scopes`.
+fn mint(instance_key: &Path, scopes: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "token",
+        "mint",
+        "--key",
+        instance_key.to_str().unwrap(),
+        "--issuer",
+        "http://gitlab.local",
+        "--realm",
+        "self-managed",
+        "--instance-id",
+        "inst-1",
+        "--scopes",
+        scopes,
+    ];
+    args.extend_from_slice(extra);
+    run(&args).trim().to_owned()
 }
 
 fn with_metadata<T>(message: T, token: Option<&str>, user: Option<&str>) -> tonic::Request<T> {
@@ -256,8 +312,8 @@ async fn the_grace_period_bounds_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_flow_at_trace_level_never_logs_a_secret() {
     let dir = Scratch::new();
-    let (instance_key, authority_key) = (dir.path("instance.pem"), dir.path("authority.pem"));
-    run(&["keys", "generate", "--out", instance_key.to_str().unwrap()]);
+    let (instance_key, config) = local_gitlab(&dir);
+    let authority_key = dir.path("authority.pem");
     run(&[
         "keys",
         "generate",
@@ -266,23 +322,6 @@ async fn a_full_flow_at_trace_level_never_logs_a_secret() {
         "--alg",
         "es256",
     ]);
-    let jwks = run(&[
-        "keys",
-        "public",
-        "--key",
-        instance_key.to_str().unwrap(),
-        "--jwks",
-    ]);
-    std::fs::write(dir.path("instance.jwks"), &jwks).unwrap();
-    let config = dir.path("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[key_sources]]\ntype = \"static\"\nname = \"local\"\nissuer = \"http://gitlab.local\"\njwks_file = \"{}\"\n",
-            dir.path("instance.jwks").display()
-        ),
-    )
-    .unwrap();
     let authority_pem = std::fs::read_to_string(&authority_key).unwrap();
     let upstream = executor::start().await;
     let upstream_url = format!("http://{}", upstream.addr);
@@ -299,26 +338,9 @@ async fn a_full_flow_at_trace_level_never_logs_a_secret() {
         ],
     );
 
-    let mint = |extra: &[&str]| {
-        let mut args = vec![
-            "token",
-            "mint",
-            "--key",
-            instance_key.to_str().unwrap(),
-            "--issuer",
-            "http://gitlab.local",
-            "--realm",
-            "self-managed",
-            "--instance-id",
-            "inst-1",
-            "--scopes",
-            "duo_workflow_generate_token",
-        ];
-        args.extend_from_slice(extra);
-        run(&args).trim().to_owned()
-    };
-    let instance_token = mint(&["--no-kid"]);
-    let wrong_audience = mint(&["--audience", "someone-else"]);
+    let scopes = "duo_workflow_generate_token";
+    let instance_token = mint(&instance_key, scopes, &["--no-kid"]);
+    let wrong_audience = mint(&instance_key, scopes, &["--audience", "someone-else"]);
     let mut client = DuoWorkflowClient::connect(server.addr.clone())
         .await
         .unwrap();
@@ -470,4 +492,349 @@ fn a_bad_configuration_stops_start_up_naming_the_field() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("DUO_WORKFLOW_AUTH__ENABLED"), "{stderr}");
+}
+
+/// What the scripted executor received on the `ExecuteWorkflow` stream relayed to it.
+#[derive(Debug, Default)]
+struct Received {
+    authorization: Option<String>,
+    start: Option<StartWorkflowRequest>,
+    replies: Vec<ActionResponse>,
+}
+
+/// A workflow executor that answers `ExecuteWorkflow` with [`SCRIPT`], waiting for the answer to
+/// every action but a checkpoint, and records what it received. Its other RPCs are those of the
+/// shared fake executor.
+#[derive(Clone, Default)]
+struct ScriptedExecutor {
+    received: Arc<Mutex<Received>>,
+    others: executor::FakeExecutor,
+}
+
+/// The actions the scripted executor sends, in order.
+fn script() -> Vec<Action> {
+    let actions = [
+        action::Action::NewCheckpoint(NewCheckpoint {
+            status: "CREATED".into(),
+            ..Default::default()
+        }),
+        action::Action::RunShellCommand(RunShellCommand {
+            command: "cargo test".into(),
+            timeout: Some(60),
+        }),
+        action::Action::RunReadFile(ReadFile {
+            filepath: "README.md".into(),
+            ..Default::default()
+        }),
+        action::Action::Grep(Grep {
+            search_directory: ".".into(),
+            pattern: "TODO".into(),
+            case_insensitive: false,
+        }),
+        action::Action::ScheduleNotification(ScheduleNotification {
+            task_id: "task-1".into(),
+            condition: "pipeline finished".into(),
+            message: "look at the pipeline".into(),
+        }),
+        action::Action::NewCheckpoint(NewCheckpoint {
+            status: "FINISHED".into(),
+            ..Default::default()
+        }),
+    ];
+    actions
+        .into_iter()
+        .enumerate()
+        .map(|(i, action)| Action {
+            request_id: format!("a{}", i + 1),
+            action: Some(action),
+        })
+        .collect()
+}
+
+impl ScriptedExecutor {
+    /// Plays the script on one stream; an unexpected message from the client ends it with
+    /// `FAILED_PRECONDITION`.
+    async fn converse(
+        self,
+        mut inbound: Streaming<ClientEvent>,
+        actions: mpsc::Sender<Result<Action, Status>>,
+    ) -> Result<(), Status> {
+        let start = match inbound.message().await? {
+            Some(ClientEvent {
+                response: Some(client_event::Response::StartRequest(start)),
+            }) => start,
+            other => return Err(Status::failed_precondition(format!("no start: {other:?}"))),
+        };
+        self.received.lock().unwrap().start = Some(start);
+        for action in script() {
+            let checkpoint = matches!(action.action, Some(action::Action::NewCheckpoint(_)));
+            if actions.send(Ok(action)).await.is_err() {
+                return Ok(()); // the client is gone
+            }
+            if checkpoint {
+                continue; // no answer expected
+            }
+            match inbound.message().await? {
+                Some(ClientEvent {
+                    response: Some(client_event::Response::ActionResponse(reply)),
+                }) => self.received.lock().unwrap().replies.push(reply),
+                other => return Err(Status::failed_precondition(format!("no reply: {other:?}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl DuoWorkflow for ScriptedExecutor {
+    type ExecuteWorkflowStream = ReceiverStream<Result<Action, Status>>;
+    type TrackSelfHostedExecuteWorkflowStream =
+        <executor::FakeExecutor as DuoWorkflow>::TrackSelfHostedExecuteWorkflowStream;
+
+    async fn execute_workflow(
+        &self,
+        request: Request<Streaming<ClientEvent>>,
+    ) -> Result<Response<Self::ExecuteWorkflowStream>, Status> {
+        self.received.lock().unwrap().authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (tx, rx) = mpsc::channel(1);
+        let conversation = self.clone().converse(request.into_inner(), tx.clone());
+        tokio::spawn(async move {
+            if let Err(status) = conversation.await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn generate_token(
+        &self,
+        request: Request<GenerateTokenRequest>,
+    ) -> Result<Response<GenerateTokenResponse>, Status> {
+        self.others.generate_token(request).await
+    }
+
+    async fn list_capabilities(
+        &self,
+        request: Request<ListCapabilitiesRequest>,
+    ) -> Result<Response<ListCapabilitiesResponse>, Status> {
+        self.others.list_capabilities(request).await
+    }
+
+    async fn list_tools(
+        &self,
+        request: Request<ListToolsRequest>,
+    ) -> Result<Response<ListToolsResponse>, Status> {
+        self.others.list_tools(request).await
+    }
+
+    async fn list_flows(
+        &self,
+        request: Request<ListFlowsRequest>,
+    ) -> Result<Response<ListFlowsResponse>, Status> {
+        self.others.list_flows(request).await
+    }
+
+    async fn validate_flow_config(
+        &self,
+        request: Request<ValidateFlowConfigRequest>,
+    ) -> Result<Response<ValidateFlowConfigResponse>, Status> {
+        self.others.validate_flow_config(request).await
+    }
+
+    async fn track_self_hosted_execute_workflow(
+        &self,
+        request: Request<Streaming<TrackSelfHostedClientEvent>>,
+    ) -> Result<Response<Self::TrackSelfHostedExecuteWorkflowStream>, Status> {
+        self.others
+            .track_self_hosted_execute_workflow(request)
+            .await
+    }
+}
+
+/// Serves `executor` on 127.0.0.1 until the test's runtime ends; its `http://` address.
+async fn serve_scripted(executor: ScriptedExecutor) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DuoWorkflowServer::new(executor))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+/// Runs `client` against `url` with the instance token in the environment: its exit code, and
+/// its stdout and stderr.
+async fn run_client(url: &str, token: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["client", "--url", url, "--realm", "self-managed"])
+        .args(["--instance-id", "inst-1", "--global-user-id", "42"])
+        .args(extra)
+        .env("DUO_WORKFLOW_CLIENT_TOKEN", token);
+    // Blocking, off the runtime that serves the executor.
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_runs_a_catalog_flow_through_the_service_answering_every_action() {
+    let dir = Scratch::new();
+    let (instance_key, config) = local_gitlab(&dir);
+    let executor = ScriptedExecutor::default();
+    let upstream_url = serve_scripted(executor.clone()).await;
+    let server = Server::start(
+        &dir,
+        Some(&config),
+        &[("DUO_WORKFLOW_UPSTREAM__URL", upstream_url.as_str())],
+    );
+    // What the service needs today for both RPCs (SPEC Part A).
+    let token = mint(&instance_key, "duo_workflow_execute_workflow", &[]);
+    let flow = [
+        "--goal",
+        "fix the pipeline",
+        "--flow-config-id",
+        "fix_pipeline",
+        "--flow-version",
+        "1.2.0",
+    ];
+    let (code, stdout, stderr) = run_client(&server.addr, &token, &flow).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", server.log());
+
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.contains(&r#"GenerateToken (workflowDefinition "fix_pipeline/v1") ..."#),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("GenerateToken: OK, user token expires at ")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("GenerateToken: server capabilities: [") && l.ends_with(']')),
+        "{stdout}"
+    );
+    let actions: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ExecuteWorkflow: action "))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            r#"newCheckpoint requestID="a1" status="CREATED""#,
+            r#"runShellCommand requestID="a2" command="cargo test""#,
+            r#"runReadFile requestID="a3" filepath="README.md""#,
+            r#"grep requestID="a4" pattern="TODO""#,
+            r#"scheduleNotification requestID="a5" task_id="task-1""#,
+            r#"newCheckpoint requestID="a6" status="FINISHED""#,
+        ],
+        "{stdout}"
+    );
+    assert_eq!(lines.last(), Some(&"ExecuteWorkflow: OK"), "{stdout}");
+
+    let received = executor.received.lock().unwrap();
+    let start = received.start.clone().expect("a start request");
+    assert_eq!(start.flow_config_id.as_deref(), Some("fix_pipeline"));
+    assert_eq!(start.flow_config_schema_version.as_deref(), Some("v1"));
+    assert_eq!(start.flow_version.as_deref(), Some("1.2.0"));
+    #[allow(deprecated)]
+    let workflow_definition = start.workflow_definition.as_str();
+    assert_eq!(workflow_definition, "");
+    assert_eq!(start.goal, "fix the pipeline");
+    assert_eq!(start.client_version, env!("CARGO_PKG_VERSION"));
+    let replies: Vec<_> = received
+        .replies
+        .iter()
+        .map(|r| (r.request_id.as_str(), r.response_type.clone()))
+        .collect();
+    use action_response::ResponseType;
+    let not_executed = |id| {
+        let plain = PlainTextResponse {
+            response: String::new(),
+            error: "this client does not execute actions".into(),
+        };
+        (id, Some(ResponseType::PlainTextResponse(plain)))
+    };
+    let not_scheduled = ScheduleNotificationResponse {
+        accepted: false,
+        reason: "this client does not execute actions".into(),
+        fires_at: String::new(),
+    };
+    let expected = vec![
+        not_executed("a2"),
+        not_executed("a3"),
+        not_executed("a4"),
+        (
+            "a5",
+            Some(ResponseType::ScheduleNotificationResponse(not_scheduled)),
+        ),
+    ];
+    assert_eq!(replies, expected);
+
+    // Neither token shows, in the output or the errors.
+    let user_token = received.authorization.as_deref().unwrap();
+    let user_token = user_token.strip_prefix("Bearer ").unwrap();
+    for secret in [token.as_str(), user_token] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_executor_the_client_prints_the_final_status_and_fails() {
+    let dir = Scratch::new();
+    let (instance_key, config) = local_gitlab(&dir);
+    let server = Server::start(&dir, Some(&config), &[]);
+    let token = mint(&instance_key, "duo_workflow_execute_workflow", &[]);
+    let named = ["--workflow-definition", "developer/v1"];
+    let (code, stdout, stderr) = run_client(&server.addr, &token, &named).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains(r#"GenerateToken (workflowDefinition "developer/v1") ..."#));
+    assert_eq!(
+        stdout.lines().last(),
+        Some("ExecuteWorkflow: Unimplemented No workflow executor configured"),
+        "{stdout}"
+    );
+    assert_eq!(stderr.trim(), "", "the status line says it all");
+}
+
+#[test]
+fn the_client_refuses_contradictory_flow_options_before_any_call() {
+    for (options, message) in [
+        (
+            &["--flow-version", "1.0.0"][..],
+            "--flow-version requires --flow-config-id to also be provided",
+        ),
+        (
+            &["--flow-config-id", "fix_pipeline"][..],
+            "--flow-config-id requires --flow-version to also be provided",
+        ),
+        (
+            &["--flow-config-schema-version", "v2"][..],
+            "--flow-config-schema-version requires --flow-config-id to also be provided",
+        ),
+    ] {
+        // Nothing listens on port 1: a call would fail differently.
+        let out = Command::new(BIN)
+            .args(["client", "--url", "http://127.0.0.1:1", "--token", "t"])
+            .args(options)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{options:?}: {stderr}");
+        assert!(stderr.contains(message), "{options:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{options:?}: a call was made");
+    }
 }
