@@ -531,7 +531,12 @@ async fn generate_token_authorization_table() {
 async fn execute_workflow_authorization_table() {
     type Shape = fn(&mut duo_workflow_contract::StartWorkflowRequest);
     /// (scopes, issuer, start request, refusal details)
-    type Case = (&'static [&'static str], &'static str, Shape, Result<(), &'static str>);
+    type Case = (
+        &'static [&'static str],
+        &'static str,
+        Shape,
+        Result<(), &'static str>,
+    );
     let cases: Vec<Case> = vec![
         (&[AGENT_PLATFORM], CDOT, |_| {}, Ok(())),
         (&[EXECUTE], CDOT, |_| {}, Ok(())),

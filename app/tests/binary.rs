@@ -258,7 +258,7 @@ async fn serve_with_stream_in_flight(
     let addr = server.addr.clone();
     let in_flight = tokio::spawn(async move { execute(&addr, None, None).await });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while upstream.executor.seen.lock().unwrap().is_empty() {
+    while !upstream.executor.rpcs().contains(&"ExecuteWorkflow") {
         assert!(
             Instant::now() < deadline,
             "the stream never reached the executor"
