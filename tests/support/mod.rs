@@ -4,6 +4,7 @@
 
 pub mod executor;
 pub mod provider;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

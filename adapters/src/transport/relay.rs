@@ -12,6 +12,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -63,21 +64,21 @@ impl Relay {
             let remaining = deadline.saturating_duration_since(Instant::now());
             head.headers.insert("grpc-timeout", grpc_timeout(remaining));
         }
-        let failure = Arc::new(Failure::default());
+        let end = Arc::new(CallEnd::default());
         let upstream_request = Request::from_parts(
             head,
             Body::new(RequestBody {
                 inner: body,
                 boundaries: MessageBoundaries::default(),
                 limit: self.max_message_bytes,
-                failure: failure.clone(),
+                end: end.clone(),
             }),
         );
         let channel = self.channel.clone();
         let exchange = async move { channel.oneshot(upstream_request).await };
         let response = tokio::select! {
             biased;
-            status = poll_fn(|cx| failure.poll(cx)) => return status.into_http(),
+            status = poll_fn(|cx| end.poll_failed(cx)) => return status.into_http(),
             () = sleep_until(deadline) => return deadline_exceeded().into_http(),
             response = exchange => response,
         };
@@ -88,12 +89,12 @@ impl Relay {
                     inner: Some(body),
                     boundaries: MessageBoundaries::default(),
                     limit: self.max_message_bytes,
-                    failure,
+                    end,
                     deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
                 };
                 Response::from_parts(head, Body::new(body))
             }
-            Err(error) => match failure.status() {
+            Err(error) => match end.status() {
                 Some(status) => status.into_http(),
                 None => {
                     tracing::warn!(error = %error_chain(&error), "workflow executor unreachable");
@@ -172,30 +173,48 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Why a relayed call must end early, set by whichever side notices first and read by the
-/// response (the side the caller is waiting on).
+/// How a relayed call is ending, shared by its two bodies. Either side may fail the call (the
+/// request side on an oversized message; the response side on a deadline, an oversized message,
+/// a broken executor stream); the response side ends it when the executor's answer is complete
+/// or the caller goes away, after which nothing more is relayed to the executor.
 #[derive(Default)]
-struct Failure {
+struct CallEnd {
     status: OnceLock<Status>,
-    waker: AtomicWaker,
+    over: AtomicBool,
+    request: AtomicWaker,
+    response: AtomicWaker,
 }
 
-impl Failure {
+impl CallEnd {
     fn fail(&self, status: Status) {
         let _ = self.status.set(status);
-        self.waker.wake();
+        self.end();
+        self.response.wake();
+    }
+
+    /// The call is over: the request side stops relaying.
+    fn end(&self) {
+        self.over.store(true, Ordering::Release);
+        self.request.wake();
     }
 
     fn status(&self) -> Option<Status> {
         self.status.get().cloned()
     }
 
-    fn poll(&self, cx: &mut Context<'_>) -> Poll<Status> {
-        self.waker.register(cx.waker());
+    /// For the response side: the status the call failed with, once it has.
+    fn poll_failed(&self, cx: &mut Context<'_>) -> Poll<Status> {
+        self.response.register(cx.waker());
         match self.status() {
             Some(s) => Poll::Ready(s),
             None => Poll::Pending,
         }
+    }
+
+    /// For the request side: whether the call is over.
+    fn poll_over(&self, cx: &mut Context<'_>) -> bool {
+        self.request.register(cx.waker());
+        self.over.load(Ordering::Acquire)
     }
 }
 
@@ -206,7 +225,7 @@ struct RequestBody {
     inner: Body,
     boundaries: MessageBoundaries,
     limit: usize,
-    failure: Arc<Failure>,
+    end: Arc<CallEnd>,
 }
 
 impl HttpBody for RequestBody {
@@ -218,6 +237,10 @@ impl HttpBody for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
+        if this.end.poll_over(cx) {
+            // A failed call resets the executor's stream; a finished one just ends it.
+            return Poll::Ready(this.end.status().map(Err));
+        }
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             other => return other,
@@ -225,7 +248,7 @@ impl HttpBody for RequestBody {
         if let Some(data) = frame.data_ref() {
             if let Err(len) = this.boundaries.advance(data, this.limit) {
                 let status = too_large(len, this.limit);
-                this.failure.fail(status.clone());
+                this.end.fail(status.clone());
                 return Poll::Ready(Some(Err(status)));
             }
         }
@@ -250,14 +273,15 @@ struct ResponseBody {
     inner: Option<Body>,
     boundaries: MessageBoundaries,
     limit: usize,
-    failure: Arc<Failure>,
+    end: Arc<CallEnd>,
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl ResponseBody {
-    /// Ends the body with `status` as its trailers; the executor's stream is dropped (reset).
+    /// Ends the body with `status` as its trailers; the executor's stream is reset.
     fn end_with(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         self.inner = None;
+        self.end.fail(status.clone());
         let mut trailers = HeaderMap::new();
         if status.add_header(&mut trailers).is_err() {
             trailers.insert("grpc-status", HeaderValue::from_static("13"));
@@ -278,7 +302,7 @@ impl HttpBody for ResponseBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Poll::Ready(status) = this.failure.poll(cx) {
+        if let Poll::Ready(status) = this.end.poll_failed(cx) {
             return this.end_with(status);
         }
         if let Some(deadline) = this.deadline.as_mut() {
@@ -290,6 +314,7 @@ impl HttpBody for ResponseBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.inner = None;
+                this.end.end();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -300,11 +325,12 @@ impl HttpBody for ResponseBody {
                     }
                 } else {
                     this.inner = None; // trailers end the body
+                    this.end.end();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                let status = this.failure.status().unwrap_or_else(|| {
+                let status = this.end.status().unwrap_or_else(|| {
                     tracing::warn!(error = %error, "the workflow executor's stream broke");
                     Status::unavailable(EXECUTOR_UNAVAILABLE)
                 });
@@ -315,6 +341,13 @@ impl HttpBody for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_none()
+    }
+}
+
+/// The caller went away (or the body ended): nothing more is relayed to the executor.
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.end.end();
     }
 }
 
