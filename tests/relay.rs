@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use duo_workflow_contract::*;
-use duo_workflow_service::config::{ENV_UPSTREAM_SERVER_CAPABILITIES, ENV_UPSTREAM_URL};
+use duo_workflow_service::config::{
+    ENV_UPSTREAM_CA_FILE, ENV_UPSTREAM_SERVER_CAPABILITIES, ENV_UPSTREAM_URL,
+};
 use duo_workflow_service::server::Running;
 use hyper::body::Frame;
 use prost::Message;
@@ -808,4 +810,59 @@ async fn a_compressed_first_message_is_read_for_its_flow_and_passed_on_unchanged
         received.lock().unwrap().clone().unwrap(),
         Ok(compressed.len())
     );
+}
+
+/// A CA, and a certificate it signed for `localhost`: (CA PEM, certificate PEM, key PEM).
+fn test_pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn an_https_executor_is_reached_when_its_ca_is_configured() {
+    let (ca, cert, key_pem) = test_pki();
+    let executor = support::executor::start_tls(&cert, &key_pem).await;
+    let dir = TempDir::new();
+    let instance = key("rs256-instance");
+    let config = static_source_config(&dir, GITLAB, &[&instance]);
+    let ca_file = dir.write("executor-ca.pem", &ca);
+    let url = format!("https://localhost:{}", executor.addr.port());
+    let headers = support::Headers::bearer(&instance_token(&instance, GITLAB, &[AGENT_PLATFORM]));
+
+    let trusted = start_service(
+        Some(&config),
+        &[
+            (ENV_UPSTREAM_URL, url.as_str()),
+            (ENV_UPSTREAM_CA_FILE, ca_file.to_str().unwrap()),
+        ],
+    )
+    .await
+    .unwrap();
+    let actions = support::execute_workflow(trusted.addr, &headers).await;
+    assert_eq!(actions.unwrap(), ["action-1", "action-2"]);
+
+    // Without the CA the executor's certificate is not trusted: nothing is relayed.
+    let untrusted = start_service(Some(&config), &[(ENV_UPSTREAM_URL, url.as_str())])
+        .await
+        .unwrap();
+    support::assert_status(
+        support::execute_workflow(untrusted.addr, &headers).await,
+        Code::Unavailable,
+        "Workflow executor unavailable",
+    );
+    let relayed = executor
+        .executor
+        .rpcs()
+        .into_iter()
+        .filter(|r| *r == "ExecuteWorkflow")
+        .count();
+    assert_eq!(relayed, 1);
 }

@@ -992,4 +992,124 @@ mod tests {
         assert!(s.remote_sources[0].required);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn relay_and_user_token_settings_from_the_environment_are_checked_naming_the_variable() {
+        let s = Settings::from_env(&env(&[
+            (
+                ENV_DELEGABLE_SCOPES,
+                "duo_chat, duo_agent_platform,duo_chat",
+            ),
+            (
+                ENV_UPSTREAM_SERVER_CAPABILITIES,
+                "tool_call_approval,flow_semantic_versioning",
+            ),
+            (ENV_UPSTREAM_ALLOWED_METHODS, "/DuoWorkflow/NewRpc"),
+            (ENV_GRPC_REFLECTION_ENABLED, "TRUE"),
+        ]))
+        .unwrap();
+        let scopes: Vec<&str> = s
+            .delegation
+            .delegable()
+            .iter()
+            .map(|p| p.as_str())
+            .collect();
+        assert_eq!(scopes, ["duo_chat", "duo_agent_platform"]);
+        assert_eq!(
+            s.server_capabilities.as_deref(),
+            Some(
+                &[
+                    "tool_call_approval".to_owned(),
+                    "flow_semantic_versioning".to_owned()
+                ][..]
+            )
+        );
+        assert_eq!(
+            s.methods.access("/DuoWorkflow/NewRpc"),
+            duo_workflow_domain::Access::Allowed
+        );
+        assert!(s.methods.reflection_enabled());
+        // Set but empty: configured as none, not learned from the executor.
+        let s = Settings::from_env(&env(&[(ENV_UPSTREAM_SERVER_CAPABILITIES, "")])).unwrap();
+        assert_eq!(s.server_capabilities, Some(vec![]));
+
+        for (var, value) in [
+            (ENV_DELEGABLE_SCOPES, ""),
+            (ENV_DELEGABLE_SCOPES, "duo chat"),
+            (ENV_UPSTREAM_SERVER_CAPABILITIES, "a;b"),
+            (ENV_UPSTREAM_ALLOWED_METHODS, "/DuoWorkflow/GenerateToken"),
+            (ENV_UPSTREAM_ALLOWED_METHODS, "NewRpc"),
+            (ENV_GRPC_REFLECTION_ENABLED, "maybe"),
+            (ENV_UPSTREAM_URL, "ftp://executor"),
+        ] {
+            let e = Settings::from_env(&env(&[(var, value)])).unwrap_err();
+            assert_eq!(e.field, var, "{value:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_executor_ca_bundle_needs_https_and_a_certificate() {
+        let dir = std::env::temp_dir().join(format!("dws-config-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let ca = |url: &str, file: &Path| {
+            Settings::from_env(&env(&[
+                (ENV_UPSTREAM_URL, url),
+                (ENV_UPSTREAM_CA_FILE, file.to_str().unwrap()),
+            ]))
+        };
+        let s = ca("https://executor:50052", &pem).unwrap();
+        let upstream = s.upstream.unwrap();
+        assert_eq!(upstream.url.as_str(), "https://executor:50052/");
+        assert_eq!(upstream.ca.unwrap().0, ENV_UPSTREAM_CA_FILE);
+        for (url, file, problem) in [
+            ("http://executor:50052", &pem, "https"),
+            ("https://executor:50052", &junk, "no PEM certificate"),
+            (
+                "https://executor:50052",
+                &dir.join("missing.pem"),
+                "cannot read",
+            ),
+        ] {
+            let e = ca(url, file).unwrap_err();
+            assert_eq!(e.field, ENV_UPSTREAM_CA_FILE);
+            assert!(e.problem.contains(problem), "{e}");
+        }
+        // The same from the file, named by its keys.
+        let config = dir.join("c.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "grpc_reflection_enabled = true\n[upstream]\nurl = \"http://e:1\"\nca_file = \"{}\"\n",
+                pem.display()
+            ),
+        )
+        .unwrap();
+        let e = Settings::load(Some(&config), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "upstream.ca_file");
+        std::fs::write(
+            &config,
+            "[upstream]\nallowed_methods = [\"/x\"]\n[user_tokens]\ndelegable_scopes = [\"duo_chat\"]\n",
+        )
+        .unwrap();
+        let e = Settings::load(Some(&config), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "upstream.allowed_methods");
+        std::fs::write(
+            &config,
+            "grpc_reflection_enabled = true\n[upstream]\nserver_capabilities = []\n[user_tokens]\ndelegable_scopes = [\"duo_chat\"]\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&config), &env(&[])).unwrap();
+        assert!(s.methods.reflection_enabled());
+        assert_eq!(s.server_capabilities, Some(vec![]));
+        assert_eq!(s.delegation.delegable().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -193,13 +193,24 @@ pub struct RunningExecutor {
 }
 
 pub async fn start() -> RunningExecutor {
+    start_with(tonic::transport::Server::builder()).await
+}
+
+/// An executor serving TLS with this certificate chain and key (PEM).
+pub async fn start_tls(cert_pem: &str, key_pem: &str) -> RunningExecutor {
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+    start_with(tonic::transport::Server::builder().tls_config(tls).unwrap()).await
+}
+
+async fn start_with(mut server: tonic::transport::Server) -> RunningExecutor {
     let executor = FakeExecutor::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let service = DuoWorkflowServer::new(executor.clone());
     tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        server
             .add_service(service)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
