@@ -100,6 +100,31 @@ fn user_claims(scopes: &[&str]) -> VerifiedClaims {
     claims_from(support::SERVICE, Some("user-77"), scopes)
 }
 
+/// Claims of a caller from `issuer` with `scopes`, matching the headers of [`caller`]: a user
+/// token's subject is the global user id, an instance token's the instance id.
+fn caller_claims(issuer: &str, scopes: &[&str]) -> VerifiedClaims {
+    let sub = if issuer == support::SERVICE {
+        "user-77"
+    } else {
+        "instance-1"
+    };
+    claims_from(issuer, Some(sub), scopes)
+}
+
+/// The transport in front of a fake executor, for a caller from `issuer` with `scopes`.
+async fn serve_caller(
+    issuer: &str,
+    scopes: &[&str],
+) -> (Harness, support::executor::RunningExecutor) {
+    let executor = support::executor::start().await;
+    let h = serve_with(
+        authenticated_as(Ok(caller_claims(issuer, scopes))),
+        Options::new().executor(executor.addr),
+    )
+    .await;
+    (h, executor)
+}
+
 fn claims_from(issuer: &str, sub: Option<&str>, scopes: &[&str]) -> VerifiedClaims {
     claims_with(issuer, sub, scopes, vec![])
 }
@@ -501,12 +526,7 @@ async fn generate_token_authorization_table() {
         (&[CHAT], support::SERVICE, Some("chat"), false),
     ];
     for (scopes, issuer, flow, may_generate) in cases {
-        let sub = if *issuer == support::SERVICE {
-            "user-77"
-        } else {
-            "instance-1"
-        };
-        let claims = claims_from(issuer, Some(sub), scopes);
+        let claims = caller_claims(issuer, scopes);
         let minter = mints(usize::from(*may_generate));
         let h = serve(authenticated_as(Ok(claims)), None, minter, None).await;
         let generated = generate_token_for(h.addr, &caller(), *flow).await;
@@ -618,17 +638,7 @@ async fn execute_workflow_authorization_table() {
         ),
     ];
     for (scopes, issuer, shape, expected) in cases {
-        let sub = if issuer == support::SERVICE {
-            "user-77"
-        } else {
-            "instance-1"
-        };
-        let executor = support::executor::start().await;
-        let h = serve_with(
-            authenticated_as(Ok(claims_from(issuer, Some(sub), scopes))),
-            Options::new().executor(executor.addr),
-        )
-        .await;
+        let (h, executor) = serve_caller(issuer, scopes).await;
         let start = start_with(shape);
         let case = format!("{scopes:?} from {issuer}: {start:?}");
         let result = execute_workflow_with(h.addr, &caller(), vec![start]).await;
@@ -757,17 +767,7 @@ async fn tracking_self_hosted_usage_needs_the_agent_platform_from_a_foreign_issu
         (&[AGENT_PLATFORM], support::SERVICE, false),
     ];
     for (scopes, issuer, allowed) in cases {
-        let sub = if *issuer == support::SERVICE {
-            "user-77"
-        } else {
-            "instance-1"
-        };
-        let executor = support::executor::start().await;
-        let h = serve_with(
-            authenticated_as(Ok(claims_from(issuer, Some(sub), scopes))),
-            Options::new().executor(executor.addr),
-        )
-        .await;
+        let (h, executor) = serve_caller(issuer, scopes).await;
         let result = call(h.addr, &caller(), Rpc::TrackSelfHostedExecuteWorkflow).await;
         if *allowed {
             result.unwrap();

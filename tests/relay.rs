@@ -766,23 +766,28 @@ async fn a_compressed_first_message_is_read_for_its_flow_and_passed_on_unchanged
     use std::io::Write;
     let received: Record<Result<usize, String>> = Arc::default();
     let executor = echoing_executor(received.clone(), 1).await;
-    let (service, headers, _dir) = service_before(&executor, &[AGENT_PLATFORM], &[]).await;
     let chat = support::start_with(|s| s.workflow_definition = "chat".into());
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&chat.encode_to_vec()).unwrap();
     let mut compressed = raw::framed(&gz.finish().unwrap()).to_vec();
     compressed[0] = 1;
-    let mut h = pairs(&headers);
-    h.push(("grpc-encoding", "gzip"));
-    let r = raw::call(
-        service.addr,
-        raw::request(
-            "/DuoWorkflow/ExecuteWorkflow",
-            &h,
-            raw::frames_body(vec![Frame::data(Bytes::from(compressed.clone()))]),
-        ),
-    )
-    .await;
+    let compressed = Bytes::from(compressed);
+    // A chat flow, sent gzip-compressed by a caller with `scopes`.
+    let send = |scopes: &'static [&'static str]| {
+        let (executor, compressed) = (&executor, compressed.clone());
+        async move {
+            let (service, headers, _dir) = service_before(executor, scopes, &[]).await;
+            let mut h = pairs(&headers);
+            h.push(("grpc-encoding", "gzip"));
+            let body = raw::frames_body(vec![Frame::data(compressed)]);
+            raw::call(
+                service.addr,
+                raw::request("/DuoWorkflow/ExecuteWorkflow", &h, body),
+            )
+            .await
+        }
+    };
+    let r = send(&[AGENT_PLATFORM]).await;
     assert_eq!(r.grpc_status(), Some("7"));
     assert_eq!(
         r.grpc_message().as_deref(),
@@ -792,19 +797,7 @@ async fn a_compressed_first_message_is_read_for_its_flow_and_passed_on_unchanged
         received.lock().unwrap().is_none(),
         "a refused call reached the executor"
     );
-
-    let (service, headers, _dir) = service_before(&executor, &[support::CHAT], &[]).await;
-    let mut h = pairs(&headers);
-    h.push(("grpc-encoding", "gzip"));
-    let r = raw::call(
-        service.addr,
-        raw::request(
-            "/DuoWorkflow/ExecuteWorkflow",
-            &h,
-            raw::frames_body(vec![Frame::data(Bytes::from(compressed.clone()))]),
-        ),
-    )
-    .await;
+    let r = send(&[support::CHAT]).await;
     assert_eq!(r.grpc_status(), Some("0"), "{r:?}");
     assert_eq!(
         received.lock().unwrap().clone().unwrap(),
