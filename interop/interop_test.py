@@ -1815,6 +1815,39 @@ def scenarios_discovery_issuer(s: Suite, w: World) -> None:
     )
 
 
+def scenarios_strict_booleans(s: Suite, binary: str) -> None:
+    """DUO_WORKFLOW_AUTH__ENABLED is true or false: `0` (which GitLab's service reads as "on")
+    stops start-up, naming the variable, instead of turning authentication off."""
+    for value in ("0", "off"):
+
+        def refused(value=value):
+            env = clean_environment()
+            env.update(
+                {
+                    "PORT": "0",
+                    "DUO_WORKFLOW_HTTP__PORT": "0",
+                    "DUO_WORKFLOW_AUTH__ENABLED": value,
+                    "DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL": "",
+                    "DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL": "",
+                }
+            )
+            try:
+                done = subprocess.run(
+                    [binary, "serve", "--listen", "127.0.0.1"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=STARTUP_TIMEOUT,
+                )
+            except subprocess.TimeoutExpired:
+                raise Failure(f"DUO_WORKFLOW_AUTH__ENABLED={value}: the service started") from None
+            expect(done.returncode != 0, f"DUO_WORKFLOW_AUTH__ENABLED={value}: exit status 0")
+            stderr = done.stderr.decode(errors="replace")
+            expect("DUO_WORKFLOW_AUTH__ENABLED" in stderr, f"the variable is not named on stderr: {stderr[-300:]!r}")
+
+        s.check(f"config.auth_enabled_{value}_stops_start_up", refused)
+
+
 def scenarios_empty_provider_url(s: Suite, w: World) -> None:
     """DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL="" (the rotation-kidless process): no CustomersDot."""
     process = w.extra["rotation-kidless"]
@@ -1911,6 +1944,7 @@ def main(argv) -> int:
                 for mode in ("500", "garbage", "hang"):
                     scenarios_outage(suite, world, mode)
                 scenarios_discovery_issuer(suite, world)
+                scenarios_strict_booleans(suite, str(binary.resolve()))
                 scenarios_empty_provider_url(suite, world)
                 scenarios_still_serving(suite, world)
         except Exception as e:

@@ -474,15 +474,20 @@ fn parse_port(field: &str, v: &str) -> Result<u16, ConfigError> {
         .map_err(|_| bad(field, format!("{v:?} is not a port number (0-65535)")))
 }
 
-/// Booleans in any letter case (GitLab's Python service only understood lower-case `false`).
+/// `true` or `false` in any letter case (GitLab's Python service only understood lower-case
+/// `false`), surrounding whitespace ignored. Nothing else: GitLab's service keeps authentication
+/// on for `0`, `no` or `off`, so reading them as `false` would open the door after a migration.
 pub fn parse_bool(field: &str, v: &str) -> Result<bool, ConfigError> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(bad(
+    let v = v.trim();
+    if v.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if v.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(bad(
             field,
-            format!("{v:?} is not a boolean (true or false)"),
-        )),
+            format!("{v:?} is not a boolean: write true or false"),
+        ))
     }
 }
 
@@ -719,24 +724,48 @@ mod tests {
     }
 
     #[test]
-    fn auth_enabled_is_read_in_any_letter_case() {
-        for v in ["false", "False", "FALSE", "fAlSe", "0", "no"] {
+    fn auth_enabled_is_true_or_false_in_any_letter_case() {
+        for v in ["false", "False", "FALSE", "fAlSe", " false\n"] {
             assert!(
                 !Settings::from_env(&env(&[(ENV_AUTH_ENABLED, v)]))
                     .unwrap()
                     .auth_enabled,
-                "{v}"
+                "{v:?}"
             );
         }
-        for v in ["true", "TRUE", "1"] {
+        for v in ["true", "TRUE", "True", "\ttrue "] {
             assert!(
                 Settings::from_env(&env(&[(ENV_AUTH_ENABLED, v)]))
                     .unwrap()
-                    .auth_enabled
+                    .auth_enabled,
+                "{v:?}"
             );
         }
-        let e = Settings::from_env(&env(&[(ENV_AUTH_ENABLED, "nope")])).unwrap_err();
-        assert_eq!(e.field, ENV_AUTH_ENABLED);
+    }
+
+    #[test]
+    fn auth_enabled_refuses_anything_but_true_or_false() {
+        // GitLab's service keeps authentication on for `0`, `no`, `off`: reading them as false
+        // would silently open the door after a migration, so they stop start-up instead.
+        for v in [
+            "0",
+            "1",
+            "no",
+            "yes",
+            "off",
+            "on",
+            "nope",
+            "",
+            " ",
+            "f",
+            "t",
+            "falsey",
+            "false false",
+        ] {
+            let e = Settings::from_env(&env(&[(ENV_AUTH_ENABLED, v)])).unwrap_err();
+            assert_eq!(e.field, ENV_AUTH_ENABLED, "{v:?}");
+            assert!(e.to_string().contains(ENV_AUTH_ENABLED), "{e}");
+        }
     }
 
     #[test]
