@@ -554,7 +554,7 @@ class Executor:
                     context.abort(Executor.LATE_ABORT_CODE, Executor.LATE_ABORT_DETAILS)
                 if goal == "roundtrip":
                     answer = next(request_iterator, None)
-                    text = answer.actionResponse.response if answer and answer.HasField("actionResponse") else "<none>"
+                    text = answer.actionResponse.plainTextResponse.response if answer and answer.HasField("actionResponse") else "<none>"
                     yield pb.Action(requestID="2", runCommand=pb.RunCommandAction(program="echo", arguments=[text]))
                     return
                 yield pb.Action(
@@ -1328,7 +1328,11 @@ def scenarios_workflow(s: Suite, w: World, minted: dict) -> None:
         expect(user_token is not None, "no user token from GenerateToken")
 
         def respond(action):
-            return pb.ClientEvent(actionResponse=pb.ActionResponse(requestID=action.requestID, response="file contents"))
+            return pb.ClientEvent(
+                actionResponse=pb.ActionResponse(
+                    requestID=action.requestID, plainTextResponse=pb.PlainTextResponse(response="file contents")
+                )
+            )
 
         outcome = execute_workflow(stub, metadata(user_token), goal="roundtrip", respond=respond)
         expect_ok(outcome)
