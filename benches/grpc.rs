@@ -65,8 +65,7 @@ async fn run(addr: SocketAddr, tokens: Arc<Vec<String>>, budget: Duration) -> f6
                 let status = client
                     .execute_workflow(req)
                     .await
-                    .err()
-                    .expect("no executor is configured");
+                    .expect_err("no executor is configured");
                 assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
                 n += 1;
             }
