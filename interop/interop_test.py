@@ -554,7 +554,7 @@ class Executor:
                     context.abort(Executor.LATE_ABORT_CODE, Executor.LATE_ABORT_DETAILS)
                 if goal == "roundtrip":
                     answer = next(request_iterator, None)
-                    text = answer.actionResponse.response if answer and answer.HasField("actionResponse") else "<none>"
+                    text = answer.actionResponse.plainTextResponse.response if answer and answer.HasField("actionResponse") else "<none>"
                     yield pb.Action(requestID="2", runCommand=pb.RunCommandAction(program="echo", arguments=[text]))
                     return
                 yield pb.Action(
@@ -603,7 +603,7 @@ def clean_environment() -> dict:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DUO_WORKFLOW_", "CLOUD_CONNECTOR_")) and k not in ("PORT",)
+        if not k.startswith(("DUO_WORKFLOW_", "CLOUD_CONNECTOR_", "AIGW_")) and k not in ("PORT",)
         and k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "grpc_proxy")
     }
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
@@ -806,8 +806,9 @@ class World:
         self.down_base = f"http://127.0.0.1:{self.down_port}"
         self.down_provider = None
         extra("provider-down", self.down_base, cdot_url)
-        # A discovery document naming another issuer (GitLab) / its own with a trailing slash (CustomersDot).
-        mismatch = provider("mismatch", [self.gitlab_new], discovery_issuer=lambda base: "https://gitlab.example.com")
+        # A discovery document naming another issuer (GitLab reached by an internal URL, naming its
+        # external issuer) / its own with a trailing slash (CustomersDot).
+        mismatch = provider("mismatch", [self.gitlab_new], discovery_issuer=lambda base: EXTERNAL_GITLAB)
         slash = provider("slash", [self.cdot], discovery_issuer=lambda base: base + "/")
         extra("issuer-mismatch", mismatch.base, slash.base)
 
@@ -1327,7 +1328,11 @@ def scenarios_workflow(s: Suite, w: World, minted: dict) -> None:
         expect(user_token is not None, "no user token from GenerateToken")
 
         def respond(action):
-            return pb.ClientEvent(actionResponse=pb.ActionResponse(requestID=action.requestID, response="file contents"))
+            return pb.ClientEvent(
+                actionResponse=pb.ActionResponse(
+                    requestID=action.requestID, plainTextResponse=pb.PlainTextResponse(response="file contents")
+                )
+            )
 
         outcome = execute_workflow(stub, metadata(user_token), goal="roundtrip", respond=respond)
         expect_ok(outcome)
@@ -1445,6 +1450,7 @@ def scenarios_no_upstream(s: Suite, w: World) -> None:
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 KEYS_UNAVAILABLE = "Keys of the token's issuer are not available"
+EXTERNAL_GITLAB = "https://gitlab.example.com"  # the issuer a GitLab reached by an internal URL names
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 FAST = 1.0  # seconds: what "answers promptly" means here
 RECOVERY_TIMEOUT = 15.0  # seconds from the provider's start to an accepted token
@@ -1776,7 +1782,9 @@ def scenarios_outage(s: Suite, w: World, mode: str) -> None:
 
 
 def scenarios_discovery_issuer(s: Suite, w: World) -> None:
-    """A discovery document must name the configured issuer; a trailing slash is tolerated."""
+    """The built-in sources take their issuer from the discovery document under their URL: a GitLab
+    reached by an internal URL names its external issuer there, and its tokens carry that one. A
+    trailing slash in the document is dropped."""
     process = w.extra["issuer-mismatch"]
     mismatch = w.providers["mismatch"]
     slash = w.providers["slash"]
@@ -1792,27 +1800,76 @@ def scenarios_discovery_issuer(s: Suite, w: World) -> None:
         ),
     )
 
-    def fetched_but_refused():
-        deadline = time.monotonic() + 5.0
-        while mismatch.discovery_gets() == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        expect(mismatch.discovery_gets() > 0, "the discovery document was never fetched")
-
-    s.check("discovery_issuer.mismatch.document_fetched", fetched_but_refused)
+    s.check("discovery_issuer.external.source_ready", source_ready(process, "gitlab"))
     s.check(
-        "discovery_issuer.mismatch.token_unavailable",
+        "discovery_issuer.external.token_of_the_document_issuer_accepted",
+        lambda: expect_ok(generate_token(process.stub, metadata(mint(w.gitlab_new, iss=EXTERNAL_GITLAB, with_kid=True)))),
+    )
+    s.check(
+        "discovery_issuer.external.kidless_token_accepted",
+        lambda: expect_ok(generate_token(process.stub, metadata(mint(w.gitlab_new, iss=EXTERNAL_GITLAB, with_kid=False)))),
+    )
+    s.check(
+        "discovery_issuer.external.token_of_the_internal_url_forbidden",
         lambda: expect_status(
-            generate_token(process.stub, metadata(mint(w.gitlab_new, iss=mismatch.base))), UNAVAILABLE, KEYS_UNAVAILABLE
+            generate_token(process.stub, metadata(mint(w.gitlab_new, iss=mismatch.base))), UNAUTHENTICATED, FORBIDDEN
         ),
     )
     s.check(
-        "discovery_issuer.mismatch.jwks_never_fetched",
-        lambda: expect_equal("JWKS GETs", mismatch.jwks_gets(), 0),
+        "discovery_issuer.external.other_key_forbidden",
+        lambda: expect_status(
+            generate_token(process.stub, metadata(mint(w.rogue, iss=EXTERNAL_GITLAB))), UNAUTHENTICATED, FORBIDDEN
+        ),
     )
-    s.check(
-        "discovery_issuer.mismatch.health_not_serving",
-        lambda: expect_health(process, "key-source/gitlab", "NOT_SERVING"),
-    )
+
+    def reported():
+        _, _, body = http_get(f"http://127.0.0.1:{process.http_port}/key-sources")
+        sources = {src["name"]: src for src in json.loads(body)["sources"]}
+        gitlab = sources.get("gitlab", {})
+        expect_equal("gitlab issuer", gitlab.get("issuer"), EXTERNAL_GITLAB)
+        expect_equal("gitlab issuer_from", gitlab.get("issuer_from"), "discovery")
+        expect_equal("customers-dot issuer", sources.get("customers-dot", {}).get("issuer"), slash.base)
+
+    s.check("discovery_issuer.key_sources_report_learned_issuers", reported)
+
+    def logged():
+        lines = [line for line in process.log_text().splitlines() if "issuer learned" in line]
+        expect(any(EXTERNAL_GITLAB in line and mismatch.base in line for line in lines), f"no log line names the URL and the learned issuer: {lines}")
+
+    s.check("discovery_issuer.learned_issuer_logged", logged)
+
+
+def scenarios_strict_booleans(s: Suite, binary: str) -> None:
+    """DUO_WORKFLOW_AUTH__ENABLED is true or false: `0` (which GitLab's service reads as "on")
+    stops start-up, naming the variable, instead of turning authentication off."""
+    for value in ("0", "off"):
+
+        def refused(value=value):
+            env = clean_environment()
+            env.update(
+                {
+                    "PORT": "0",
+                    "DUO_WORKFLOW_HTTP__PORT": "0",
+                    "DUO_WORKFLOW_AUTH__ENABLED": value,
+                    "DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL": "",
+                    "DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL": "",
+                }
+            )
+            try:
+                done = subprocess.run(
+                    [binary, "serve", "--listen", "127.0.0.1"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=STARTUP_TIMEOUT,
+                )
+            except subprocess.TimeoutExpired:
+                raise Failure(f"DUO_WORKFLOW_AUTH__ENABLED={value}: the service started") from None
+            expect(done.returncode != 0, f"DUO_WORKFLOW_AUTH__ENABLED={value}: exit status 0")
+            stderr = done.stderr.decode(errors="replace")
+            expect("DUO_WORKFLOW_AUTH__ENABLED" in stderr, f"the variable is not named on stderr: {stderr[-300:]!r}")
+
+        s.check(f"config.auth_enabled_{value}_stops_start_up", refused)
 
 
 def scenarios_empty_provider_url(s: Suite, w: World) -> None:
@@ -1911,6 +1968,7 @@ def main(argv) -> int:
                 for mode in ("500", "garbage", "hang"):
                     scenarios_outage(suite, world, mode)
                 scenarios_discovery_issuer(suite, world)
+                scenarios_strict_booleans(suite, str(binary.resolve()))
                 scenarios_empty_provider_url(suite, world)
                 scenarios_still_serving(suite, world)
         except Exception as e:

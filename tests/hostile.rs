@@ -826,12 +826,24 @@ async fn row_15_plain_http_key_sources_are_refused_unless_loopback_or_allowed() 
     for env in [
         "DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL",
         "DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL",
+        "AIGW_GITLAB_URL",
     ] {
-        let error = start_service(None, &[(env, "http://gitlab.example")])
-            .await
-            .err()
-            .expect("plain HTTP accepted");
-        assert!(error.to_string().contains("key source"), "{error}");
+        // AIGW_GITLAB_URL is read only while the GitLab variable is unset.
+        let unset: &[&str] = if env == "AIGW_GITLAB_URL" {
+            &["DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL"]
+        } else {
+            &[]
+        };
+        let error =
+            support::start_service_unsetting(None, &[(env, "http://gitlab.example")], unset)
+                .await
+                .err()
+                .expect("plain HTTP accepted")
+                .to_string();
+        assert!(
+            error.contains(env) && error.contains("plain HTTP"),
+            "{error}"
+        );
     }
     // A discovery document on loopback pointing at a plain-HTTP JWKS elsewhere: never fetched,
     // the source stays without keys.

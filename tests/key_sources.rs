@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use duo_workflow_service::cli::mint;
 use duo_workflow_service::config::{
-    ENV_OIDC_CUSTOMER_PORTAL_URL, ENV_OIDC_GITLAB_URL, ENV_SIGNING_KEY,
+    ENV_AIGW_GITLAB_URL, ENV_OIDC_CUSTOMER_PORTAL_URL, ENV_OIDC_GITLAB_URL, ENV_SIGNING_KEY,
 };
-use duo_workflow_service::server::Running;
+use duo_workflow_service::server::{health_name, Running};
 use support::provider::{self, Mode, Provider};
 use support::{
-    assert_status, execute_workflow, generate_token, instance_request, key, start_service, Headers,
-    TempDir, EXECUTE, SERVICE,
+    assert_status, execute_workflow, generate_token, instance_request, key, start_service,
+    start_service_unsetting, Headers, TempDir, EXECUTE, SERVICE,
 };
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -158,34 +158,21 @@ async fn a_flood_of_random_kids_costs_at_most_one_fetch_per_window() {
     let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
     let (service, _dir) = start_with(&gitlab, None, "").await;
     accepted_eventually(&service, &token("rs256-gitlab", &gitlab.issuer(), true)).await;
+    let signer = key("rs256-attacker");
+    let forged: Vec<String> = (0..500)
+        .map(|i| {
+            let mut request = instance_request(&gitlab.issuer(), &[EXECUTE]);
+            request.with_kid = true;
+            // A token whose kid names no key of the issuer: sign with a key whose thumbprint is
+            // unknown, then splice a random kid into the header.
+            let real = mint(&signer.key, &request);
+            with_header_kid(&real, &format!("random-{i}-{}", uuid::Uuid::new_v4()))
+        })
+        .collect();
     let before = gitlab.jwks_fetches();
     let started = Instant::now();
-    let mut calls = Vec::new();
-    let signer = key("rs256-attacker");
-    // One connection, many streams: as an attacker multiplexing over HTTP/2 would.
-    let client = support::client(service.addr).await;
-    for i in 0..500 {
-        let mut request = instance_request(&gitlab.issuer(), &[EXECUTE]);
-        request.with_kid = true;
-        // A token whose kid names no key of the issuer: sign with a key whose thumbprint is
-        // unknown, then splice a random kid into the header.
-        let real = mint(&signer.key, &request);
-        let forged = with_header_kid(&real, &format!("random-{i}-{}", uuid::Uuid::new_v4()));
-        let mut client = client.clone();
-        calls.push(tokio::spawn(async move {
-            let mut req = tonic::Request::new(duo_workflow_contract::GenerateTokenRequest {
-                workflow_definition: None,
-            });
-            Headers::bearer(&forged).apply(req.metadata_mut());
-            client.generate_token(req).await.map(|r| r.into_inner())
-        }));
-    }
-    for call in calls {
-        assert_status(
-            call.await.unwrap(),
-            Code::Unauthenticated,
-            "Forbidden by auth provider",
-        );
+    for result in all_at_once(&service, forged).await {
+        forbidden(result);
     }
     let elapsed = started.elapsed();
     let fetches = gitlab.jwks_fetches() - before;
@@ -317,6 +304,7 @@ async fn start_up_with_a_provider_down_then_recovery() {
     let report = key_source_report(&service, "gitlab").await;
     assert_eq!(report["state"], "pending");
     assert_eq!(report["required"], true);
+    assert!(report["issuer"].is_null(), "not discovered yet: {report}");
     assert!(
         report["reason"]
             .as_str()
@@ -331,6 +319,7 @@ async fn start_up_with_a_provider_down_then_recovery() {
     health_eventually(&service, "key-source/gitlab", ServingStatus::Serving).await;
     let report = key_source_report(&service, "gitlab").await;
     assert_eq!(report["state"], "ready");
+    assert_eq!(report["issuer"], issuer);
     assert_eq!(report["keys"], 1);
     assert!(report["age_seconds"].as_i64().unwrap() < 60);
     assert_eq!(
@@ -353,37 +342,396 @@ async fn key_source_report(service: &Running, name: &str) -> serde_json::Value {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_discovery_document_naming_another_issuer_is_refused() {
-    let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
-    gitlab.state.lock().unwrap().issuer_override = Some("https://evil.example".into());
-    let (service, _dir) = start_with(&gitlab, None, FAST_REFRESH).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gitlab.discovery_fetches.load(Ordering::SeqCst) < 2 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// `GenerateToken` with `token` and the usual instance headers.
+async fn call(
+    service: &Running,
+    token: &str,
+) -> Result<duo_workflow_contract::GenerateTokenResponse, tonic::Status> {
+    generate_token(service.addr, &Headers::bearer(token)).await
+}
+
+/// `GenerateToken` with every token at once, over one connection: many streams, as an attacker
+/// multiplexing over HTTP/2 would.
+async fn all_at_once(
+    service: &Running,
+    tokens: Vec<String>,
+) -> Vec<Result<duo_workflow_contract::GenerateTokenResponse, tonic::Status>> {
+    let client = support::client(service.addr).await;
+    let calls: Vec<_> = tokens
+        .into_iter()
+        .map(|t| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut req = tonic::Request::new(duo_workflow_contract::GenerateTokenRequest {
+                    workflow_definition: None,
+                });
+                Headers::bearer(&t).apply(req.metadata_mut());
+                client.generate_token(req).await.map(|r| r.into_inner())
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(calls.len());
+    for call in calls {
+        results.push(call.await.unwrap());
     }
-    assert_eq!(
-        gitlab.jwks_fetches(),
-        0,
-        "keys were fetched from an unverified discovery document"
-    );
+    results
+}
+
+#[track_caller]
+fn forbidden<T: std::fmt::Debug>(result: Result<T, tonic::Status>) {
+    assert_status(result, Code::Unauthenticated, "Forbidden by auth provider");
+}
+
+#[track_caller]
+fn unavailable<T: std::fmt::Debug>(result: Result<T, tonic::Status>) {
     assert_status(
-        generate_token(
-            service.addr,
-            &Headers::bearer(&token("rs256-gitlab", &gitlab.issuer(), true)),
-        )
-        .await,
+        result,
         Code::Unavailable,
         "Keys of the token's issuer are not available",
     );
+}
+
+/// Until `provider` has served `n` discovery documents, up to 10 s.
+async fn discovery_fetched(provider: &Provider, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while provider.discovery_fetches() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} discovery fetches",
+            provider.discovery_fetches()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Until `/key-sources` reports `name` with a reason containing `text`, up to 10 s.
+async fn reason_eventually(service: &Running, name: &str, text: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = key_source_report(service, name).await;
+        if report["reason"].as_str().is_some_and(|r| r.contains(text)) {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: no reason with {text:?}: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const EXTERNAL: &str = "https://gitlab.example.com";
+
+#[tokio::test]
+async fn an_internal_url_serves_the_external_issuer_its_document_names() {
+    // GitLab reached as http://<internal>; its document names the issuer its tokens carry.
+    let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+    gitlab.set_discovery_issuer(&format!("{EXTERNAL}/"));
+    let (service, _dir) = start_with(&gitlab, None, "").await;
+    for with_kid in [true, false] {
+        accepted_eventually(&service, &token("rs256-gitlab", EXTERNAL, with_kid)).await;
+    }
+    // The internal URL is not an issuer: a token claiming it is of an unknown issuer.
+    for with_kid in [true, false] {
+        forbidden(call(&service, &token("rs256-gitlab", &gitlab.issuer(), with_kid)).await);
+    }
+    // The keys stay pinned to the learned issuer: another issuer's key does not verify for it.
+    forbidden(call(&service, &token("rs256-attacker", EXTERNAL, false)).await);
+    health_eventually(&service, "key-source/gitlab", ServingStatus::Serving).await;
+    let report = key_source_report(&service, "gitlab").await;
+    assert_eq!(report["issuer"], EXTERNAL, "{report}");
+    assert_eq!(report["issuer_from"], "discovery", "{report}");
+    assert_eq!(report["state"], "ready", "{report}");
+}
+
+#[tokio::test]
+async fn a_discovered_issuer_that_belongs_to_another_source_is_refused() {
+    // The service's own name (the local authority's issuer), and a configured source's issuer.
+    let configured = "https://configured.example";
+    for (named, reason) in [
+        (SERVICE, "this service's own name"),
+        (configured, "\"file-source\" is configured with that issuer"),
+    ] {
+        let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+        gitlab.set_discovery_issuer(named);
+        let dir = TempDir::new();
+        let jwks = dir.write(
+            "other.jwks",
+            &serde_json::json!({"keys": [key("rs256-customers").jwk()]}).to_string(),
+        );
+        let config = format!(
+            "{FAST_REFRESH}[[key_sources]]\ntype = \"static\"\nname = \"file-source\"\nissuer = \"{configured}\"\njwks_file = \"{}\"\n",
+            jwks.display()
+        );
+        let (service, _dir) = start_with(&gitlab, None, &config).await;
+        discovery_fetched(&gitlab, 2).await;
+        let report = reason_eventually(&service, "gitlab", reason).await;
+        assert_eq!(report["state"], "pending", "{report}");
+        assert!(report["issuer"].is_null(), "{report}");
+        assert_eq!(report["issuer_from"], "discovery", "{report}");
+        assert_eq!(
+            gitlab.jwks_fetches(),
+            0,
+            "{named}: keys fetched for a refused issuer"
+        );
+        assert_eq!(
+            health(&service, "key-source/gitlab").await,
+            ServingStatus::NotServing
+        );
+        // Its keys verify nothing: not for the claimed issuer...
+        let mut headers = Headers::bearer(&token("rs256-gitlab", named, true));
+        headers.global_user_id = Some("instance-1".into());
+        forbidden(generate_token(service.addr, &headers).await);
+        // ...and a token of its URL cannot be judged while it knows no issuer.
+        unavailable(call(&service, &token("rs256-gitlab", &gitlab.issuer(), true)).await);
+        // The rightful owner is untouched.
+        if named == configured {
+            assert!(call(&service, &token("rs256-customers", configured, true))
+                .await
+                .is_ok());
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_built_in_sources_discovering_one_issuer_only_one_serves_it() {
+    let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+    let customers = provider::start(vec![key("rs256-customers").jwk()]).await;
+    gitlab.set_discovery_issuer(EXTERNAL);
+    customers.set_discovery_issuer(EXTERNAL);
+    let (service, _dir) = start_with(&gitlab, Some(&customers), "").await;
+    discovery_fetched(&gitlab, 1).await;
+    discovery_fetched(&customers, 1).await;
+    // Whichever claimed first serves it; the other is refused and says by whom.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (winner, loser) = loop {
+        let g = key_source_report(&service, "gitlab").await;
+        let c = key_source_report(&service, "customers-dot").await;
+        match (g["state"].as_str(), c["state"].as_str()) {
+            (Some("ready"), Some("pending")) if c["reason"].is_string() => break (g, c),
+            (Some("pending"), Some("ready")) if g["reason"].is_string() => break (c, g),
+            _ => {
+                assert!(Instant::now() < deadline, "{g}\n{c}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(winner["issuer"], EXTERNAL);
+    assert!(loser["issuer"].is_null(), "{loser}");
+    let reason = loser["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "{:?} already serves it",
+            winner["name"].as_str().unwrap()
+        )),
+        "{reason}"
+    );
+    let signer = |report: &serde_json::Value| match report["name"].as_str().unwrap() {
+        "gitlab" => "rs256-gitlab",
+        _ => "rs256-customers",
+    };
+    assert!(call(&service, &token(signer(&winner), EXTERNAL, true))
+        .await
+        .is_ok());
+    forbidden(call(&service, &token(signer(&loser), EXTERNAL, true)).await);
+    let loser_health = health_name(loser["name"].as_str().unwrap());
     assert_eq!(
-        health(&service, "key-source/gitlab").await,
+        health(&service, &loser_health).await,
         ServingStatus::NotServing
     );
+    // The loser fetched no keys.
+    let loser_provider = if loser["name"] == "gitlab" {
+        &gitlab
+    } else {
+        &customers
+    };
+    assert_eq!(loser_provider.jwks_fetches(), 0);
+}
+
+#[tokio::test]
+async fn a_learned_issuer_is_kept_when_a_later_document_names_another() {
+    let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+    gitlab.set_discovery_issuer(EXTERNAL);
+    let (service, _dir) = start_with(&gitlab, None, FAST_REFRESH).await;
+    let good = token("rs256-gitlab", EXTERNAL, false);
+    accepted_eventually(&service, &good).await;
+
+    // The document now names another issuer, and publishes another key.
+    let other = "https://elsewhere.example";
+    gitlab.set_discovery_issuer(other);
+    gitlab.set_keys(vec![key("rs256-gitlab-next").jwk()]);
+    let jwks_before = gitlab.jwks_fetches();
+    discovery_fetched(&gitlab, gitlab.discovery_fetches() + 2).await;
+    let report = reason_eventually(&service, "gitlab", "first document").await;
+    assert_eq!(report["state"], "stale", "{report}");
+    assert_eq!(report["issuer"], EXTERNAL, "{report}");
+    assert_eq!(
+        gitlab.jwks_fetches(),
+        jwks_before,
+        "keys taken from the refused document"
+    );
+    // The last good keys still verify; nothing from the refused document does.
+    assert!(call(&service, &good).await.is_ok());
+    for (signer, issuer) in [
+        ("rs256-gitlab-next", EXTERNAL),
+        ("rs256-gitlab-next", other),
+        ("rs256-gitlab", other),
+    ] {
+        forbidden(call(&service, &token(signer, issuer, true)).await);
+    }
+    health_eventually(&service, "key-source/gitlab", ServingStatus::Serving).await;
+    // Back to the learned issuer: the refresh succeeds again, with the new key.
+    gitlab.set_discovery_issuer(EXTERNAL);
+    accepted_eventually(&service, &token("rs256-gitlab-next", EXTERNAL, true)).await;
+    assert_eq!(
+        key_source_report(&service, "gitlab").await["state"],
+        "ready"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_issuer_cannot_be_judged_while_a_built_in_source_has_not_discovered_its_own() {
+    // The provider fails at first: GitLab's source knows no issuer yet.
+    let gitlab = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+    gitlab.set_mode(Mode::ServerError);
+    gitlab.set_discovery_issuer(EXTERNAL);
+    let (service, _dir) = start_with(&gitlab, None, "").await;
+    discovery_fetched(&gitlab, 1).await;
+    let report = key_source_report(&service, "gitlab").await;
+    assert!(report["issuer"].is_null(), "{report}");
+    // A flood of tokens with random issuers: each may be GitLab's, so each is UNAVAILABLE, and
+    // together they cost at most one miss-triggered fetch (plus the background retries).
+    let tokens: Vec<String> = (0..300)
+        .map(|i| {
+            token(
+                "rs256-attacker",
+                &format!("https://random-{i}.example"),
+                true,
+            )
+        })
+        .collect();
+    let before = gitlab.discovery_fetches();
+    let started = Instant::now();
+    for result in all_at_once(&service, tokens).await {
+        unavailable(result);
+    }
+    let fetches = gitlab.discovery_fetches() - before;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "300 random-issuer tokens in {:.0} ms caused {fetches} discovery fetch(es)",
+        elapsed.as_secs_f64() * 1e3
+    );
+    // One miss-triggered fetch per 10 s window; the background retries, backing off from 1 s,
+    // may add one or two while the flood runs.
+    assert!(fetches <= 3, "{fetches} fetches");
+
+    // Once the issuer is learned, an unknown issuer is simply forbidden.
+    gitlab.set_mode(Mode::Healthy);
+    accepted_eventually(&service, &token("rs256-gitlab", EXTERNAL, true)).await;
+    forbidden(
+        call(
+            &service,
+            &token("rs256-gitlab", "https://random.example", true),
+        )
+        .await,
+    );
+}
+
+#[tokio::test]
+async fn aigw_gitlab_url_is_read_only_when_the_gitlab_variable_is_unset() {
+    let aigw = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+    let other = provider::start(vec![key("rs256-customers").jwk()]).await;
+    let aigw_token = token("rs256-gitlab", &aigw.issuer(), true);
+    let other_token = token("rs256-customers", &other.issuer(), true);
+
+    // Unset: AIGW_GITLAB_URL configures the GitLab source.
+    let service = start_service_unsetting(
+        None,
+        &[(ENV_AIGW_GITLAB_URL, aigw.issuer().as_str())],
+        &[ENV_OIDC_GITLAB_URL],
+    )
+    .await
+    .unwrap();
+    accepted_eventually(&service, &aigw_token).await;
+    assert_eq!(
+        key_source_report(&service, "gitlab").await["issuer"],
+        aigw.issuer()
+    );
+
+    // Set: DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL wins...
+    let o = other.issuer();
+    let service = start_service(
+        None,
+        &[
+            (ENV_AIGW_GITLAB_URL, aigw.issuer().as_str()),
+            (ENV_OIDC_GITLAB_URL, o.as_str()),
+        ],
+    )
+    .await
+    .unwrap();
+    accepted_eventually(&service, &other_token).await;
+    forbidden(call(&service, &aigw_token).await);
+
+    // ...even empty: the GitLab source is disabled.
+    let fetches = aigw.discovery_fetches();
+    let service = start_service(
+        None,
+        &[
+            (ENV_AIGW_GITLAB_URL, aigw.issuer().as_str()),
+            (ENV_OIDC_GITLAB_URL, ""),
+        ],
+    )
+    .await
+    .unwrap();
+    forbidden(call(&service, &aigw_token).await);
+    assert_eq!(
+        aigw.discovery_fetches(),
+        fetches,
+        "AIGW_GITLAB_URL was read"
+    );
+    let (status, body, _) = reqwest_get(&format!("http://{}/key-sources", service.http_addr)).await;
+    assert_eq!(status, 200);
+    assert!(!String::from_utf8(body).unwrap().contains("\"gitlab\""));
+}
+
+#[tokio::test]
+async fn a_file_oidc_source_refuses_a_document_naming_another_issuer() {
+    // Checklist row 17: a configured issuer is not learned, it is checked.
+    let idp = provider::start(vec![key("rs256-gitlab").jwk()]).await;
+    idp.set_discovery_issuer("https://evil.example");
+    let dir = TempDir::new();
+    let file = dir.write(
+        "config.toml",
+        &format!(
+            "[[key_sources]]\ntype = \"oidc\"\nname = \"idp\"\nissuer = \"{}\"\nrefresh = {{ min_seconds = 1, max_seconds = 1 }}\n",
+            idp.issuer()
+        ),
+    );
+    let service = start_service(Some(&file), &[]).await.unwrap();
+    discovery_fetched(&idp, 2).await;
+    assert_eq!(
+        idp.jwks_fetches(),
+        0,
+        "keys were fetched from an unverified discovery document"
+    );
+    unavailable(call(&service, &token("rs256-gitlab", &idp.issuer(), true)).await);
+    forbidden(
+        call(
+            &service,
+            &token("rs256-gitlab", "https://evil.example", true),
+        )
+        .await,
+    );
+    assert_eq!(
+        health(&service, "key-source/idp").await,
+        ServingStatus::NotServing
+    );
+    let report = reason_eventually(&service, "idp", "names issuer \"https://evil.example\"").await;
+    assert_eq!(report["issuer"], idp.issuer());
+    assert_eq!(report["issuer_from"], "configuration");
     // A trailing slash is the only tolerated difference.
-    gitlab.state.lock().unwrap().issuer_override = Some(format!("{}/", gitlab.issuer()));
-    accepted_eventually(&service, &token("rs256-gitlab", &gitlab.issuer(), true)).await;
+    idp.set_discovery_issuer(&format!("{}/", idp.issuer()));
+    accepted_eventually(&service, &token("rs256-gitlab", &idp.issuer(), true)).await;
 }
 
 #[tokio::test]

@@ -2,16 +2,22 @@
 //! its `iss` (SPEC Part B 1), with the algorithms those sources allow, then its claims are checked
 //! by the domain's rules. An issuer usually has one source; the service's own issuer may have two
 //! (its local authority, and a peer instance trusted through discovery).
+//!
+//! Sources with a configured issuer are routed through a map built once. Sources that learn their
+//! issuer by discovery (the built-in GitLab and CustomersDot ones) are matched by the issuer they
+//! learned; [`IssuerClaims`](duo_workflow_domain::issuers::IssuerClaims) keeps the two sets
+//! apart, so an `iss` never has sources of both kinds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use duo_workflow_domain::issuers::SourceIssuer;
 use duo_workflow_domain::keys::KeySet;
 use duo_workflow_domain::policy::ClaimChecks;
 use duo_workflow_domain::ports::{Authenticator, Clock, KeySource, VerificationError};
 use duo_workflow_domain::request::BearerToken;
-use duo_workflow_domain::{Rejection, VerifiedClaims};
+use duo_workflow_domain::{Issuer, Rejection, VerifiedClaims};
 
 use crate::jose::keys::PublicKey;
 use crate::jose::token::{
@@ -22,7 +28,10 @@ use crate::verified_cache::{digest_of, CacheLimits, Entry, VerifiedCache};
 pub type DynKeySource = Arc<dyn KeySource<PublicKey>>;
 
 pub struct JwtAuthenticator {
+    /// Sources whose issuer configuration fixes, by issuer.
     by_issuer: HashMap<String, Vec<DynKeySource>>,
+    /// Sources whose issuer is learned by discovery (at most one per issuer).
+    discovering: Vec<DynKeySource>,
     checks: ClaimChecks,
     clock: Arc<dyn Clock>,
     max_token_bytes: usize,
@@ -44,18 +53,23 @@ impl JwtAuthenticator {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
         let mut by_issuer: HashMap<String, Vec<DynKeySource>> = HashMap::new();
+        let mut discovering = Vec::new();
         let mut names = std::collections::HashSet::new();
         for source in sources {
             if !names.insert(source.name().to_owned()) {
                 return Err(format!("two key sources are named {:?}", source.name()));
             }
-            by_issuer
-                .entry(source.issuer().as_str().to_owned())
-                .or_default()
-                .push(source);
+            match source.issuer() {
+                SourceIssuer::Fixed(issuer) => by_issuer
+                    .entry(issuer.as_str().to_owned())
+                    .or_default()
+                    .push(source),
+                SourceIssuer::Discovered(_) => discovering.push(source),
+            }
         }
         Ok(Self {
             by_issuer,
+            discovering,
             checks,
             clock,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
@@ -75,6 +89,43 @@ impl JwtAuthenticator {
     pub fn with_max_token_bytes(mut self, max: usize) -> Self {
         self.max_token_bytes = max;
         self
+    }
+
+    /// The sources of `iss`: configured ones first, then a discovering source that learned it.
+    /// When none matches while some discovering source has not learned its issuer yet, those
+    /// refetch (rate-limited and single-flight: random `iss` values cannot become a flood) and
+    /// are asked again; if one still does not know its issuer, the token cannot be judged.
+    async fn sources_of(&self, iss: &str) -> Result<&[DynKeySource], VerificationError> {
+        if let Some(sources) = self.by_issuer.get(iss) {
+            return Ok(sources);
+        }
+        if let Some(source) = self.discovered(iss) {
+            return Ok(source);
+        }
+        let undiscovered = || {
+            self.discovering
+                .iter()
+                .filter(|s| s.issuer().known().is_none())
+        };
+        if undiscovered().next().is_none() {
+            return Err(Rejection::UnknownIssuer.into());
+        }
+        futures::future::join_all(undiscovered().map(|s| s.refetch_after_miss(None))).await;
+        if let Some(source) = self.discovered(iss) {
+            return Ok(source);
+        }
+        if undiscovered().next().is_some() {
+            return Err(VerificationError::KeysUnavailable(Issuer::new(iss)));
+        }
+        Err(Rejection::UnknownIssuer.into())
+    }
+
+    /// The discovering source that learned `iss`, as a one-source slice.
+    fn discovered(&self, iss: &str) -> Option<&[DynKeySource]> {
+        self.discovering
+            .iter()
+            .find(|s| s.issuer().known().is_some_and(|i| i.as_str() == iss))
+            .map(std::slice::from_ref)
     }
 
     /// The signature check against the issuer's sources, refetching once on a miss.
@@ -132,9 +183,9 @@ impl JwtAuthenticator {
         }
         if !any_keys {
             // No source of this issuer has usable keys: an outage, not a bad token.
-            return Err(VerificationError::KeysUnavailable(
-                allowed[0].issuer().clone(),
-            ));
+            return Err(VerificationError::KeysUnavailable(Issuer::new(
+                token.claimed_issuer()?,
+            )));
         }
         Err(if token.kid().is_some() {
             Rejection::UnknownKeyId
@@ -174,10 +225,7 @@ impl Authenticator for JwtAuthenticator {
             }
         }
         let token = UnverifiedToken::parse(text, self.max_token_bytes)?;
-        let sources = self
-            .by_issuer
-            .get(token.claimed_issuer()?)
-            .ok_or(Rejection::UnknownIssuer)?;
+        let sources = self.sources_of(token.claimed_issuer()?).await?;
         let verified = self.verify_signature(&token, sources).await?;
         let (source, keys) = (verified.source.clone(), verified.keys);
         let claims = token.into_claims(verified.proof)?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use duo_workflow_adapters::sources::fetch::{check_scheme, FetchPolicy};
-use duo_workflow_adapters::sources::{Locator, RefreshPolicy, RemoteSourceConfig};
+use duo_workflow_adapters::sources::{IssuerSetting, Locator, RefreshPolicy, RemoteSourceConfig};
 use duo_workflow_adapters::verified_cache::CacheLimits;
 use duo_workflow_domain::keys::Algorithm;
 use duo_workflow_domain::policy::{ClaimChecks, Delegation};
@@ -34,6 +34,8 @@ pub const ENV_PORT: &str = "PORT";
 pub const ENV_HTTP_PORT: &str = "DUO_WORKFLOW_HTTP__PORT";
 pub const ENV_AUTH_ENABLED: &str = "DUO_WORKFLOW_AUTH__ENABLED";
 pub const ENV_OIDC_GITLAB_URL: &str = "DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL";
+/// The AI Gateway's name for the GitLab URL: used when `ENV_OIDC_GITLAB_URL` is unset.
+pub const ENV_AIGW_GITLAB_URL: &str = "AIGW_GITLAB_URL";
 pub const ENV_OIDC_CUSTOMER_PORTAL_URL: &str = "DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL";
 pub const ENV_SIGNING_KEY: &str = "DUO_WORKFLOW_SELF_SIGNED_JWT__SIGNING_KEY";
 pub const ENV_VALIDATION_KEY: &str = "DUO_WORKFLOW_SELF_SIGNED_JWT__VALIDATION_KEY";
@@ -256,6 +258,8 @@ pub struct Settings {
     /// The GitLab.com, CustomersDot and configured remote key sources (an empty URL disables
     /// the first two).
     pub remote_sources: Vec<RemoteSourceConfig>,
+    /// The built-in sources an empty URL disabled: (source name, the variable or key that did).
+    pub disabled_sources: Vec<(&'static str, &'static str)>,
     pub http_public_url: Option<String>,
     pub claim_checks: ClaimChecks,
     pub signing_key: Option<SecretPem>,
@@ -327,42 +331,48 @@ impl Settings {
             None => file.auth.enabled.unwrap_or(true),
         };
 
+        // The built-in GitLab and CustomersDot sources: the first variable set (even empty) wins,
+        // then the file, then the default; an empty URL disables the source. They learn their
+        // issuer from the discovery document under the URL (an internal URL names the external
+        // issuer there).
         let mut remote_sources = Vec::new();
+        let mut disabled_sources = Vec::new();
         let builtin = [
-            (
-                SOURCE_GITLAB,
-                ENV_OIDC_GITLAB_URL,
-                "auth.oidc_gitlab_url",
-                file.auth.oidc_gitlab_url.as_deref(),
-                DEFAULT_GITLAB_URL,
-                file.auth.oidc_gitlab_required,
-            ),
-            (
-                SOURCE_CUSTOMERS_DOT,
-                ENV_OIDC_CUSTOMER_PORTAL_URL,
-                "auth.oidc_customer_portal_url",
-                file.auth.oidc_customer_portal_url.as_deref(),
-                DEFAULT_CUSTOMER_PORTAL_URL,
-                file.auth.oidc_customer_portal_required,
-            ),
+            BuiltinSource {
+                name: SOURCE_GITLAB,
+                env: &[ENV_OIDC_GITLAB_URL, ENV_AIGW_GITLAB_URL],
+                file_field: "auth.oidc_gitlab_url",
+                file_value: file.auth.oidc_gitlab_url.as_deref(),
+                default: DEFAULT_GITLAB_URL,
+                required: file.auth.oidc_gitlab_required,
+            },
+            BuiltinSource {
+                name: SOURCE_CUSTOMERS_DOT,
+                env: &[ENV_OIDC_CUSTOMER_PORTAL_URL],
+                file_field: "auth.oidc_customer_portal_url",
+                file_value: file.auth.oidc_customer_portal_url.as_deref(),
+                default: DEFAULT_CUSTOMER_PORTAL_URL,
+                required: file.auth.oidc_customer_portal_required,
+            },
         ];
-        for (name, env_field, file_field, file_value, default, required) in builtin {
-            let (field, value) = match (get(env_field), file_value) {
-                (Some(v), _) => (env_field, v),
-                (None, Some(v)) => (file_field, v),
-                (None, None) => (file_field, default),
+        for b in builtin {
+            let from_env = b.env.iter().find_map(|f| get(f).map(|v| (*f, v)));
+            let (field, value) = match (from_env, b.file_value) {
+                (Some(set), _) => set,
+                (None, Some(v)) => (b.file_field, v),
+                (None, None) => (b.file_field, b.default),
             };
-            let value = value.trim();
-            if value.is_empty() {
-                continue; // disabled
+            if value.trim().is_empty() {
+                disabled_sources.push((b.name, field));
+                continue;
             }
-            let issuer = issuer_url(field, value)?;
+            let url = fetchable_url(field, &issuer_url(field, value)?, false)?;
             remote_sources.push(RemoteSourceConfig {
-                name: name.into(),
-                issuer: Issuer::new(issuer),
-                locator: Locator::Discovery { url: None },
+                name: b.name.into(),
+                issuer: IssuerSetting::Discovered,
+                locator: Locator::Discovery { url: Some(url) },
                 algorithms: vec![Algorithm::RS256],
-                required,
+                required: b.required,
                 fetch: fetch_policy("auth.refresh", &file.auth.refresh, false)?,
                 refresh: refresh_policy("auth.refresh", &file.auth.refresh)?,
             });
@@ -508,6 +518,7 @@ impl Settings {
             service_name,
             auth_enabled,
             remote_sources,
+            disabled_sources,
             http_public_url,
             claim_checks,
             signing_key,
@@ -603,21 +614,37 @@ fn upstream(
     Ok(Some(Upstream { url, ca }))
 }
 
+/// A built-in OIDC source (GitLab, CustomersDot) and where its URL may come from.
+struct BuiltinSource<'a> {
+    name: &'static str,
+    /// The variables that configure it, by precedence: the first one set (even empty) wins.
+    env: &'static [&'static str],
+    file_field: &'static str,
+    file_value: Option<&'a str>,
+    default: &'static str,
+    required: bool,
+}
+
 fn parse_port(field: &str, v: &str) -> Result<u16, ConfigError> {
     v.trim()
         .parse::<u16>()
         .map_err(|_| bad(field, format!("{v:?} is not a port number (0-65535)")))
 }
 
-/// Booleans in any letter case (GitLab's Python service only understood lower-case `false`).
+/// `true` or `false` in any letter case (GitLab's Python service only understood lower-case
+/// `false`), surrounding whitespace ignored. Nothing else: GitLab's service keeps authentication
+/// on for `0`, `no` or `off`, so reading them as `false` would open the door after a migration.
 pub fn parse_bool(field: &str, v: &str) -> Result<bool, ConfigError> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(bad(
+    let v = v.trim();
+    if v.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if v.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(bad(
             field,
-            format!("{v:?} is not a boolean (true or false)"),
-        )),
+            format!("{v:?} is not a boolean: write true or false"),
+        ))
     }
 }
 
@@ -636,6 +663,13 @@ fn issuer_url(field: &str, value: &str) -> Result<String, ConfigError> {
         return Err(bad(field, "an issuer URL has no query or fragment"));
     }
     Ok(value.trim_end_matches('/').to_owned())
+}
+
+/// A URL this service may fetch from (HTTPS, or HTTP to loopback unless allowed).
+fn fetchable_url(field: &str, url: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
+    let url = Url::parse(url).map_err(|e| bad(field, format!("not a URL: {e}")))?;
+    check_scheme(&url, allow_insecure_http).map_err(|e| bad(field, e))?;
+    Ok(url)
 }
 
 fn refresh_policy(field: &str, c: &RefreshConfig) -> Result<RefreshPolicy, ConfigError> {
@@ -725,11 +759,7 @@ fn remote_source(
     if s.issuer.trim().is_empty() {
         return Err(bad(field("issuer"), "must not be empty"));
     }
-    let checked = |name: &str, url: &str| -> Result<Url, ConfigError> {
-        let url = Url::parse(url).map_err(|e| bad(field(name), format!("not a URL: {e}")))?;
-        check_scheme(&url, s.allow_insecure_http).map_err(|e| bad(field(name), e))?;
-        Ok(url)
-    };
+    let checked = |name: &str, url: &str| fetchable_url(&field(name), url, s.allow_insecure_http);
     let (issuer, locator) = match (jwks, &s.discovery_url, &s.jwks_uri) {
         (true, Some(_), _) => return Err(bad(field("discovery_url"), "only for type = \"oidc\"")),
         (false, _, Some(_)) => return Err(bad(field("jwks_uri"), "only for type = \"jwks\"")),
@@ -754,7 +784,7 @@ fn remote_source(
     };
     Ok(RemoteSourceConfig {
         name: s.name,
-        issuer: Issuer::new(issuer),
+        issuer: IssuerSetting::Fixed(Issuer::new(issuer)),
         locator,
         algorithms: remote_algorithms(&field("algorithms"), &s.algorithms)?,
         required: s.required,
@@ -845,10 +875,12 @@ mod tests {
         assert_eq!(s.http_port, 50053);
         assert!(s.auth_enabled);
         assert_eq!(s.service_name.as_str(), "gitlab-duo-workflow-service");
-        let issuers: Vec<&str> = s.remote_sources.iter().map(|r| r.issuer.as_str()).collect();
         assert_eq!(
-            issuers,
-            ["https://gitlab.com", "https://customers.gitlab.com"]
+            builtin_urls(&s),
+            [
+                ("gitlab", "https://gitlab.com/".to_owned()),
+                ("customers-dot", "https://customers.gitlab.com/".to_owned())
+            ]
         );
         assert!(s.signing_key.is_none() && s.upstream.is_none());
         assert_eq!(s.delegation, Delegation::default());
@@ -856,25 +888,146 @@ mod tests {
         assert!(!s.methods.reflection_enabled());
     }
 
+    /// The built-in sources: name and discovery URL; each learns its issuer by discovery.
+    fn builtin_urls(s: &Settings) -> Vec<(&str, String)> {
+        s.remote_sources
+            .iter()
+            .map(|r| {
+                assert!(matches!(r.issuer, IssuerSetting::Discovered), "{r:?}");
+                match &r.locator {
+                    Locator::Discovery { url: Some(url) } => (r.name.as_str(), url.to_string()),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+
     #[test]
-    fn auth_enabled_is_read_in_any_letter_case() {
-        for v in ["false", "False", "FALSE", "fAlSe", "0", "no"] {
+    fn auth_enabled_is_true_or_false_in_any_letter_case() {
+        for v in ["false", "False", "FALSE", "fAlSe", " false\n"] {
             assert!(
                 !Settings::from_env(&env(&[(ENV_AUTH_ENABLED, v)]))
                     .unwrap()
                     .auth_enabled,
-                "{v}"
+                "{v:?}"
             );
         }
-        for v in ["true", "TRUE", "1"] {
+        for v in ["true", "TRUE", "True", "\ttrue "] {
             assert!(
                 Settings::from_env(&env(&[(ENV_AUTH_ENABLED, v)]))
                     .unwrap()
-                    .auth_enabled
+                    .auth_enabled,
+                "{v:?}"
             );
         }
-        let e = Settings::from_env(&env(&[(ENV_AUTH_ENABLED, "nope")])).unwrap_err();
-        assert_eq!(e.field, ENV_AUTH_ENABLED);
+    }
+
+    #[test]
+    fn auth_enabled_refuses_anything_but_true_or_false() {
+        // GitLab's service keeps authentication on for `0`, `no`, `off`: reading them as false
+        // would silently open the door after a migration, so they stop start-up instead.
+        for v in [
+            "0",
+            "1",
+            "no",
+            "yes",
+            "off",
+            "on",
+            "nope",
+            "",
+            " ",
+            "f",
+            "t",
+            "falsey",
+            "false false",
+        ] {
+            let e = Settings::from_env(&env(&[(ENV_AUTH_ENABLED, v)])).unwrap_err();
+            assert_eq!(e.field, ENV_AUTH_ENABLED, "{v:?}");
+            assert!(e.to_string().contains(ENV_AUTH_ENABLED), "{e}");
+        }
+    }
+
+    #[test]
+    fn aigw_gitlab_url_is_used_only_when_the_gitlab_variable_is_unset() {
+        let internal = "http://127.0.0.1:8080/";
+        let s = Settings::from_env(&env(&[(ENV_AIGW_GITLAB_URL, internal)])).unwrap();
+        assert_eq!(builtin_urls(&s)[0], ("gitlab", internal.to_owned()));
+        // The file's key is overridden by the environment, AIGW_GITLAB_URL included.
+        let file = FileConfig {
+            auth: AuthSection {
+                oidc_gitlab_url: Some("https://gitlab.file.example".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let s = Settings::from_parts(file, &env(&[(ENV_AIGW_GITLAB_URL, internal)])).unwrap();
+        assert_eq!(builtin_urls(&s)[0], ("gitlab", internal.to_owned()));
+        // DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL wins when set, even empty (which disables).
+        let s = Settings::from_env(&env(&[
+            (ENV_AIGW_GITLAB_URL, internal),
+            (ENV_OIDC_GITLAB_URL, "https://gitlab.example.com"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            builtin_urls(&s)[0],
+            ("gitlab", "https://gitlab.example.com/".to_owned())
+        );
+        let s = Settings::from_env(&env(&[
+            (ENV_AIGW_GITLAB_URL, internal),
+            (ENV_OIDC_GITLAB_URL, ""),
+        ]))
+        .unwrap();
+        assert_eq!(builtin_urls(&s).len(), 1);
+        assert_eq!(builtin_urls(&s)[0].0, "customers-dot");
+        assert_eq!(s.disabled_sources, [("gitlab", ENV_OIDC_GITLAB_URL)]);
+        // Set but empty, AIGW_GITLAB_URL disables the source as the other variables do.
+        let s = Settings::from_env(&env(&[(ENV_AIGW_GITLAB_URL, "")])).unwrap();
+        assert_eq!(s.disabled_sources, [("gitlab", ENV_AIGW_GITLAB_URL)]);
+        // It never configures CustomersDot.
+        let s = Settings::from_env(&env(&[
+            (ENV_AIGW_GITLAB_URL, internal),
+            (ENV_OIDC_CUSTOMER_PORTAL_URL, ""),
+        ]))
+        .unwrap();
+        assert_eq!(builtin_urls(&s), [("gitlab", internal.to_owned())]);
+    }
+
+    #[test]
+    fn provider_url_errors_name_the_variable_or_key_used() {
+        for (vars, field) in [
+            (
+                vec![(ENV_AIGW_GITLAB_URL, "gitlab.com")],
+                ENV_AIGW_GITLAB_URL,
+            ),
+            (
+                vec![(ENV_AIGW_GITLAB_URL, "http://gitlab.example")],
+                ENV_AIGW_GITLAB_URL,
+            ),
+            (
+                vec![
+                    (ENV_AIGW_GITLAB_URL, "https://fine.example"),
+                    (ENV_OIDC_GITLAB_URL, "http://gitlab.example"),
+                ],
+                ENV_OIDC_GITLAB_URL,
+            ),
+            (
+                vec![(ENV_OIDC_CUSTOMER_PORTAL_URL, "http://customers.example")],
+                ENV_OIDC_CUSTOMER_PORTAL_URL,
+            ),
+        ] {
+            let e = Settings::from_env(&env(&vars)).unwrap_err();
+            assert_eq!(e.field, field, "{vars:?}");
+        }
+        let file = FileConfig {
+            auth: AuthSection {
+                oidc_customer_portal_url: Some("http://customers.example".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = Settings::from_parts(file, &env(&[])).unwrap_err();
+        assert_eq!(e.field, "auth.oidc_customer_portal_url");
+        assert!(e.problem.contains("plain HTTP"), "{e}");
     }
 
     #[test]
@@ -885,6 +1038,13 @@ mod tests {
         ]))
         .unwrap();
         assert!(s.remote_sources.is_empty());
+        assert_eq!(
+            s.disabled_sources,
+            [
+                ("gitlab", ENV_OIDC_GITLAB_URL),
+                ("customers-dot", ENV_OIDC_CUSTOMER_PORTAL_URL)
+            ]
+        );
     }
 
     #[test]
@@ -986,8 +1146,9 @@ mod tests {
         .unwrap();
         assert_eq!(s.remote_sources.len(), 1);
         assert_eq!(
-            s.remote_sources[0].issuer.as_str(),
-            "gitlab-duo-workflow-service"
+            s.remote_sources[0].fixed_issuer().map(Issuer::as_str),
+            Some("gitlab-duo-workflow-service"),
+            "an oidc source in the file keeps its configured issuer"
         );
         assert!(s.remote_sources[0].required);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -18,6 +18,7 @@ use duo_workflow_adapters::transport::{
     Routes, ServerCapabilities,
 };
 use duo_workflow_domain::gatekeeper::{AuthMode, Gatekeeper, UnitPrimitiveAuthorizer};
+use duo_workflow_domain::issuers::{IssuerClaims, SourceIssuer};
 use duo_workflow_domain::keys::Algorithm;
 use duo_workflow_domain::ports::Clock;
 use duo_workflow_domain::{Issuer, Rpc};
@@ -126,33 +127,39 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         tracing::info!(source = %s.name, issuer = %s.issuer, kids = ?source.current_kids(), "static key source loaded");
         sources.push(Arc::new(source));
     }
+    // Who serves which issuer: the configured issuers are taken; the built-in sources claim the
+    // issuer their discovery document names, if it is free.
+    let claims = Arc::new(IssuerClaims::new(
+        &settings.service_name,
+        sources
+            .iter()
+            .filter_map(|s| match s.issuer() {
+                SourceIssuer::Fixed(i) => Some((s.name(), i)),
+                SourceIssuer::Discovered(_) => None,
+            })
+            .chain(
+                settings
+                    .remote_sources
+                    .iter()
+                    .filter_map(|c| c.fixed_issuer().map(|i| (c.name.as_str(), i))),
+            ),
+    ));
     let mut remote = Vec::new();
     for config in &settings.remote_sources {
-        let source = RemoteKeySource::new(config.clone(), clock.clone())
+        let source = RemoteKeySource::new(config.clone(), clock.clone(), claims.clone())
             .map_err(|e| config_error(&format!("key source {:?}", config.name), e))?;
         tracing::info!(
             source = %config.name,
-            issuer = %config.issuer,
-            locator = ?config.locator,
+            issuer = config.fixed_issuer().map_or("(learned from the discovery document)", |i| i.as_str()),
+            locator = %config.locator,
             required = config.required,
             "remote key source configured; its keys load in the background"
         );
         sources.push(source.clone());
         remote.push(source);
     }
-    for (name, env) in [
-        (
-            crate::config::SOURCE_GITLAB,
-            crate::config::ENV_OIDC_GITLAB_URL,
-        ),
-        (
-            crate::config::SOURCE_CUSTOMERS_DOT,
-            crate::config::ENV_OIDC_CUSTOMER_PORTAL_URL,
-        ),
-    ] {
-        if !settings.remote_sources.iter().any(|s| s.name == name) {
-            tracing::info!(source = name, "key source disabled: {env} is empty");
-        }
+    for (name, field) in &settings.disabled_sources {
+        tracing::info!(source = name, "key source disabled: {field} is empty");
     }
     let readiness_sources = sources.clone();
 

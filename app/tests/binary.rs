@@ -483,15 +483,23 @@ fn keys_generate_refuses_to_overwrite_and_writes_owner_only_files() {
 
 #[test]
 fn a_bad_configuration_stops_start_up_naming_the_field() {
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1"])
-        .env("PORT", "0")
-        .env("DUO_WORKFLOW_AUTH__ENABLED", "perhaps")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("DUO_WORKFLOW_AUTH__ENABLED"), "{stderr}");
+    // `0` and `off` too: GitLab's service keeps authentication on for them, so they must not
+    // silently turn it off here.
+    for value in ["perhaps", "0", "off"] {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1"])
+            .env("PORT", "0")
+            .env("DUO_WORKFLOW_HTTP__PORT", "0")
+            .env("DUO_WORKFLOW_AUTH__ENABLED", value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("DUO_WORKFLOW_AUTH__ENABLED"),
+            "{value}: {stderr}"
+        );
+    }
 }
 
 /// What the scripted executor received on the `ExecuteWorkflow` stream relayed to it.

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod gatekeeper;
 pub mod identity;
+pub mod issuers;
 pub mod keys;
 pub mod method;
 pub mod policy;

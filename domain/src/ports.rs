@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::error::{AuthError, Rejection};
 use crate::identity::{Identity, Issuer, VerifiedClaims};
+use crate::issuers::SourceIssuer;
 use crate::keys::{Algorithm, KeySet};
 use crate::method::Call;
 use crate::request::BearerToken;
@@ -100,8 +101,9 @@ pub trait KeySource<K: Send + Sync>: Send + Sync {
     /// A short name for logs and readiness, e.g. `gitlab`, `customers-dot`, `local-authority`.
     fn name(&self) -> &str;
 
-    /// The only issuer whose tokens these keys may verify.
-    fn issuer(&self) -> &Issuer;
+    /// The only issuer whose tokens these keys may verify: fixed by configuration, or learned
+    /// from a discovery document (and then unknown until the first document is accepted).
+    fn issuer(&self) -> SourceIssuer<'_>;
 
     /// The algorithms this source accepts, from configuration.
     fn algorithms(&self) -> &[Algorithm];
@@ -112,7 +114,7 @@ pub trait KeySource<K: Send + Sync>: Send + Sync {
     /// Called when no key of `seen` (the set the caller tried; `None` when the source had none)
     /// verified a token: an unknown `kid`, or a kid-less token. A source that can refetch does so
     /// here, rate-limited and single-flight, and returns a newer set; sources whose keys cannot
-    /// change return `None`.
+    /// change return `None`. A source still discovering its issuer may learn it here.
     async fn refetch_after_miss(&self, seen: Option<&Arc<KeySet<K>>>) -> Option<Arc<KeySet<K>>> {
         let _ = seen;
         None

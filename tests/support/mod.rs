@@ -318,6 +318,16 @@ pub async fn start_service(
     file: Option<&std::path::Path>,
     env: &[(&str, &str)],
 ) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
+    start_service_unsetting(file, env, &[]).await
+}
+
+/// [`start_service`], with the variables named in `unset` left out of the environment (e.g.
+/// `DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL`, so that `AIGW_GITLAB_URL` is read).
+pub async fn start_service_unsetting(
+    file: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+    unset: &[&str],
+) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
     let mut vars: HashMap<String, String> = [
         (duo_workflow_service::config::ENV_OIDC_GITLAB_URL, ""),
         (
@@ -329,6 +339,9 @@ pub async fn start_service(
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    for name in unset {
+        vars.remove(*name);
+    }
     let settings = duo_workflow_service::config::Settings::load(file, &vars)?;
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
     duo_workflow_service::server::start(&settings, loopback, loopback).await

@@ -61,6 +61,16 @@ impl Provider {
     pub fn jwks_fetches(&self) -> usize {
         self.jwks_fetches.load(Ordering::SeqCst)
     }
+
+    pub fn discovery_fetches(&self) -> usize {
+        self.discovery_fetches.load(Ordering::SeqCst)
+    }
+
+    /// Makes the discovery document name `issuer` instead of the provider's own URL (a GitLab
+    /// reached by an internal URL names its external one).
+    pub fn set_discovery_issuer(&self, issuer: &str) {
+        self.state.lock().unwrap().issuer_override = Some(issuer.into());
+    }
 }
 
 /// Starts a provider serving `keys`, with GitLab's `Cache-Control: max-age=86400`.

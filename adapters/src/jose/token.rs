@@ -154,8 +154,13 @@ fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, Option<String
 /// base64url, then a JSON object whose member names are unique (serde_json would silently keep
 /// the last of two, and two parsers disagreeing on a claim is how tokens get forged).
 fn decode_object(b64: &str) -> Option<Map<String, Value>> {
-    let bytes = b64url_decode(b64)?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    unique_object(&b64url_decode(b64)?)
+}
+
+/// A JSON object whose member names are unique, and nothing after it (also for provider
+/// documents, parsed as strictly as tokens).
+pub(crate) fn unique_object(bytes: &[u8]) -> Option<Map<String, Value>> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
     let UniqueObject(map) = UniqueObject::deserialize(&mut de).ok()?;
     de.end().ok()?;
     Some(map)

@@ -5,5 +5,5 @@ pub mod fetch;
 pub mod remote;
 pub mod static_keys;
 
-pub use remote::{Locator, RefreshPolicy, RemoteKeySource, RemoteSourceConfig};
+pub use remote::{IssuerSetting, Locator, RefreshPolicy, RemoteKeySource, RemoteSourceConfig};
 pub use static_keys::StaticKeySource;

@@ -1,6 +1,10 @@
 //! Remote key sources: OIDC discovery (`{issuer}/.well-known/openid-configuration` → `jwks_uri`)
 //! or a direct JWKS URL. This is where GitLab's Python service failed its users, so:
 //!
+//! - the issuer is configured (and a discovery document must name it), or, for the built-in
+//!   GitLab and CustomersDot sources, learned from the first accepted discovery document, claimed
+//!   in [`IssuerClaims`] and fixed from then on;
+//!
 //! - keys are refreshed in the background, honouring `Cache-Control: max-age` within bounds;
 //! - a failed refresh keeps the last good keys (up to `max_stale`) and retries with backoff;
 //! - a miss (unknown `kid`, or a kid-less token no key verifies) triggers one refetch, shared by
@@ -8,10 +12,11 @@
 //! - the key set is swapped whole; a lock is only ever held to clone an `Arc`, never across a fetch;
 //! - the source never blocks or fails start-up: it starts empty and says why.
 
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use duo_workflow_domain::issuers::{IssuerClaims, SourceIssuer};
 use duo_workflow_domain::keys::{Algorithm, KeySet};
 use duo_workflow_domain::ports::{Clock, KeySource, SourceState};
 use duo_workflow_domain::{Issuer, UnixTime};
@@ -23,15 +28,40 @@ use url::Url;
 use super::fetch::{check_scheme, FetchPolicy, Fetcher};
 use crate::jose::jwk::parse_jwks;
 use crate::jose::keys::PublicKey;
+use crate::jose::token::unique_object;
 
 /// Where the keys are.
 #[derive(Debug, Clone)]
 pub enum Locator {
-    /// OIDC discovery under `url` (default: the issuer itself); the document's `issuer` must
-    /// equal the source's issuer.
+    /// OIDC discovery under `url` (default: the issuer itself, which must then be fixed).
     Discovery { url: Option<Url> },
     /// A JWKS URL, no discovery.
     Jwks(Url),
+}
+
+/// For logs: where the source looks.
+impl std::fmt::Display for Locator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Locator::Discovery { url: Some(url) } => write!(f, "OIDC discovery under {url}"),
+            Locator::Discovery { url: None } => f.write_str("OIDC discovery under the issuer"),
+            Locator::Jwks(url) => write!(f, "JWKS at {url}"),
+        }
+    }
+}
+
+/// Which issuer a remote source serves.
+#[derive(Debug, Clone)]
+pub enum IssuerSetting {
+    /// Configured: the `iss` of the tokens these keys verify. A discovery document must name it
+    /// too (a trailing slash is the only difference tolerated; checklist row 17).
+    Fixed(Issuer),
+    /// Whatever the discovery document under `Locator::Discovery { url: Some(_) }` names, without
+    /// a trailing slash: learned from the first document whose issuer [`IssuerClaims`] lets this
+    /// source claim, and fixed from then on (a later document naming another is a failed
+    /// refresh). The built-in GitLab and CustomersDot sources, reached by an internal URL whose
+    /// document names the external issuer their tokens carry.
+    Discovered,
 }
 
 /// How often to refresh, and how long old keys stay good.
@@ -68,12 +98,33 @@ impl Default for RefreshPolicy {
 #[derive(Debug, Clone)]
 pub struct RemoteSourceConfig {
     pub name: String,
-    pub issuer: Issuer,
+    pub issuer: IssuerSetting,
     pub locator: Locator,
     pub algorithms: Vec<Algorithm>,
     pub required: bool,
     pub fetch: FetchPolicy,
     pub refresh: RefreshPolicy,
+}
+
+impl RemoteSourceConfig {
+    /// The issuer, when configuration fixes it.
+    pub fn fixed_issuer(&self) -> Option<&Issuer> {
+        match &self.issuer {
+            IssuerSetting::Fixed(issuer) => Some(issuer),
+            IssuerSetting::Discovered => None,
+        }
+    }
+}
+
+/// The longest issuer a discovery document may name (checklist row 34: what is copied into
+/// logs and state is bounded).
+pub const MAX_ISSUER_LEN: usize = 1024;
+
+/// Where the JWKS URL comes from, resolved once.
+enum KeysAt {
+    Jwks(Url),
+    /// The discovery document's URL.
+    Discovery(Url),
 }
 
 /// What the source currently serves.
@@ -96,6 +147,11 @@ struct Flight {
 pub struct RemoteKeySource {
     me: Weak<RemoteKeySource>,
     config: RemoteSourceConfig,
+    keys_at: KeysAt,
+    /// Decides whether a discovered issuer may be served (`IssuerSetting::Discovered` only).
+    claims: Arc<IssuerClaims>,
+    /// The issuer learned by discovery; set once, read without a lock.
+    learned: OnceLock<Issuer>,
     fetcher: Fetcher,
     clock: Arc<dyn Clock>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -105,18 +161,33 @@ pub struct RemoteKeySource {
 }
 
 impl RemoteKeySource {
-    pub fn new(config: RemoteSourceConfig, clock: Arc<dyn Clock>) -> Result<Arc<Self>, String> {
-        match &config.locator {
-            Locator::Discovery { url: Some(base) } => {
-                check_scheme(base, config.fetch.allow_insecure_http)?
+    /// `claims` decides which issuer a discovering source may learn; sources with a fixed
+    /// issuer do not use it.
+    pub fn new(
+        config: RemoteSourceConfig,
+        clock: Arc<dyn Clock>,
+        claims: Arc<IssuerClaims>,
+    ) -> Result<Arc<Self>, String> {
+        let keys_at = match (&config.locator, &config.issuer) {
+            (Locator::Discovery { url: Some(base) }, _) => KeysAt::Discovery(discovery_url(base)?),
+            (Locator::Discovery { url: None }, IssuerSetting::Fixed(issuer)) => {
+                let base =
+                    Url::parse(issuer.as_str()).map_err(|e| format!("issuer is not a URL: {e}"))?;
+                KeysAt::Discovery(discovery_url(&base)?)
             }
-            Locator::Discovery { url: None } => {
-                let base = Url::parse(config.issuer.as_str())
-                    .map_err(|e| format!("issuer is not a URL: {e}"))?;
-                check_scheme(&base, config.fetch.allow_insecure_http)?;
+            (Locator::Discovery { url: None }, IssuerSetting::Discovered) => {
+                return Err("an issuer learned by discovery needs a discovery URL".into())
             }
             // A JWKS source's issuer is only a name to match `iss` against.
-            Locator::Jwks(url) => check_scheme(url, config.fetch.allow_insecure_http)?,
+            (Locator::Jwks(url), IssuerSetting::Fixed(_)) => KeysAt::Jwks(url.clone()),
+            (Locator::Jwks(_), IssuerSetting::Discovered) => {
+                return Err("only OIDC discovery can name an issuer".into())
+            }
+        };
+        match &keys_at {
+            KeysAt::Jwks(url) | KeysAt::Discovery(url) => {
+                check_scheme(url, config.fetch.allow_insecure_http)?
+            }
         }
         if config.algorithms.is_empty() {
             return Err("no algorithms allowed".into());
@@ -126,6 +197,9 @@ impl RemoteKeySource {
         Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
             config,
+            keys_at,
+            claims,
+            learned: OnceLock::new(),
             fetcher,
             clock,
             snapshot: RwLock::new(Arc::new(Snapshot {
@@ -187,7 +261,7 @@ impl RemoteKeySource {
                 Some(current)
             }
             Err(why) => {
-                tracing::warn!(source = %self.config.name, issuer = %self.config.issuer, "key fetch failed: {why}");
+                tracing::warn!(source = %self.config.name, issuer = %self.issuer(), "key fetch failed: {why}");
                 let mut slot = self.snapshot.write().expect("snapshot lock");
                 *slot = Arc::new(Snapshot {
                     keys: slot.keys.clone(),
@@ -219,7 +293,7 @@ impl RemoteKeySource {
             previous => {
                 tracing::info!(
                     source = %self.config.name,
-                    issuer = %self.config.issuer,
+                    issuer = %self.issuer(),
                     keys = set.len(),
                     kids = ?kids(&set),
                     previous_kids = ?previous.as_deref().map(kids),
@@ -237,14 +311,14 @@ impl RemoteKeySource {
     }
 
     async fn fetch_keys(&self) -> Result<(KeySet<PublicKey>, Option<Duration>), String> {
-        let jwks_uri = match &self.config.locator {
-            Locator::Jwks(url) => url.clone(),
-            Locator::Discovery { url } => self.discover(url.as_ref()).await?,
+        let jwks_uri = match &self.keys_at {
+            KeysAt::Jwks(url) => url.clone(),
+            KeysAt::Discovery(url) => self.discover(url).await?,
         };
         let fetched = self.fetcher.get(&jwks_uri).await?;
         let parsed = parse_jwks(&fetched.body)?;
         for why in &parsed.dropped {
-            tracing::warn!(source = %self.config.name, issuer = %self.config.issuer, "dropped a JWKS entry: {why}");
+            tracing::warn!(source = %self.config.name, issuer = %self.issuer(), "dropped a JWKS entry: {why}");
         }
         let usable: Vec<_> = parsed
             .keys
@@ -261,38 +335,112 @@ impl RemoteKeySource {
         Ok((set, fetched.max_age))
     }
 
-    /// The discovery document's `jwks_uri`, once its `issuer` is ours (a trailing slash is the
-    /// only difference tolerated).
-    async fn discover(&self, base: Option<&Url>) -> Result<Url, String> {
-        let issuer = self.config.issuer.as_str();
-        let base = base.map(Url::as_str).unwrap_or(issuer);
-        let url = Url::parse(&format!(
-            "{}/.well-known/openid-configuration",
-            base.trim_end_matches('/')
-        ))
-        .map_err(|e| format!("discovery URL: {e}"))?;
-        let doc = self.fetcher.get(&url).await?;
-        jwks_uri_of(&doc.body, issuer).map_err(|e| format!("{url}: {e}"))
+    /// The discovery document's `jwks_uri`, once its `issuer` is this source's.
+    async fn discover(&self, url: &Url) -> Result<Url, String> {
+        let fetched = self.fetcher.get(url).await?;
+        let doc = DiscoveryDocument::parse(&fetched.body).map_err(|e| format!("{url}: {e}"))?;
+        self.accept_issuer(url, &doc.issuer)
+            .map_err(|e| format!("{url}: {e}"))?;
+        Ok(doc.jwks_uri)
+    }
+
+    /// Whether this source may take keys from a document naming `named`: a fixed issuer must be
+    /// named; a discovering source learns the first issuer it may claim, then holds to it.
+    fn accept_issuer(&self, url: &Url, named: &str) -> Result<(), String> {
+        let learned = match (&self.config.issuer, self.learned.get()) {
+            (IssuerSetting::Fixed(issuer), _) => return same_issuer(named, issuer.as_str()),
+            (IssuerSetting::Discovered, Some(learned)) => {
+                return same_issuer(named, learned.as_str()).map_err(|e| {
+                    format!(
+                        "{e}, the issuer its first document named (kept while the process runs)"
+                    )
+                })
+            }
+            (IssuerSetting::Discovered, None) => Issuer::new(named.trim_end_matches('/')),
+        };
+        self.claims
+            .claim(&self.config.name, &learned)
+            .map_err(|why| {
+                format!("names issuer {named:?}, which this source may not serve: {why}")
+            })?;
+        tracing::info!(
+            source = %self.config.name,
+            url = %url,
+            issuer = %learned,
+            "issuer learned from the discovery document"
+        );
+        // Only this source's single fetch in flight gets here, and the claim above held.
+        let _ = self.learned.set(learned);
+        Ok(())
+    }
+}
+
+/// `{base}/.well-known/openid-configuration`.
+fn discovery_url(base: &Url) -> Result<Url, String> {
+    Url::parse(&format!(
+        "{}/.well-known/openid-configuration",
+        base.as_str().trim_end_matches('/')
+    ))
+    .map_err(|e| format!("discovery URL: {e}"))
+}
+
+/// An issuer named by a document equals the expected one (a trailing slash is the only
+/// difference tolerated).
+fn same_issuer(named: &str, expected: &str) -> Result<(), String> {
+    if named.trim_end_matches('/') == expected.trim_end_matches('/') {
+        Ok(())
+    } else {
+        Err(format!("names issuer {named:?}, not {expected:?}"))
+    }
+}
+
+/// What this service reads from an OIDC discovery document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryDocument {
+    /// As the document writes it: not empty (nor only slashes), at most [`MAX_ISSUER_LEN`]
+    /// bytes, no control characters.
+    pub issuer: String,
+    pub jwks_uri: Url,
+}
+
+impl DiscoveryDocument {
+    /// Parses a document as strictly as a token: a JSON object with unique member names
+    /// (checklist row 34), a bounded `issuer`, and a `jwks_uri` URL.
+    pub fn parse(document: &[u8]) -> Result<Self, String> {
+        let doc = unique_object(document).ok_or("not a JSON object with unique member names")?;
+        let issuer = doc
+            .get("issuer")
+            .and_then(|v| v.as_str())
+            .ok_or("no issuer")?;
+        if issuer.trim_end_matches('/').is_empty() || issuer.len() > MAX_ISSUER_LEN {
+            return Err(format!(
+                "its issuer is empty or longer than {MAX_ISSUER_LEN} bytes"
+            ));
+        }
+        if issuer.chars().any(char::is_control) {
+            return Err("its issuer holds control characters".into());
+        }
+        let jwks = doc
+            .get("jwks_uri")
+            .and_then(|v| v.as_str())
+            .ok_or("no jwks_uri")?;
+        let jwks_uri = Url::parse(jwks).map_err(|e| {
+            let shown: String = jwks.chars().take(256).collect();
+            format!("jwks_uri {shown:?}: {e}")
+        })?;
+        Ok(Self {
+            issuer: issuer.to_owned(),
+            jwks_uri,
+        })
     }
 }
 
 /// The `jwks_uri` of an OIDC discovery document, once its `issuer` is `issuer` (a trailing slash
 /// is the only difference tolerated).
 pub fn jwks_uri_of(document: &[u8], issuer: &str) -> Result<Url, String> {
-    let doc: serde_json::Value =
-        serde_json::from_slice(document).map_err(|_| "not a JSON document".to_owned())?;
-    let claimed = doc
-        .get("issuer")
-        .and_then(|v| v.as_str())
-        .ok_or("no issuer")?;
-    if claimed.trim_end_matches('/') != issuer.trim_end_matches('/') {
-        return Err(format!("names issuer {claimed:?}, not {issuer:?}"));
-    }
-    let jwks = doc
-        .get("jwks_uri")
-        .and_then(|v| v.as_str())
-        .ok_or("no jwks_uri")?;
-    Url::parse(jwks).map_err(|e| format!("jwks_uri {jwks:?}: {e}"))
+    let doc = DiscoveryDocument::parse(document)?;
+    same_issuer(&doc.issuer, issuer)?;
+    Ok(doc.jwks_uri)
 }
 
 async fn refresh_loop(source: Weak<RemoteKeySource>) {
@@ -331,8 +479,11 @@ impl KeySource<PublicKey> for RemoteKeySource {
         &self.config.name
     }
 
-    fn issuer(&self) -> &Issuer {
-        &self.config.issuer
+    fn issuer(&self) -> SourceIssuer<'_> {
+        match &self.config.issuer {
+            IssuerSetting::Fixed(issuer) => SourceIssuer::Fixed(issuer),
+            IssuerSetting::Discovered => SourceIssuer::Discovered(self.learned.get()),
+        }
     }
 
     fn algorithms(&self) -> &[Algorithm] {
@@ -399,5 +550,153 @@ impl KeySource<PublicKey> for RemoteKeySource {
 
     fn required(&self) -> bool {
         self.config.required
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use duo_workflow_domain::ServiceName;
+
+    const URL: &str = "http://127.0.0.1:8080";
+
+    fn source(
+        name: &str,
+        issuer: IssuerSetting,
+        claims: &Arc<IssuerClaims>,
+    ) -> Arc<RemoteKeySource> {
+        RemoteKeySource::new(
+            RemoteSourceConfig {
+                name: name.into(),
+                issuer,
+                locator: Locator::Discovery {
+                    url: Some(Url::parse(URL).unwrap()),
+                },
+                algorithms: vec![Algorithm::RS256],
+                required: false,
+                fetch: FetchPolicy::default(),
+                refresh: RefreshPolicy::default(),
+            },
+            Arc::new(SystemClock),
+            claims.clone(),
+        )
+        .unwrap()
+    }
+
+    fn claims() -> Arc<IssuerClaims> {
+        let fixed = Issuer::new("https://fixed.example");
+        Arc::new(IssuerClaims::new(
+            &ServiceName::new(ServiceName::DEFAULT),
+            [("fixed", &fixed)],
+        ))
+    }
+
+    fn url() -> Url {
+        Url::parse(URL).unwrap()
+    }
+
+    #[test]
+    fn a_discovering_source_learns_the_first_issuer_it_may_claim_and_keeps_it() {
+        let claims = claims();
+        let gitlab = source("gitlab", IssuerSetting::Discovered, &claims);
+        assert_eq!(gitlab.issuer(), SourceIssuer::Discovered(None));
+        for taken in [ServiceName::DEFAULT, "https://fixed.example/"] {
+            let refused = gitlab.accept_issuer(&url(), taken).unwrap_err();
+            assert!(refused.contains("may not serve"), "{refused}");
+            assert_eq!(gitlab.issuer(), SourceIssuer::Discovered(None));
+        }
+        gitlab
+            .accept_issuer(&url(), "https://gitlab.example.com/")
+            .unwrap();
+        let learned = Issuer::new("https://gitlab.example.com");
+        assert_eq!(gitlab.issuer(), SourceIssuer::Discovered(Some(&learned)));
+        // Fixed from now on: the same issuer (slash or not) is fine, another is refused.
+        gitlab
+            .accept_issuer(&url(), "https://gitlab.example.com")
+            .unwrap();
+        let changed = gitlab
+            .accept_issuer(&url(), "https://other.example")
+            .unwrap_err();
+        assert!(changed.contains("first document"), "{changed}");
+        assert_eq!(gitlab.issuer(), SourceIssuer::Discovered(Some(&learned)));
+        // Nor can another discovering source take it.
+        let customers = source("customers-dot", IssuerSetting::Discovered, &claims);
+        let refused = customers
+            .accept_issuer(&url(), "https://gitlab.example.com")
+            .unwrap_err();
+        assert!(
+            refused.contains("\"gitlab\" already serves it"),
+            "{refused}"
+        );
+        assert_eq!(customers.issuer(), SourceIssuer::Discovered(None));
+    }
+
+    #[test]
+    fn a_fixed_issuer_must_be_named_by_the_document() {
+        let issuer = Issuer::new("https://fixed.example");
+        let fixed = source("fixed", IssuerSetting::Fixed(issuer.clone()), &claims());
+        fixed
+            .accept_issuer(&url(), "https://fixed.example/")
+            .unwrap();
+        let refused = fixed
+            .accept_issuer(&url(), "https://gitlab.example.com")
+            .unwrap_err();
+        assert!(
+            refused.contains("not \"https://fixed.example\""),
+            "{refused}"
+        );
+        assert_eq!(fixed.issuer(), SourceIssuer::Fixed(&issuer));
+    }
+
+    #[test]
+    fn an_issuer_is_only_learned_through_a_discovery_url() {
+        let config = |locator| RemoteSourceConfig {
+            name: "x".into(),
+            issuer: IssuerSetting::Discovered,
+            locator,
+            algorithms: vec![Algorithm::RS256],
+            required: false,
+            fetch: FetchPolicy::default(),
+            refresh: RefreshPolicy::default(),
+        };
+        for locator in [
+            Locator::Discovery { url: None },
+            Locator::Jwks(Url::parse("http://127.0.0.1/keys").unwrap()),
+        ] {
+            assert!(
+                RemoteKeySource::new(config(locator), Arc::new(SystemClock), claims()).is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn discovery_documents_are_parsed_strictly() {
+        let ok = br#"{"issuer": "https://gitlab.example.com", "jwks_uri": "https://gitlab.example.com/oauth/discovery/keys"}"#;
+        assert_eq!(
+            DiscoveryDocument::parse(ok).unwrap().issuer,
+            "https://gitlab.example.com"
+        );
+        let long = format!(
+            r#"{{"issuer": "https://{}", "jwks_uri": "https://a/k"}}"#,
+            "a".repeat(MAX_ISSUER_LEN)
+        );
+        for bad in [
+            &br#"{"issuer": "https://a", "issuer": "https://b", "jwks_uri": "https://a/k"}"#[..],
+            br#"{"issuer": "", "jwks_uri": "https://a/k"}"#,
+            br#"{"issuer": "//", "jwks_uri": "https://a/k"}"#,
+            br#"{"issuer": "https://a\nforged log line", "jwks_uri": "https://a/k"}"#,
+            br#"{"issuer": 7, "jwks_uri": "https://a/k"}"#,
+            br#"{"jwks_uri": "https://a/k"}"#,
+            br#"{"issuer": "https://a", "jwks_uri": "not a url"}"#,
+            br#"["issuer"]"#,
+            long.as_bytes(),
+        ] {
+            assert!(
+                DiscoveryDocument::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

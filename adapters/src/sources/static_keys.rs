@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use duo_workflow_domain::issuers::SourceIssuer;
 use duo_workflow_domain::keys::{Algorithm, IssuerKey, KeySet};
 use duo_workflow_domain::ports::{KeySource, SourceState};
 use duo_workflow_domain::{Issuer, UnixTime};
@@ -97,8 +98,8 @@ impl KeySource<PublicKey> for StaticKeySource {
         &self.name
     }
 
-    fn issuer(&self) -> &Issuer {
-        &self.issuer
+    fn issuer(&self) -> SourceIssuer<'_> {
+        SourceIssuer::Fixed(&self.issuer)
     }
 
     fn algorithms(&self) -> &[Algorithm] {

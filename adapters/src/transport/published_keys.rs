@@ -59,14 +59,22 @@ impl PublishedKeys {
         }
     }
 
-    /// Every key source: its state, key count, and the age of its keys.
+    /// Every key source: its issuer (and whether configuration or discovery says it), state, key
+    /// count, and the age of its keys.
     fn key_sources(&self) -> serde_json::Value {
         let now = self.clock.now().as_secs();
         let sources: Vec<serde_json::Value> = self
             .sources
             .iter()
             .map(|s| {
-                let mut v = json!({"name": s.name(), "issuer": s.issuer().as_str(), "required": s.required()});
+                let issuer = s.issuer();
+                let mut v = json!({
+                    "name": s.name(),
+                    // null while discovery has not named it yet
+                    "issuer": issuer.known().map(|i| i.as_str()),
+                    "issuer_from": if issuer.is_discovered() { "discovery" } else { "configuration" },
+                    "required": s.required(),
+                });
                 let (state, loaded, reason) = match s.state() {
                     SourceState::Pending { reason } => ("pending", None, Some(json!(reason))),
                     SourceState::Ready { keys, loaded_at } => ("ready", Some((keys, loaded_at)), None),
