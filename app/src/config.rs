@@ -35,6 +35,8 @@ pub const ENV_HTTP_PORT: &str = "DUO_WORKFLOW_HTTP__PORT";
 pub const ENV_AUTH_ENABLED: &str = "DUO_WORKFLOW_AUTH__ENABLED";
 pub const ENV_OIDC_GITLAB_URL: &str = "DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL";
 /// The AI Gateway's name for the GitLab URL: used when `ENV_OIDC_GITLAB_URL` is unset.
+/// Plain HTTP to the two built-in sources' URLs beyond loopback (a cluster-internal GitLab).
+pub const ENV_OIDC_ALLOW_INSECURE_HTTP: &str = "DUO_WORKFLOW_AUTH__OIDC_ALLOW_INSECURE_HTTP";
 pub const ENV_AIGW_GITLAB_URL: &str = "AIGW_GITLAB_URL";
 pub const ENV_OIDC_CUSTOMER_PORTAL_URL: &str = "DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL";
 pub const ENV_SIGNING_KEY: &str = "DUO_WORKFLOW_SELF_SIGNED_JWT__SIGNING_KEY";
@@ -91,6 +93,8 @@ pub struct AuthSection {
     pub oidc_customer_portal_url: Option<String>,
     pub leeway_seconds: Option<u32>,
     pub max_lifetime_seconds: Option<u32>,
+    /// Plain HTTP to a non-loopback GitLab / CustomersDot URL (a cluster-internal address).
+    pub oidc_allow_insecure_http: Option<bool>,
     /// Hold readiness until the GitLab / CustomersDot source has keys.
     #[serde(default)]
     pub oidc_gitlab_required: bool,
@@ -337,6 +341,10 @@ impl Settings {
         // issuer there).
         let mut remote_sources = Vec::new();
         let mut disabled_sources = Vec::new();
+        let allow_insecure_http = match get(ENV_OIDC_ALLOW_INSECURE_HTTP) {
+            Some(v) => parse_bool(ENV_OIDC_ALLOW_INSECURE_HTTP, v)?,
+            None => file.auth.oidc_allow_insecure_http.unwrap_or(false),
+        };
         let builtin = [
             BuiltinSource {
                 name: SOURCE_GITLAB,
@@ -366,14 +374,14 @@ impl Settings {
                 disabled_sources.push((b.name, field));
                 continue;
             }
-            let url = fetchable_url(field, &issuer_url(field, value)?, false)?;
+            let url = fetchable_url(field, &issuer_url(field, value)?, allow_insecure_http)?;
             remote_sources.push(RemoteSourceConfig {
                 name: b.name.into(),
                 issuer: IssuerSetting::Discovered,
                 locator: Locator::Discovery { url: Some(url) },
                 algorithms: vec![Algorithm::RS256],
                 required: b.required,
-                fetch: fetch_policy("auth.refresh", &file.auth.refresh, false)?,
+                fetch: fetch_policy("auth.refresh", &file.auth.refresh, allow_insecure_http)?,
                 refresh: refresh_policy("auth.refresh", &file.auth.refresh)?,
             });
         }
@@ -1272,5 +1280,20 @@ mod tests {
         assert_eq!(s.server_capabilities, Some(vec![]));
         assert_eq!(s.delegation.delegable().len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cluster_internal_plain_http_gitlab_needs_an_explicit_switch() {
+        let internal = (ENV_OIDC_GITLAB_URL, "http://gitlab-webservice:8181");
+        let e = Settings::from_env(&env(&[internal])).unwrap_err();
+        assert_eq!(e.field, ENV_OIDC_GITLAB_URL);
+        let s =
+            Settings::from_env(&env(&[internal, (ENV_OIDC_ALLOW_INSECURE_HTTP, "true")])).unwrap();
+        let gitlab = &s.remote_sources[0];
+        assert_eq!(gitlab.name, SOURCE_GITLAB);
+        assert!(gitlab.fetch.allow_insecure_http);
+        let e =
+            Settings::from_env(&env(&[internal, (ENV_OIDC_ALLOW_INSECURE_HTTP, "1")])).unwrap_err();
+        assert_eq!(e.field, ENV_OIDC_ALLOW_INSECURE_HTTP);
     }
 }

@@ -153,6 +153,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
             issuer = config.fixed_issuer().map_or("(learned from the discovery document)", |i| i.as_str()),
             locator = %config.locator,
             required = config.required,
+            plain_http_allowed = config.fetch.allow_insecure_http,
             "remote key source configured; its keys load in the background"
         );
         sources.push(source.clone());
