@@ -11,7 +11,6 @@ use duo_workflow_adapters::clock::SystemClock;
 use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
 use duo_workflow_adapters::sources::{RemoteKeySource, StaticKeySource};
 use duo_workflow_adapters::transport::capabilities::LearningPolicy;
-use duo_workflow_adapters::transport::grpc_frames::MAX_MESSAGE_BYTES;
 use duo_workflow_adapters::transport::published_keys::PublishedKeys;
 use duo_workflow_adapters::transport::{
     self, AdmissionLayer, GenerateTokenEndpoint, LearnedCapabilities, Limits, Minting, Relay,
@@ -184,10 +183,15 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         settings.service_name.clone(),
     ));
 
+    let limits = Limits {
+        max_header_list_bytes: settings.max_header_list_bytes,
+        max_concurrent_streams: settings.max_concurrent_streams,
+        ..Limits::default()
+    };
     let relay = settings
         .upstream
         .as_ref()
-        .map(|upstream| executor_channel(upstream).map(|c| Relay::new(c, MAX_MESSAGE_BYTES)))
+        .map(|upstream| executor_channel(upstream).map(|c| Relay::new(c, limits.max_message_bytes)))
         .transpose()?;
     let capabilities = match (&settings.server_capabilities, &relay) {
         (Some(names), _) => ServerCapabilities::Configured(names.clone().into()),
@@ -209,10 +213,14 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         clock,
         delegation: settings.delegation.clone(),
         capabilities: capabilities.clone(),
-        max_message_bytes: MAX_MESSAGE_BYTES,
+        max_message_bytes: limits.max_message_bytes,
     });
     Ok(Service {
-        admission: AdmissionLayer::new(gatekeeper, settings.methods.clone(), MAX_MESSAGE_BYTES),
+        admission: AdmissionLayer::new(
+            gatekeeper,
+            settings.methods.clone(),
+            limits.max_message_bytes,
+        ),
         generate_token,
         relay,
         capabilities,
@@ -221,11 +229,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         authority,
         sources: readiness_sources,
         remote,
-        limits: Limits {
-            max_header_list_bytes: settings.max_header_list_bytes,
-            max_concurrent_streams: settings.max_concurrent_streams,
-            max_message_bytes: MAX_MESSAGE_BYTES,
-        },
+        limits,
         grace: Duration::from_secs(settings.shutdown_grace_seconds),
     })
 }
