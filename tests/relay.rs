@@ -431,6 +431,20 @@ async fn statuses_details_and_trailing_metadata_come_back_from_every_kind_of_rpc
         .await
     };
     let (service, headers, _dir) = service_before(&executor, &[AGENT_PLATFORM], &[]).await;
+    // A trailers-only answer stays one: the stream ends with the headers, no data frame follows
+    // (gRPC clients other than tonic's lose the status otherwise).
+    let r = send_messages(
+        &service,
+        &headers,
+        "/DuoWorkflow/ListTools",
+        vec![raw::framed(b"")],
+    )
+    .await;
+    assert_eq!(r.grpc_status(), Some("9"));
+    assert!(r.ended_with_headers, "{r:?}");
+    assert_eq!(r.data_frames, 0);
+    assert!(r.trailers.is_none());
+
     let mut client = support::client(service.addr).await;
     let mut req = tonic::Request::new(ListToolsRequest {});
     apply(&headers, req.metadata_mut());

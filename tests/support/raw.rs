@@ -11,14 +11,33 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::{mpsc, oneshot};
 
-/// A body whose frames a test sends one by one (or closes by dropping the sender).
-pub type ChannelBody =
-    StreamBody<tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, std::io::Error>>>;
+/// A body whose frames a test sends one by one (or closes by dropping the sender). It says it
+/// has ended once the sender is gone and every frame was read, so that an empty one lets hyper
+/// end the stream with the headers (a trailers-only gRPC answer).
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.rx.poll_recv(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_closed() && self.rx.is_empty()
+    }
+}
 
 pub fn channel_body(
     capacity: usize,
@@ -27,10 +46,7 @@ pub fn channel_body(
     ChannelBody,
 ) {
     let (tx, rx) = mpsc::channel(capacity);
-    (
-        tx,
-        StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    )
+    (tx, ChannelBody { rx })
 }
 
 /// A body of these frames, then the end.
@@ -71,6 +87,10 @@ pub struct RawResponse {
     /// Every data byte, in order.
     pub body: Bytes,
     pub trailers: Option<HeaderMap>,
+    /// The stream ended with the response headers (a trailers-only answer).
+    pub ended_with_headers: bool,
+    /// How many data frames came, empty ones included.
+    pub data_frames: usize,
 }
 
 impl RawResponse {
@@ -141,12 +161,17 @@ pub async fn call(addr: SocketAddr, request: Request<ChannelBody>) -> RawRespons
 
 pub async fn read_response(response: Response<Incoming>) -> RawResponse {
     let (head, mut body) = response.into_parts();
+    let ended_with_headers = hyper::body::Body::is_end_stream(&body);
     let mut data = BytesMut::new();
+    let mut data_frames = 0;
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.unwrap();
         match frame.into_data() {
-            Ok(d) => data.extend_from_slice(&d),
+            Ok(d) => {
+                data_frames += 1;
+                data.extend_from_slice(&d)
+            }
             Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
@@ -155,6 +180,8 @@ pub async fn read_response(response: Response<Incoming>) -> RawResponse {
         headers: head.headers,
         body: data.freeze(),
         trailers,
+        ended_with_headers,
+        data_frames,
     }
 }
 

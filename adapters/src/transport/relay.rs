@@ -339,8 +339,12 @@ impl HttpBody for ResponseBody {
         }
     }
 
+    /// Follows the executor's body, so that a trailers-only answer (a status in the headers,
+    /// the stream ended with them) reaches the caller as one: without this, the headers would go
+    /// out without END_STREAM, then an empty data frame, which gRPC clients read as a broken
+    /// stream and lose the status.
     fn is_end_stream(&self) -> bool {
-        self.inner.is_none()
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
     }
 }
 
