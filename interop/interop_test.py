@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Interoperability suite for the Duo Workflow Service auth core (SPEC.md, Part A).
+"""Interoperability suite for the Duo Workflow Service auth core (SPEC.md, Parts A and B, on the 2026 contract).
 
 Everything the service talks to is played here, in Python, the way GitLab's own components do it:
 
 * two OIDC issuers ("GitLab" and "CustomersDot") serving a discovery document and a JWKS,
 * instance tokens minted with PyJWT like GitLab Rails mints them (RS256, no `kid`),
-* a workflow executor upstream speaking the DuoWorkflow contract with grpcio,
+* workflow executors speaking GitLab's 2026 DuoWorkflow contract (all seven RPCs) with grpcio,
+  from stubs generated at run time from `proto/contract.proto`,
 * grpcio clients checking exact status codes and `details()` strings.
 
 Three service processes run: the main one (auth on, upstream configured), a debug one (auth off)
@@ -45,6 +46,7 @@ import grpc
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from google.protobuf import struct_pb2
 from grpc_tools import protoc
 
 import hostile_test  # noqa: E402 (interop/hostile_test.py, beside this file)
@@ -205,9 +207,10 @@ def mint(
     lifetime=3600,
     nbf_offset=-5,
     omit=(),
+    extra=None,
 ) -> str:
     """A token like GitLab Rails mints (RS256, no kid unless asked: `with_kid` puts the key's kid,
-    `kid` any kid). Pass OMIT to leave a claim out."""
+    `kid` any kid). Pass OMIT to leave a claim out; `extra` adds claims."""
     now = int(time.time()) + iat_offset
     claims = {
         "iss": iss,
@@ -222,6 +225,7 @@ def mint(
         "scopes": list(scopes) if scopes is not OMIT else OMIT,
         "duo_seat_count": seat_count,
     }
+    claims.update(extra or {})
     claims = {k: v for k, v in claims.items() if v is not OMIT and k not in omit}
     headers = {"kid": kid} if kid is not None else ({"kid": key.kid} if with_kid else None)
     token = jwt.encode(claims, key.private, algorithm="RS256", headers=headers)
@@ -523,24 +527,34 @@ class OidcIssuer:
 
 
 class Executor:
-    """A workflow executor speaking DuoWorkflow. It records each stream's metadata and first event.
+    """A workflow executor speaking the 2026 DuoWorkflow contract with the generated stubs: all
+    seven RPCs. It records each ExecuteWorkflow stream's metadata and first event.
 
-    Behaviour by goal: "abort" aborts before any action; "abort-after-action" sends one action
-    then aborts; "roundtrip" sends one action, reads the client's answer and echoes it in a second
-    action; anything else sends two actions and ends."""
+    ExecuteWorkflow's behaviour by goal: "abort" aborts before any action; "abort-after-action"
+    sends one action then aborts; "roundtrip" sends one action, reads the client's answer
+    (`actionResponse.plainTextResponse`) and echoes it in a second action; anything else sends
+    two actions and ends. The other RPCs answer fixed 2026 messages (GenerateToken too, though the
+    service never relays it: a token from here would show that it did)."""
 
     ABORT_CODE = grpc.StatusCode.FAILED_PRECONDITION
     ABORT_DETAILS = "upstream refused the workflow: interop abort"
     LATE_ABORT_CODE = grpc.StatusCode.RESOURCE_EXHAUSTED
     LATE_ABORT_DETAILS = "upstream ran out of budget"
+    CAPABILITIES = ["tool_call_approval", "tool_call_pattern_approval", "flow_semantic_versioning"]
 
     def __init__(self):
         self.calls = {}  # workflowID -> {"metadata": [(k, v)], "start": StartWorkflowRequest}
+        self.methods = []  # every method called, in order
         self.lock = threading.Lock()
         executor = self
 
+        def seen(name):
+            with executor.lock:
+                executor.methods.append(name)
+
         class Servicer(pb_grpc.DuoWorkflowServicer):
             def ExecuteWorkflow(self, request_iterator, context):  # noqa: N802
+                seen("ExecuteWorkflow")
                 first = next(request_iterator, None)
                 start = first.startRequest if first is not None and first.HasField("startRequest") else None
                 record = {"metadata": list(context.invocation_metadata()), "start": start}
@@ -554,13 +568,44 @@ class Executor:
                     context.abort(Executor.LATE_ABORT_CODE, Executor.LATE_ABORT_DETAILS)
                 if goal == "roundtrip":
                     answer = next(request_iterator, None)
-                    text = answer.actionResponse.response if answer and answer.HasField("actionResponse") else "<none>"
+                    text = "<none>"
+                    if answer is not None and answer.actionResponse.HasField("plainTextResponse"):
+                        text = answer.actionResponse.plainTextResponse.response
                     yield pb.Action(requestID="2", runCommand=pb.RunCommandAction(program="echo", arguments=[text]))
                     return
                 yield pb.Action(
                     requestID="2",
                     runCommand=pb.RunCommandAction(program="ls", arguments=["-la"], flags=["--color=never"]),
                 )
+
+            def GenerateToken(self, request, context):  # noqa: N802
+                seen("GenerateToken")
+                return pb.GenerateTokenResponse(token="minted-by-the-executor", expiresAt=1)
+
+            def ListCapabilities(self, request, context):  # noqa: N802
+                seen("ListCapabilities")
+                return pb.ListCapabilitiesResponse(capabilities=[pb.Capability(name=n) for n in Executor.CAPABILITIES])
+
+            def ListTools(self, request, context):  # noqa: N802
+                seen("ListTools")
+                tool = struct_pb2.Struct()
+                tool.update({"name": "read_file", "description": "Reads a file"})
+                return pb.ListToolsResponse(tools=[tool])
+
+            def ListFlows(self, request, context):  # noqa: N802
+                seen("ListFlows")
+                config = struct_pb2.Struct()
+                config.update({"name": "developer", "version": "v1"})
+                return pb.ListFlowsResponse(configs=[config])
+
+            def TrackSelfHostedExecuteWorkflow(self, request_iterator, context):  # noqa: N802
+                seen("TrackSelfHostedExecuteWorkflow")
+                for event in request_iterator:
+                    yield pb.TrackSelfHostedAction(requestID=event.requestID)
+
+            def ValidateFlowConfig(self, request, context):  # noqa: N802
+                seen("ValidateFlowConfig")
+                return pb.ValidateFlowConfigResponse(valid=True)
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         pb_grpc.add_DuoWorkflowServicer_to_server(Servicer(), self.server)
@@ -1121,7 +1166,8 @@ def scenarios_header_binding(s: Suite, w: World) -> None:
 
 def scenarios_authorization(s: Suite, w: World) -> None:
     stub = w.main.stub
-    denied_execute = "Unauthorized to execute workflow"
+    # SPEC C2: the flow is named (start_event() runs `software_development`).
+    denied_execute = "Unauthorized to execute software_development"
     denied_generate = "Unauthorized to generate token"
 
     s.check(
@@ -1169,7 +1215,7 @@ def scenarios_generate_token(s: Suite, w: World) -> dict:
     stub = w.main.stub
     minted = {}
 
-    def succeeds(label, ijwt, *, seat_claim=OMIT, md_kw=None, request=None):
+    def succeeds(label, ijwt, *, seat_claim=OMIT, md_kw=None, request=None, scopes=(EXECUTE,)):
         def check():
             md_kw_ = md_kw or {}
             before = int(time.time())
@@ -1195,7 +1241,7 @@ def scenarios_generate_token(s: Suite, w: World) -> dict:
                 raise Failure(f"jti is not a UUID: {claims['jti']!r}")
             expect_equal("gitlab_realm", claims.get("gitlab_realm"), md_kw_.get("realm", REALM))
             expect_equal("gitlab_instance_id", claims.get("gitlab_instance_id"), md_kw_.get("instance_id", INSTANCE_ID))
-            expect_equal("scopes", claims.get("scopes"), [EXECUTE])
+            expect_equal("scopes", sorted(claims.get("scopes") or []), sorted(scopes))
             if seat_claim is OMIT:
                 expect("duo_seat_count" not in claims, f"unexpected duo_seat_count {claims.get('duo_seat_count')!r}")
             else:
@@ -1207,15 +1253,26 @@ def scenarios_generate_token(s: Suite, w: World) -> dict:
 
     s.check("generate.with_generate_scope", succeeds("generate", w.ijwt(scopes=(GENERATE,))))
     s.check("generate.with_execute_scope", succeeds("execute", w.ijwt(scopes=(EXECUTE,))))
+    # SPEC C3: the caller's scopes that are delegable (duo_workflow_generate_token is not; a 2024
+    # caller holding only it gets duo_workflow_execute_workflow, as Part A says).
     s.check(
-        "generate.with_many_scopes_delegates_execute_only",
-        succeeds("many", w.ijwt(scopes=(GENERATE, EXECUTE, "include_file_context", "duo_chat"))),
+        "generate.with_many_scopes_delegates_the_delegable_ones",
+        succeeds(
+            "many",
+            w.ijwt(scopes=(GENERATE, EXECUTE, "include_file_context", "duo_chat", "code_suggestions")),
+            scopes=(EXECUTE, "include_file_context", "duo_chat"),
+        ),
     )
     s.check("generate.seat_count_string_carried", succeeds("seat_str", w.ijwt(seat_count="17"), seat_claim="17"))
     s.check("generate.seat_count_number_carried", succeeds("seat_num", w.ijwt(seat_count=5), seat_claim=5))
     s.check(
-        "generate.with_workflow_definition",
-        succeeds("definition", w.ijwt(), request=pb.GenerateTokenRequest(workflowDefinition="chat")),
+        "generate.with_workflow_definition_chat",
+        succeeds(
+            "definition",
+            w.ijwt(scopes=("duo_chat",)),
+            request=pb.GenerateTokenRequest(workflowDefinition="chat"),
+            scopes=("duo_chat",),
+        ),
     )
     s.check(
         "generate.customersdot_self_managed",
@@ -1327,7 +1384,11 @@ def scenarios_workflow(s: Suite, w: World, minted: dict) -> None:
         expect(user_token is not None, "no user token from GenerateToken")
 
         def respond(action):
-            return pb.ClientEvent(actionResponse=pb.ActionResponse(requestID=action.requestID, response="file contents"))
+            return pb.ClientEvent(
+                actionResponse=pb.ActionResponse(
+                    requestID=action.requestID, plainTextResponse=pb.PlainTextResponse(response="file contents")
+                )
+            )
 
         outcome = execute_workflow(stub, metadata(user_token), goal="roundtrip", respond=respond)
         expect_ok(outcome)
@@ -1407,7 +1468,7 @@ def scenarios_no_upstream(s: Suite, w: World) -> None:
         lambda: expect_status(
             execute_workflow(stub, metadata(custom_ijwt(scopes=(GENERATE,)))),
             PERMISSION_DENIED,
-            "Unauthorized to execute workflow",
+            "Unauthorized to execute software_development",
         ),
     )
 
