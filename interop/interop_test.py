@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Interoperability suite for the Duo Workflow Service auth core (SPEC.md, Parts A and B, on the 2026 contract).
+"""Interoperability suite for the Duo Workflow Service auth core (SPEC.md, Parts A, B and C).
 
 Everything the service talks to is played here, in Python, the way GitLab's own components do it:
 
@@ -14,6 +14,12 @@ and one without an upstream (custom service name, CustomersDot disabled). More p
 its own mutable GitLab provider, play the key-source scenarios of SPEC Part B: the published keys
 (PyJWKClient), rotation without restart, a random-kid flood, provider outages, start-up with the
 provider down, a discovery document naming another issuer and an empty provider URL.
+
+Then contract_test.py drives the 2026 contract (SPEC Part C) through processes of its own, to an
+executor that works on raw message bytes: the authorization table of C2 with its `details`, the
+user token and `server_capabilities` of C3, and the relay of C4 (every message variant and unknown
+fields byte-identical both ways, metadata, headers, trailers and rich statuses, deadlines,
+cancellation, the 4 MiB limit, an unreachable executor), health, reflection and unknown methods.
 
 Then the hostile-input battery of hostile_test.py runs against a process of its own.
 
@@ -49,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf import struct_pb2
 from grpc_tools import protoc
 
+import contract_test  # noqa: E402 (interop/contract_test.py, beside this file)
 import hostile_test  # noqa: E402 (interop/hostile_test.py, beside this file)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1984,6 +1991,8 @@ def main(argv) -> int:
                     for p in world.processes:
                         for line in p.log_text().splitlines()[-6:]:
                             print(f"# {p.name} | {line}", flush=True)
+        # The 2026 contract (SPEC Part C): all seven RPCs to a raw-bytes executor, processes of its own.
+        contract_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
         # The hostile-input battery (SECURITY-CHECKLIST.md), against a process of its own.
         hostile_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
     print(f"# {time.monotonic() - started:.1f}s", flush=True)
