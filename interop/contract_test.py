@@ -780,6 +780,8 @@ class ContractWorld:
         self.processes = []
         self.issuer = None
         self.executor = None
+        self.iss = None  # what the issuer's discovery document says; read once it is up
+        self.big_channels = {}
         self.key = h.Key("interop-2026-gitlab")
         self.authority = h.Key("unused")  # the service derives its own kid
         try:
@@ -816,8 +818,6 @@ class ContractWorld:
         except BaseException:
             self.stop()
             raise
-        self.iss = None  # what the issuer's discovery document says; read once it is up
-        self.big_channels = {}
 
     def spawn(self, name, binary, log_dir, settings):
         p = self.h.ServiceProcess(f"contract-{name}", binary, settings, log_dir)
