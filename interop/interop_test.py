@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Interoperability suite for the Duo Workflow Service auth core (SPEC.md, Part A).
+"""Interoperability suite for the Duo Workflow Service auth core (SPEC.md, Parts A, B and C).
 
 Everything the service talks to is played here, in Python, the way GitLab's own components do it:
 
 * two OIDC issuers ("GitLab" and "CustomersDot") serving a discovery document and a JWKS,
 * instance tokens minted with PyJWT like GitLab Rails mints them (RS256, no `kid`),
-* a workflow executor upstream speaking the DuoWorkflow contract with grpcio,
+* workflow executors speaking GitLab's 2026 DuoWorkflow contract (all seven RPCs) with grpcio,
+  from stubs generated at run time from `proto/contract.proto`,
 * grpcio clients checking exact status codes and `details()` strings.
 
 Three service processes run: the main one (auth on, upstream configured), a debug one (auth off)
@@ -13,6 +14,12 @@ and one without an upstream (custom service name, CustomersDot disabled). More p
 its own mutable GitLab provider, play the key-source scenarios of SPEC Part B: the published keys
 (PyJWKClient), rotation without restart, a random-kid flood, provider outages, start-up with the
 provider down, a discovery document naming another issuer and an empty provider URL.
+
+Then contract_test.py drives the 2026 contract (SPEC Part C) through processes of its own, to an
+executor that works on raw message bytes: the authorization table of C2 with its `details`, the
+user token and `server_capabilities` of C3, and the relay of C4 (every message variant and unknown
+fields byte-identical both ways, metadata, headers, trailers and rich statuses, deadlines,
+cancellation, the 4 MiB limit, an unreachable executor), health, reflection and unknown methods.
 
 Then the hostile-input battery of hostile_test.py runs against a process of its own.
 
@@ -45,8 +52,10 @@ import grpc
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from google.protobuf import struct_pb2
 from grpc_tools import protoc
 
+import contract_test  # noqa: E402 (interop/contract_test.py, beside this file)
 import hostile_test  # noqa: E402 (interop/hostile_test.py, beside this file)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,9 +214,10 @@ def mint(
     lifetime=3600,
     nbf_offset=-5,
     omit=(),
+    extra=None,
 ) -> str:
     """A token like GitLab Rails mints (RS256, no kid unless asked: `with_kid` puts the key's kid,
-    `kid` any kid). Pass OMIT to leave a claim out."""
+    `kid` any kid). Pass OMIT to leave a claim out; `extra` adds claims."""
     now = int(time.time()) + iat_offset
     claims = {
         "iss": iss,
@@ -222,6 +232,7 @@ def mint(
         "scopes": list(scopes) if scopes is not OMIT else OMIT,
         "duo_seat_count": seat_count,
     }
+    claims.update(extra or {})
     claims = {k: v for k, v in claims.items() if v is not OMIT and k not in omit}
     headers = {"kid": kid} if kid is not None else ({"kid": key.kid} if with_kid else None)
     token = jwt.encode(claims, key.private, algorithm="RS256", headers=headers)
@@ -523,24 +534,34 @@ class OidcIssuer:
 
 
 class Executor:
-    """A workflow executor speaking DuoWorkflow. It records each stream's metadata and first event.
+    """A workflow executor speaking the 2026 DuoWorkflow contract with the generated stubs: all
+    seven RPCs. It records each ExecuteWorkflow stream's metadata and first event.
 
-    Behaviour by goal: "abort" aborts before any action; "abort-after-action" sends one action
-    then aborts; "roundtrip" sends one action, reads the client's answer and echoes it in a second
-    action; anything else sends two actions and ends."""
+    ExecuteWorkflow's behaviour by goal: "abort" aborts before any action; "abort-after-action"
+    sends one action then aborts; "roundtrip" sends one action, reads the client's answer
+    (`actionResponse.plainTextResponse`) and echoes it in a second action; anything else sends
+    two actions and ends. The other RPCs answer fixed 2026 messages (GenerateToken too, though the
+    service never relays it: a token from here would show that it did)."""
 
     ABORT_CODE = grpc.StatusCode.FAILED_PRECONDITION
     ABORT_DETAILS = "upstream refused the workflow: interop abort"
     LATE_ABORT_CODE = grpc.StatusCode.RESOURCE_EXHAUSTED
     LATE_ABORT_DETAILS = "upstream ran out of budget"
+    CAPABILITIES = ["tool_call_approval", "tool_call_pattern_approval", "flow_semantic_versioning"]
 
     def __init__(self):
         self.calls = {}  # workflowID -> {"metadata": [(k, v)], "start": StartWorkflowRequest}
+        self.methods = []  # every method called, in order
         self.lock = threading.Lock()
         executor = self
 
+        def seen(name):
+            with executor.lock:
+                executor.methods.append(name)
+
         class Servicer(pb_grpc.DuoWorkflowServicer):
             def ExecuteWorkflow(self, request_iterator, context):  # noqa: N802
+                seen("ExecuteWorkflow")
                 first = next(request_iterator, None)
                 start = first.startRequest if first is not None and first.HasField("startRequest") else None
                 record = {"metadata": list(context.invocation_metadata()), "start": start}
@@ -554,13 +575,44 @@ class Executor:
                     context.abort(Executor.LATE_ABORT_CODE, Executor.LATE_ABORT_DETAILS)
                 if goal == "roundtrip":
                     answer = next(request_iterator, None)
-                    text = answer.actionResponse.plainTextResponse.response if answer and answer.HasField("actionResponse") else "<none>"
+                    text = "<none>"
+                    if answer is not None and answer.actionResponse.HasField("plainTextResponse"):
+                        text = answer.actionResponse.plainTextResponse.response
                     yield pb.Action(requestID="2", runCommand=pb.RunCommandAction(program="echo", arguments=[text]))
                     return
                 yield pb.Action(
                     requestID="2",
                     runCommand=pb.RunCommandAction(program="ls", arguments=["-la"], flags=["--color=never"]),
                 )
+
+            def GenerateToken(self, request, context):  # noqa: N802
+                seen("GenerateToken")
+                return pb.GenerateTokenResponse(token="minted-by-the-executor", expiresAt=1)
+
+            def ListCapabilities(self, request, context):  # noqa: N802
+                seen("ListCapabilities")
+                return pb.ListCapabilitiesResponse(capabilities=[pb.Capability(name=n) for n in Executor.CAPABILITIES])
+
+            def ListTools(self, request, context):  # noqa: N802
+                seen("ListTools")
+                tool = struct_pb2.Struct()
+                tool.update({"name": "read_file", "description": "Reads a file"})
+                return pb.ListToolsResponse(tools=[tool])
+
+            def ListFlows(self, request, context):  # noqa: N802
+                seen("ListFlows")
+                config = struct_pb2.Struct()
+                config.update({"name": "developer", "version": "v1"})
+                return pb.ListFlowsResponse(configs=[config])
+
+            def TrackSelfHostedExecuteWorkflow(self, request_iterator, context):  # noqa: N802
+                seen("TrackSelfHostedExecuteWorkflow")
+                for event in request_iterator:
+                    yield pb.TrackSelfHostedAction(requestID=event.requestID)
+
+            def ValidateFlowConfig(self, request, context):  # noqa: N802
+                seen("ValidateFlowConfig")
+                return pb.ValidateFlowConfigResponse(valid=True)
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         pb_grpc.add_DuoWorkflowServicer_to_server(Servicer(), self.server)
@@ -1122,7 +1174,8 @@ def scenarios_header_binding(s: Suite, w: World) -> None:
 
 def scenarios_authorization(s: Suite, w: World) -> None:
     stub = w.main.stub
-    denied_execute = "Unauthorized to execute workflow"
+    # SPEC C2: the flow is named (start_event() runs `software_development`).
+    denied_execute = "Unauthorized to execute software_development"
     denied_generate = "Unauthorized to generate token"
 
     s.check(
@@ -1170,7 +1223,7 @@ def scenarios_generate_token(s: Suite, w: World) -> dict:
     stub = w.main.stub
     minted = {}
 
-    def succeeds(label, ijwt, *, seat_claim=OMIT, md_kw=None, request=None):
+    def succeeds(label, ijwt, *, seat_claim=OMIT, md_kw=None, request=None, scopes=(EXECUTE,)):
         def check():
             md_kw_ = md_kw or {}
             before = int(time.time())
@@ -1196,7 +1249,7 @@ def scenarios_generate_token(s: Suite, w: World) -> dict:
                 raise Failure(f"jti is not a UUID: {claims['jti']!r}")
             expect_equal("gitlab_realm", claims.get("gitlab_realm"), md_kw_.get("realm", REALM))
             expect_equal("gitlab_instance_id", claims.get("gitlab_instance_id"), md_kw_.get("instance_id", INSTANCE_ID))
-            expect_equal("scopes", claims.get("scopes"), [EXECUTE])
+            expect_equal("scopes", sorted(claims.get("scopes") or []), sorted(scopes))
             if seat_claim is OMIT:
                 expect("duo_seat_count" not in claims, f"unexpected duo_seat_count {claims.get('duo_seat_count')!r}")
             else:
@@ -1208,15 +1261,26 @@ def scenarios_generate_token(s: Suite, w: World) -> dict:
 
     s.check("generate.with_generate_scope", succeeds("generate", w.ijwt(scopes=(GENERATE,))))
     s.check("generate.with_execute_scope", succeeds("execute", w.ijwt(scopes=(EXECUTE,))))
+    # SPEC C3: the caller's scopes that are delegable (duo_workflow_generate_token is not; a 2024
+    # caller holding only it gets duo_workflow_execute_workflow, as Part A says).
     s.check(
-        "generate.with_many_scopes_delegates_execute_only",
-        succeeds("many", w.ijwt(scopes=(GENERATE, EXECUTE, "include_file_context", "duo_chat"))),
+        "generate.with_many_scopes_delegates_the_delegable_ones",
+        succeeds(
+            "many",
+            w.ijwt(scopes=(GENERATE, EXECUTE, "include_file_context", "duo_chat", "code_suggestions")),
+            scopes=(EXECUTE, "include_file_context", "duo_chat"),
+        ),
     )
     s.check("generate.seat_count_string_carried", succeeds("seat_str", w.ijwt(seat_count="17"), seat_claim="17"))
     s.check("generate.seat_count_number_carried", succeeds("seat_num", w.ijwt(seat_count=5), seat_claim=5))
     s.check(
-        "generate.with_workflow_definition",
-        succeeds("definition", w.ijwt(), request=pb.GenerateTokenRequest(workflowDefinition="chat")),
+        "generate.with_workflow_definition_chat",
+        succeeds(
+            "definition",
+            w.ijwt(scopes=("duo_chat",)),
+            request=pb.GenerateTokenRequest(workflowDefinition="chat"),
+            scopes=("duo_chat",),
+        ),
     )
     s.check(
         "generate.customersdot_self_managed",
@@ -1412,7 +1476,7 @@ def scenarios_no_upstream(s: Suite, w: World) -> None:
         lambda: expect_status(
             execute_workflow(stub, metadata(custom_ijwt(scopes=(GENERATE,)))),
             PERMISSION_DENIED,
-            "Unauthorized to execute workflow",
+            "Unauthorized to execute software_development",
         ),
     )
 
@@ -1981,6 +2045,8 @@ def main(argv) -> int:
                     for p in world.processes:
                         for line in p.log_text().splitlines()[-6:]:
                             print(f"# {p.name} | {line}", flush=True)
+        # The 2026 contract (SPEC Part C): all seven RPCs to a raw-bytes executor, processes of its own.
+        contract_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
         # The hostile-input battery (SECURITY-CHECKLIST.md), against a process of its own.
         hostile_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
     print(f"# {time.monotonic() - started:.1f}s", flush=True)
