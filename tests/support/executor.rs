@@ -213,7 +213,7 @@ async fn start_with(mut server: tonic::transport::Server) -> RunningExecutor {
         server
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async {
                     stopped.await.ok();
                 },
