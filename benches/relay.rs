@@ -689,7 +689,7 @@ async fn bench(budget: Duration) {
     let config = issuer.config(
         "relay.toml",
         &format!(
-            "[limits]\nmax_concurrent_streams = {SERVICE_MAX_STREAMS}\n\
+            "[limits]\nmax_concurrent_streams = {SERVICE_MAX_STREAMS}\nshutdown_grace_seconds = 1\n\
              [upstream]\nurl = \"http://{executor}\"\nserver_capabilities = []\n"
         ),
     );
