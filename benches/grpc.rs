@@ -5,18 +5,14 @@
 //!
 //! Run: `cargo bench -p duo-workflow-contract --bench grpc` (optionally `-- SECONDS`).
 
-use std::collections::HashMap;
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
 use duo_workflow_contract::duo_workflow_client::DuoWorkflowClient;
 use duo_workflow_contract::{client_event, ClientEvent, StartWorkflowRequest};
-use duo_workflow_domain::keys::Algorithm;
-use duo_workflow_service::cli::{mint, MintRequest};
-use duo_workflow_service::config::Settings;
-use tonic::metadata::MetadataValue;
 use tonic::Code;
 
 const CONCURRENCY: usize = 32;
@@ -48,20 +44,7 @@ async fn run(addr: SocketAddr, tokens: Arc<Vec<String>>, budget: Duration) -> f6
                     )),
                 };
                 let mut req = tonic::Request::new(futures::stream::iter(vec![start]));
-                let md = req.metadata_mut();
-                md.insert(
-                    "authorization",
-                    MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
-                );
-                md.insert(
-                    "x-gitlab-authentication-type",
-                    MetadataValue::from_static("oidc"),
-                );
-                md.insert("x-gitlab-realm", MetadataValue::from_static("saas"));
-                md.insert(
-                    "x-gitlab-instance-id",
-                    MetadataValue::from_static("instance-1"),
-                );
+                common::authorize(req.metadata_mut(), token);
                 let status = client
                     .execute_workflow(req)
                     .await
@@ -81,37 +64,15 @@ async fn run(addr: SocketAddr, tokens: Arc<Vec<String>>, budget: Duration) -> f6
 
 #[tokio::main]
 async fn main() {
-    let budget = Duration::from_secs_f64(
-        std::env::args()
-            .nth(1)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(5.0),
-    );
-    let key = SigningKey::from_pem(&generate_pem(Algorithm::RS256).unwrap()).unwrap();
-    let dir = std::env::temp_dir().join(format!("dws-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let jwks = dir.join("keys.jwks");
-    std::fs::write(
-        &jwks,
-        serde_json::json!({"keys": [key.public_key().to_jwk(key.kid())]}).to_string(),
-    )
-    .unwrap();
+    let budget = common::seconds_per_figure(5.0);
+    let issuer = common::Issuer::new("grpc");
     // Distinct tokens, so that with the cache off every call verifies a signature.
     let tokens: Vec<String> = (0..2000)
         .map(|i| {
-            mint(
-                &key,
-                &MintRequest {
-                    issuer: "https://gitlab.test".into(),
-                    audience: vec![duo_workflow_domain::ServiceName::DEFAULT.into()],
-                    subject: None,
-                    scopes: vec!["duo_workflow_execute_workflow".into()],
-                    realm: Some("saas".into()),
-                    instance_id: Some("instance-1".into()),
-                    duo_seat_count: Some(i.to_string()),
-                    lifetime_seconds: 3600,
-                    with_kid: i % 2 == 0,
-                },
+            issuer.token(
+                &["duo_workflow_execute_workflow"],
+                Some(i.to_string()),
+                i % 2 == 0,
             )
         })
         .collect();
@@ -124,24 +85,11 @@ async fn main() {
         ("verified-token cache off", 0usize),
         ("verified-token cache on", 10_000),
     ] {
-        let config = dir.join(format!("c{cache_entries}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[limits]\nverified_token_cache_entries = {cache_entries}\n\
-                 [[key_sources]]\ntype = \"static\"\nname = \"gitlab\"\nissuer = \"https://gitlab.test\"\njwks_file = \"{}\"\n",
-                jwks.display()
-            ),
-        )
-        .unwrap();
-        let env: HashMap<String, String> = [
-            ("DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL", ""),
-            ("DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL", ""),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect();
-        let settings = Settings::load(Some(&config), &env).unwrap();
+        let config = issuer.config(
+            &format!("c{cache_entries}.toml"),
+            &format!("[limits]\nverified_token_cache_entries = {cache_entries}"),
+        );
+        let settings = common::settings(&config);
         let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let service = duo_workflow_service::server::start(&settings, loopback, loopback)
             .await
@@ -150,5 +98,4 @@ async fn main() {
         println!("authenticated ExecuteWorkflow calls, {label:<26} {rate:>10.0} /s");
         service.stop().await.unwrap();
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
