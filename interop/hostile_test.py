@@ -1125,24 +1125,11 @@ def run(s, h, binary: str, log_dir) -> None:
 
 
 def main(argv) -> int:
-    """The battery alone (interop/run.sh runs it as part of the whole suite):
+    """The battery alone (interop/run.sh runs them as part of the whole suite):
     `python interop/hostile_test.py BINARY`."""
-    import sys
-    import tempfile
-    from pathlib import Path
-
     import interop_test as h
 
-    binary = Path(argv[1] if len(argv) > 1 else "target/debug/duo-workflow-service")
-    binary = binary if binary.is_absolute() or binary.exists() else h.REPO / binary
-    suite = h.Suite()
-    with tempfile.TemporaryDirectory(prefix="dws-hostile-") as tmp:
-        tmp = Path(tmp)
-        (tmp / "stubs").mkdir()
-        h.load_stubs(tmp / "stubs")
-        run(suite, h, str(binary.resolve()), tmp)
-    print(f"{suite.passed} passed, {suite.failed} failed", flush=True)
-    return 0 if suite.failed == 0 else 1
+    return h.run_alone(argv, run, "dws-hostile-")
 
 
 if __name__ == "__main__":

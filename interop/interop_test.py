@@ -765,6 +765,22 @@ class Suite:
         self.failed += 1
 
 
+
+def run_alone(argv, run, prefix: str) -> int:
+    """Runs one module's checks (`run(suite, h, binary, tmp)`) on their own: what
+    `python interop/<module>.py BINARY` does (interop/run.sh runs them all as one suite)."""
+    binary = Path(argv[1] if len(argv) > 1 else "target/debug/duo-workflow-service")
+    binary = binary if binary.is_absolute() or binary.exists() else REPO / binary
+    suite = Suite()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        tmp = Path(tmp)
+        (tmp / "stubs").mkdir()
+        load_stubs(tmp / "stubs")
+        run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
+    print(f"{suite.passed} passed, {suite.failed} failed", flush=True)
+    return 0 if suite.failed == 0 else 1
+
+
 class World:
     """Keys, issuers, the executor and the three service processes."""
 
