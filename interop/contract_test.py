@@ -865,6 +865,23 @@ def new_id() -> str:
     return f"call-{uuid.uuid4()}"
 
 
+
+def open_stream(relay, md, first: bytes, timeout: float):
+    """An ExecuteWorkflow stream of raw messages through `relay`, `first` sent: the queue feeding it
+    (put `None` to half-close) and the call."""
+    events: "queue.Queue" = queue.Queue()
+    events.put(first)
+
+    def requests():
+        while True:
+            e = events.get()
+            if e is None:
+                return
+            yield e
+
+    callable_ = relay.channel.stream_stream("/DuoWorkflow/ExecuteWorkflow", request_serializer=None, response_deserializer=None)
+    return events, callable_(requests(), metadata=md, timeout=timeout)
+
 def md_call_id(md) -> str:
     return dict(md)[CALL_KEY]
 
@@ -1527,18 +1544,7 @@ class Checks:
         def early_end():
             """The executor ends the workflow while the client's half of the stream is still open."""
             md = self.w.md(self.w.ijwt(scopes=(AGENT,)), script="early-end")
-            events: "queue.Queue" = queue.Queue()
-            events.put(self.m.start_event(md_call_id(md)))
-
-            def requests():
-                while True:
-                    e = events.get()
-                    if e is None:
-                        return
-                    yield e
-
-            callable_ = relay.channel.stream_stream("/DuoWorkflow/ExecuteWorkflow", request_serializer=None, response_deserializer=None)
-            call = callable_(requests(), metadata=md, timeout=h.STREAM_TIMEOUT)
+            events, call = open_stream(relay, md, self.m.start_event(md_call_id(md)), h.STREAM_TIMEOUT)
             try:
                 got = list(call)
             except grpc.RpcError as e:
@@ -1629,18 +1635,7 @@ class Checks:
 
         def cancel_stream():
             md = self.w.md(self.w.ijwt(scopes=(AGENT,)), script="hold")
-            events: "queue.Queue" = queue.Queue()
-            events.put(self.m.start_event(md_call_id(md)))
-
-            def requests():
-                while True:
-                    e = events.get()
-                    if e is None:
-                        return
-                    yield e
-
-            callable_ = relay.channel.stream_stream("/DuoWorkflow/ExecuteWorkflow", request_serializer=None, response_deserializer=None)
-            call = callable_(requests(), metadata=md, timeout=8.0)
+            events, call = open_stream(relay, md, self.m.start_event(md_call_id(md)), 8.0)
             try:
                 first = next(call)
                 h.expect_equal("first action", first, self.x.actions[0])
