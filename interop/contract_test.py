@@ -700,17 +700,12 @@ def call_stream(channel, method, requests, md, timeout) -> RawOutcome:
         )
 
 
-def http2_frames(port: int, path: str, metadata, messages, timeout=3.0):
+def http2_frames(h, port: int, path: str, metadata, messages, timeout=3.0):
     """One call on a fresh HTTP/2 connection, the way a gRPC client makes it (`metadata` as
     (str, str) pairs, `messages` gRPC-framed); the frames of its stream as the client receives
     them: ("HEADERS", end_stream, {name: value}), ("DATA", length, end_stream), ("RST_STREAM",
     code), or ("GOAWAY",) / ("CLOSED",). For failure messages that say what went over the wire."""
-    import socket
-
     from hpack import Decoder, Encoder
-
-    def frame(kind, flags, stream, payload):
-        return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
     headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", f"127.0.0.1:{port}"),
                ("content-type", "application/grpc"), ("te", "trailers")] + [(k, v) for k, v in metadata]
@@ -718,54 +713,24 @@ def http2_frames(port: int, path: str, metadata, messages, timeout=3.0):
     body = b"".join(b"\0" + len(m).to_bytes(4, "big") + m for m in messages)
     frames = []
     decoder = Decoder()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(0x4, 0, 0, b"")
-                     + frame(0x1, 0x4, 1, block) + frame(0x0, 0x1, 1, body))
-        buf = b""
-
-        def read(n):
-            nonlocal buf
-            while len(buf) < n:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise EOFError
-                buf += chunk
-            data, buf = buf[:n], buf[n:]
-            return data
-
-        try:
-            while True:
-                head = read(9)
-                length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
-                stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
-                payload = read(length)
-                if kind == 0x4 and not flags & 0x1:
-                    sock.sendall(frame(0x4, 0x1, 0, b""))
-                elif kind == 0x6 and not flags & 0x1:
-                    sock.sendall(frame(0x6, 0x1, 0, payload))
-                elif kind == 0x7:
-                    frames.append(("GOAWAY",))
-                    return frames
-                elif stream != 1:
-                    continue
-                elif kind == 0x3:
-                    frames.append(("RST_STREAM", int.from_bytes(payload[:4], "big")))
-                    return frames
-                elif kind == 0x0:
-                    frames.append(("DATA", length, bool(flags & 0x1)))
-                    if flags & 0x1:
-                        return frames
-                elif kind == 0x1:  # no CONTINUATION expected: the header blocks here are small
-                    pad = payload[0] if flags & 0x8 else 0
-                    start = (1 if flags & 0x8 else 0) + (5 if flags & 0x20 else 0)
-                    decoded = decoder.decode(payload[start:len(payload) - pad])
-                    frames.append(("HEADERS", bool(flags & 0x1), {k: v for k, v in decoded if k in (":status", "grpc-status", "grpc-message")}))
-                    if flags & 0x1:
-                        return frames
-        except (EOFError, ConnectionResetError, TimeoutError, OSError):
-            frames.append(("CLOSED",))
-            return frames
+    try:
+        for kind, flags, payload in h.h2_call_frames(port, block, body, timeout):
+            if kind in ("GOAWAY", "CLOSED"):
+                frames.append((kind,))
+                return frames
+            if kind == 0x3:
+                frames.append(("RST_STREAM", int.from_bytes(payload[:4], "big")))
+                return frames
+            if kind == 0x0:
+                frames.append(("DATA", len(payload), bool(flags & 0x1)))
+            elif kind == 0x1:  # no CONTINUATION expected: the header blocks here are small
+                decoded = decoder.decode(payload)
+                frames.append(("HEADERS", bool(flags & 0x1), {k: v for k, v in decoded if k in (":status", "grpc-status", "grpc-message")}))
+            if kind in (0x0, 0x1) and flags & 0x1:
+                return frames
+    except (TimeoutError, OSError):
+        frames.append(("CLOSED",))
+    return frames
 
 
 # --------------------------------------------------------------------------------------------
@@ -1506,8 +1471,8 @@ class Checks:
                 except h.Failure as e:
                     md2 = [(k, v) for k, v in self.w.md(token, script="abort") if not k.endswith("-bin")]
                     raw = requests if requests is not None else [self.m.unary_requests()[method]]
-                    frames = http2_frames(relay.port, path_of(method), md2, raw)
-                    direct = http2_frames(self.x.port, path_of(method), md2, raw)
+                    frames = http2_frames(h, relay.port, path_of(method), md2, raw)
+                    direct = http2_frames(h, self.x.port, path_of(method), md2, raw)
                     raise h.Failure(f"{e}; frames from the service: {frames}; from the executor itself: {direct}")
 
             return check
@@ -1525,8 +1490,8 @@ class Checks:
                 outcome = self.call(relay, method, md, requests)
                 if not outcome.ok:
                     md2 = [(k, v) for k, v in self.w.md(token, script="empty")]
-                    frames = http2_frames(relay.port, path_of(method), md2, requests)
-                    direct = http2_frames(self.x.port, path_of(method), md2, requests)
+                    frames = http2_frames(h, relay.port, path_of(method), md2, requests)
+                    direct = http2_frames(h, self.x.port, path_of(method), md2, requests)
                     raise h.Failure(f"expected OK, got {outcome!r}; frames from the service: {frames}; from the executor itself: {direct}")
                 h.expect_equal("messages", outcome.responses, [])
 

@@ -176,11 +176,7 @@ class RawOutcome:
         return f"no gRPC status (http {self.http_status}, RST_STREAM {self.reset}, GOAWAY {self.goaway}, closed {self.closed})"
 
 
-def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
-
-
-def raw_grpc_call(port: int, metadata, path="/DuoWorkflow/GenerateToken", timeout=3.0) -> RawOutcome:
+def raw_grpc_call(h, port: int, metadata, path="/DuoWorkflow/GenerateToken", timeout=3.0) -> RawOutcome:
     """One unary call on a fresh HTTP/2 connection; `metadata` is [(bytes, bytes)] sent verbatim
     (HPACK literals, no Huffman), so values may hold a tab, obs-text or anything else."""
     from hpack import Decoder, Encoder
@@ -190,66 +186,38 @@ def raw_grpc_call(port: int, metadata, path="/DuoWorkflow/GenerateToken", timeou
     block = Encoder().encode(pseudo + list(metadata), huffman=False)
     out = RawOutcome()
     decoder = Decoder()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(0x4, 0, 0, b"")
-                     + _frame(0x1, 0x4, 1, block) + _frame(0x0, 0x1, 1, b"\0\0\0\0\0"))
-        buf = b""
-        pending = b""  # a header block awaiting its CONTINUATION frames
-
-        def read(n):
-            nonlocal buf
-            while len(buf) < n:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise EOFError
-                buf += chunk
-            data, buf = buf[:n], buf[n:]
-            return data
-
-        try:
-            while True:
-                head = read(9)
-                length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
-                stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
-                payload = read(length)
-                if kind == 0x4 and not flags & 0x1:
-                    sock.sendall(_frame(0x4, 0x1, 0, b""))
-                elif kind == 0x6 and not flags & 0x1:
-                    sock.sendall(_frame(0x6, 0x1, 0, payload))
-                elif kind == 0x7:
-                    out.goaway = int.from_bytes(payload[4:8], "big")
-                    return out
-                elif stream != 1:
-                    continue
-                elif kind == 0x3:
-                    out.reset = int.from_bytes(payload[:4], "big")
-                    return out
-                elif kind == 0x0:
-                    out.data = out.data or length > 0
-                    if flags & 0x1:
-                        return out
-                elif kind in (0x1, 0x9):
-                    if kind == 0x1:
-                        pad = payload[0] if flags & 0x8 else 0
-                        start = (1 if flags & 0x8 else 0) + (5 if flags & 0x20 else 0)
-                        payload = payload[start:len(payload) - pad]
-                        ended = flags & 0x1
-                    pending += payload
-                    if flags & 0x4:
-                        for name, value in decoder.decode(pending):
-                            if name == ":status":
-                                out.http_status = value
-                            elif name == "grpc-status":
-                                out.grpc_status = value
-                            elif name == "grpc-message":
-                                out.grpc_message = urllib.parse.unquote(value)
-                        pending = b""
-                        if ended:
-                            return out
-        except (EOFError, ConnectionResetError):
+    pending = b""  # a header block awaiting its CONTINUATION frames
+    ended = False
+    for kind, flags, payload in h.h2_call_frames(port, block, b"\0\0\0\0\0", timeout):
+        if kind == "GOAWAY":
+            out.goaway = int.from_bytes(payload[4:8], "big")
+            return out
+        if kind == "CLOSED":
             out.closed = True
             return out
+        if kind == 0x3:
+            out.reset = int.from_bytes(payload[:4], "big")
+            return out
+        if kind == 0x0:
+            out.data = out.data or len(payload) > 0
+            if flags & 0x1:
+                return out
+        elif kind in (0x1, 0x9):
+            if kind == 0x1:
+                ended = flags & 0x1
+            pending += payload
+            if flags & 0x4:
+                for name, value in decoder.decode(pending):
+                    if name == ":status":
+                        out.http_status = value
+                    elif name == "grpc-status":
+                        out.grpc_status = value
+                    elif name == "grpc-message":
+                        out.grpc_message = urllib.parse.unquote(value)
+                pending = b""
+                if ended:
+                    return out
+    return out
 
 
 # ---- the world ---------------------------------------------------------------------------------
@@ -983,7 +951,7 @@ class Battery:
             return [(name, authorization)] + rest
 
         def call(metadata):
-            return raw_grpc_call(self.p.port, metadata)
+            return raw_grpc_call(h, self.p.port, metadata)
 
         def control():
             out = call(md(f"Bearer {self.good()}".encode()))

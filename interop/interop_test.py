@@ -766,6 +766,56 @@ class Suite:
 
 
 
+
+def h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def h2_call_frames(port: int, header_block: bytes, body: bytes, timeout: float):
+    """One request on stream 1 of a fresh HTTP/2 connection to 127.0.0.1:`port` (an HPACK
+    `header_block`, then `body` as one DATA frame ending the stream), written by hand so that
+    nothing is normalised on the way. Acknowledges the peer's SETTINGS and PINGs and yields what
+    comes back: (kind, flags, payload) for the frames of stream 1 (HEADERS without padding and
+    priority), ("GOAWAY", None, payload), or ("CLOSED", None, None) when the connection ends. A
+    timeout is raised, not reported as a closed connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(0x4, 0, 0, b"")
+                     + h2_frame(0x1, 0x4, 1, header_block) + h2_frame(0x0, 0x1, 1, body))
+        buf = b""
+
+        def read(n):
+            nonlocal buf
+            while len(buf) < n:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise EOFError
+                buf += chunk
+            data, buf = buf[:n], buf[n:]
+            return data
+
+        try:
+            while True:
+                head = read(9)
+                length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+                stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+                payload = read(length)
+                if kind == 0x4 and not flags & 0x1:
+                    sock.sendall(h2_frame(0x4, 0x1, 0, b""))
+                elif kind == 0x6 and not flags & 0x1:
+                    sock.sendall(h2_frame(0x6, 0x1, 0, payload))
+                elif kind == 0x7:
+                    yield ("GOAWAY", None, payload)
+                    return
+                elif stream == 1:
+                    if kind == 0x1:
+                        pad = payload[0] if flags & 0x8 else 0
+                        start = (1 if flags & 0x8 else 0) + (5 if flags & 0x20 else 0)
+                        payload = payload[start:len(payload) - pad]
+                    yield (kind, flags, payload)
+        except (EOFError, ConnectionResetError):
+            yield ("CLOSED", None, None)
+
 def run_alone(argv, run, prefix: str) -> int:
     """Runs one module's checks (`run(suite, h, binary, tmp)`) on their own: what
     `python interop/<module>.py BINARY` does (interop/run.sh runs them all as one suite)."""
