@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use duo_workflow_domain::issuers::SourceIssuer;
-use duo_workflow_domain::keys::KeySet;
+use duo_workflow_domain::keys::{KeySet, DEFAULT_KIDLESS_CANDIDATES};
 use duo_workflow_domain::policy::ClaimChecks;
 use duo_workflow_domain::ports::{Authenticator, Clock, KeySource, VerificationError};
 use duo_workflow_domain::request::BearerToken;
@@ -23,7 +23,9 @@ use crate::jose::keys::PublicKey;
 use crate::jose::token::{
     SignatureFailure, SignatureVerified, UnverifiedToken, DEFAULT_MAX_TOKEN_BYTES,
 };
-use crate::verified_cache::{digest_of, CacheLimits, Entry, VerifiedCache};
+use crate::verified_cache::{
+    digest_of, CacheLimits, Entry, JudgedWith, RefusedCache, RefusedLimits, VerifiedCache,
+};
 
 pub type DynKeySource = Arc<dyn KeySource<PublicKey>>;
 
@@ -35,7 +37,31 @@ pub struct JwtAuthenticator {
     checks: ClaimChecks,
     clock: Arc<dyn Clock>,
     max_token_bytes: usize,
+    /// How many keys a kid-less token is tried against, the most recent first.
+    max_kidless_candidates: usize,
     cache: VerifiedCache,
+    refused: RefusedCache,
+}
+
+/// A refusal after signature work, and the key sets it was judged with.
+struct Refusal {
+    error: VerificationError,
+    judged_with: Vec<JudgedWith>,
+}
+
+impl From<VerificationError> for Refusal {
+    fn from(error: VerificationError) -> Self {
+        Self {
+            error,
+            judged_with: Vec::new(),
+        }
+    }
+}
+
+impl From<Rejection> for Refusal {
+    fn from(r: Rejection) -> Self {
+        VerificationError::from(r).into()
+    }
 }
 
 /// A signature that verified, and with what.
@@ -73,8 +99,21 @@ impl JwtAuthenticator {
             checks,
             clock,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            max_kidless_candidates: DEFAULT_KIDLESS_CANDIDATES,
             cache: VerifiedCache::new(CacheLimits::default()),
+            refused: RefusedCache::new(RefusedLimits::default()),
         })
+    }
+
+    pub fn with_refused_limits(mut self, limits: RefusedLimits) -> Self {
+        self.refused = RefusedCache::new(limits);
+        self
+    }
+
+    /// At least one: a kid-less token must be tried against something.
+    pub fn with_max_kidless_candidates(mut self, n: usize) -> Self {
+        self.max_kidless_candidates = n.max(1);
+        self
     }
 
     pub fn with_cache_limits(mut self, limits: CacheLimits) -> Self {
@@ -128,12 +167,13 @@ impl JwtAuthenticator {
             .map(std::slice::from_ref)
     }
 
-    /// The signature check against the issuer's sources, refetching once on a miss.
+    /// The signature check against the issuer's sources, refetching once on a miss. A refusal
+    /// says which key sets judged it.
     async fn verify_signature<'s>(
         &self,
         token: &UnverifiedToken<'_>,
         sources: &'s [DynKeySource],
-    ) -> Result<Verified<'s>, VerificationError> {
+    ) -> Result<Verified<'s>, Refusal> {
         let allowed: Vec<&DynKeySource> = sources
             .iter()
             .filter(|s| s.algorithms().contains(&token.algorithm()))
@@ -141,6 +181,11 @@ impl JwtAuthenticator {
         if allowed.is_empty() {
             return Err(Rejection::AlgorithmNotAllowed.into());
         }
+        let n = self.max_kidless_candidates;
+        let refused = |r: Rejection, source: &DynKeySource, keys: &Arc<KeySet<PublicKey>>| Refusal {
+            error: r.into(),
+            judged_with: vec![JudgedWith::new(source, Some(keys))],
+        };
         // Sources whose keys did not verify the token, with the set each tried (`None`: it had none).
         let mut misses: Vec<(&DynKeySource, Option<Arc<KeySet<PublicKey>>>)> = Vec::new();
         for source in &allowed {
@@ -148,7 +193,7 @@ impl JwtAuthenticator {
                 misses.push((source, None));
                 continue;
             };
-            match token.verify(&keys) {
+            match token.verify(&keys, n) {
                 Ok(proof) => {
                     return Ok(Verified {
                         proof,
@@ -156,19 +201,26 @@ impl JwtAuthenticator {
                         keys,
                     })
                 }
-                Err(SignatureFailure::Invalid) => return Err(Rejection::BadSignature.into()),
+                Err(SignatureFailure::Invalid) => {
+                    return Err(refused(Rejection::BadSignature, source, &keys))
+                }
+                Err(SignatureFailure::Ambiguous) => {
+                    return Err(refused(Rejection::AmbiguousKeyId, source, &keys))
+                }
                 Err(SignatureFailure::NoMatchingKey) => misses.push((source, Some(keys))),
             }
         }
         // Perhaps the issuer rotated its keys, or its provider just came back: each source may
         // refetch, once, rate-limited and shared with concurrent misses.
         let mut any_keys = false;
+        let mut judged_with = Vec::new();
         for (source, seen) in misses {
-            let had_keys = seen.is_some();
             let newer = source.refetch_after_miss(seen.as_ref()).await;
-            any_keys |= had_keys || newer.as_ref().is_some_and(|k| !k.is_empty());
+            let judged = newer.clone().or(seen).filter(|k| !k.is_empty());
+            any_keys |= judged.is_some();
+            judged_with.push(JudgedWith::new(source, judged.as_ref()));
             if let Some(newer) = newer {
-                match token.verify(&newer) {
+                match token.verify(&newer, n) {
                     Ok(proof) => {
                         return Ok(Verified {
                             proof,
@@ -176,23 +228,48 @@ impl JwtAuthenticator {
                             keys: newer,
                         })
                     }
-                    Err(SignatureFailure::Invalid) => return Err(Rejection::BadSignature.into()),
+                    Err(SignatureFailure::Invalid) => {
+                        return Err(refused(Rejection::BadSignature, source, &newer))
+                    }
+                    Err(SignatureFailure::Ambiguous) => {
+                        return Err(refused(Rejection::AmbiguousKeyId, source, &newer))
+                    }
                     Err(SignatureFailure::NoMatchingKey) => {}
                 }
             }
         }
         if !any_keys {
             // No source of this issuer has usable keys: an outage, not a bad token.
-            return Err(VerificationError::KeysUnavailable(Issuer::new(
-                token.claimed_issuer()?,
-            )));
+            return Err(VerificationError::KeysUnavailable(Issuer::new(token.claimed_issuer()?)).into());
         }
-        Err(if token.kid().is_some() {
+        let rejection = if token.kid().is_some() {
             Rejection::UnknownKeyId
         } else {
             Rejection::BadSignature
+        };
+        Err(Refusal {
+            error: rejection.into(),
+            judged_with,
+        })
+    }
+
+    /// Parse, route, verify, check claims; a refusal after signature work says what judged it.
+    async fn judge(&self, text: &str) -> Result<(VerifiedClaims, Entry), Refusal> {
+        let token = UnverifiedToken::parse(text, self.max_token_bytes)?;
+        let sources = self.sources_of(token.claimed_issuer()?).await?;
+        let verified = self.verify_signature(&token, sources).await?;
+        let (source, keys) = (verified.source.clone(), verified.keys);
+        let claims = token.into_claims(verified.proof).map_err(|r| Refusal {
+            error: r.into(),
+            judged_with: vec![JudgedWith::new(&source, Some(&keys))],
+        })?;
+        match self.checks.accept(claims.clone(), self.clock.now()) {
+            Ok(accepted) => Ok((accepted, Entry::new(claims, source, &keys, text.len()))),
+            Err(r) => Err(Refusal {
+                error: r.into(),
+                judged_with: vec![JudgedWith::new(&source, Some(&keys))],
+            }),
         }
-        .into())
     }
 }
 
@@ -211,7 +288,7 @@ impl Authenticator for JwtAuthenticator {
             }
             .into());
         }
-        let digest = self.cache.enabled().then(|| digest_of(text));
+        let digest = (self.cache.enabled() || self.refused.enabled()).then(|| digest_of(text));
         if let Some(digest) = &digest {
             if let Some(entry) = self.cache.get(digest) {
                 if entry.still_trusted() {
@@ -223,16 +300,23 @@ impl Authenticator for JwtAuthenticator {
                 }
                 self.cache.remove(digest);
             }
+            if let Some(rejection) = self.refused.get(digest) {
+                return Err(rejection.into());
+            }
         }
-        let token = UnverifiedToken::parse(text, self.max_token_bytes)?;
-        let sources = self.sources_of(token.claimed_issuer()?).await?;
-        let verified = self.verify_signature(&token, sources).await?;
-        let (source, keys) = (verified.source.clone(), verified.keys);
-        let claims = token.into_claims(verified.proof)?;
-        let accepted = self.checks.accept(claims.clone(), self.clock.now())?;
+        let (accepted, entry) = match self.judge(text).await {
+            Ok(judged) => judged,
+            Err(refusal) => {
+                if let (Some(digest), VerificationError::Rejected(r)) = (digest, &refusal.error) {
+                    if !refusal.judged_with.is_empty() {
+                        self.refused.insert(digest, r.clone(), refusal.judged_with);
+                    }
+                }
+                return Err(refusal.error);
+            }
+        };
         if let Some(digest) = digest {
-            self.cache
-                .insert(digest, Entry::new(claims, source, &keys, text.len()));
+            self.cache.insert(digest, entry);
         }
         Ok(accepted)
     }

@@ -1,5 +1,6 @@
-//! A bounded cache of verified tokens, so that a token seen again costs a hash instead of a
-//! signature verification. Safe by construction (checklist row 23):
+//! Bounded caches of tokens already judged, so that a token seen again costs a hash instead of a
+//! signature verification: [`VerifiedCache`] for accepted tokens, [`RefusedCache`] for refused
+//! ones (checklist row 29). The verified-token cache is safe by construction (checklist row 23):
 //!
 //! - keyed by the SHA-256 of the whole token, so two tokens never share an entry;
 //! - bounded by entries and by bytes, evicting the oldest first;
@@ -10,9 +11,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use duo_workflow_domain::keys::KeySet;
-use duo_workflow_domain::Claims;
+use duo_workflow_domain::{Claims, Rejection};
 use ring::digest;
 
 use crate::authenticator::DynKeySource;
@@ -149,6 +151,129 @@ impl VerifiedCache {
     pub fn usage(&self) -> (usize, usize) {
         let inner = self.inner.lock().expect("cache lock");
         (inner.map.len(), inner.bytes)
+    }
+}
+
+/// Bounds of the cache of refused tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusedLimits {
+    pub max_entries: usize,
+    /// How long a refusal is remembered.
+    pub ttl: Duration,
+}
+
+impl Default for RefusedLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: 10_000,
+            ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A key set a refusal was judged with: the source, and its set then (`None`: it had none).
+#[derive(Clone)]
+pub struct JudgedWith {
+    pub source: DynKeySource,
+    pub keys: Option<Weak<KeySet<PublicKey>>>,
+}
+
+impl JudgedWith {
+    pub fn new(source: &DynKeySource, keys: Option<&Arc<KeySet<PublicKey>>>) -> Self {
+        Self {
+            source: source.clone(),
+            keys: keys.map(Arc::downgrade),
+        }
+    }
+
+    /// Whether the source still has the set the refusal was judged with.
+    fn unchanged(&self) -> bool {
+        match (self.source.current(), &self.keys) {
+            (Some(current), Some(then)) => std::ptr::eq(Arc::as_ptr(&current), then.as_ptr()),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+struct Refused {
+    rejection: Rejection,
+    judged_with: Vec<JudgedWith>,
+    at: Instant,
+}
+
+/// Tokens refused after signature work (checklist row 29), by hash: a replay is answered with
+/// the same refusal after a lookup, without another verification, while the refusal is young
+/// and every key set it was judged with is still its source's current one (a rotation or a
+/// provider coming back re-opens the question). Refusals that time could undo (`nbf`, `iat` in
+/// the future) are never remembered.
+pub struct RefusedCache {
+    limits: RefusedLimits,
+    inner: Mutex<(HashMap<TokenDigest, Refused>, VecDeque<TokenDigest>)>,
+}
+
+impl RefusedCache {
+    pub fn new(limits: RefusedLimits) -> Self {
+        Self {
+            limits,
+            inner: Mutex::new(Default::default()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.limits.max_entries > 0 && !self.limits.ttl.is_zero()
+    }
+
+    /// Whether a refusal is worth remembering: it cost signature work and time cannot undo it.
+    pub fn remembers(rejection: &Rejection) -> bool {
+        !matches!(
+            rejection,
+            Rejection::NotYetValid | Rejection::IssuedInFuture | Rejection::TooLong { .. }
+        )
+    }
+
+    pub fn get(&self, key: &TokenDigest) -> Option<Rejection> {
+        let mut inner = self.inner.lock().expect("refused cache lock");
+        let entry = inner.0.get(key)?;
+        if entry.at.elapsed() < self.limits.ttl && entry.judged_with.iter().all(JudgedWith::unchanged)
+        {
+            return Some(entry.rejection.clone());
+        }
+        inner.0.remove(key);
+        None
+    }
+
+    pub fn insert(&self, key: TokenDigest, rejection: Rejection, judged_with: Vec<JudgedWith>) {
+        if !self.enabled() || !Self::remembers(&rejection) {
+            return;
+        }
+        let mut inner = self.inner.lock().expect("refused cache lock");
+        let (map, order) = &mut *inner;
+        let refused = Refused {
+            rejection,
+            judged_with,
+            at: Instant::now(),
+        };
+        if map.insert(key, refused).is_none() {
+            order.push_back(key);
+        }
+        while map.len() > self.limits.max_entries {
+            let Some(oldest) = order.pop_front() else {
+                break;
+            };
+            map.remove(&oldest);
+        }
+        if order.len() > 2 * self.limits.max_entries.max(16) {
+            order.retain(|k| map.contains_key(k));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("refused cache lock").0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

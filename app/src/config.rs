@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use duo_workflow_adapters::jose::keys::KeyPolicy;
 use duo_workflow_adapters::sources::fetch::{check_scheme, FetchPolicy};
 use duo_workflow_adapters::sources::{IssuerSetting, Locator, RefreshPolicy, RemoteSourceConfig};
 use duo_workflow_adapters::verified_cache::CacheLimits;
@@ -203,6 +204,9 @@ pub struct RemoteSourceFields {
     /// Default `["RS256"]`.
     #[serde(default)]
     pub algorithms: Vec<String>,
+    /// Accept RSA keys whose public exponent is not 65537 (still odd and at least 3).
+    #[serde(default)]
+    pub allow_any_rsa_exponent: bool,
     #[serde(default)]
     pub refresh: RefreshConfig,
 }
@@ -217,6 +221,9 @@ pub struct StaticSourceConfig {
     /// Defaults to the algorithms of the keys themselves.
     #[serde(default)]
     pub algorithms: Vec<String>,
+    /// Accept RSA keys whose public exponent is not 65537 (still odd and at least 3).
+    #[serde(default)]
+    pub allow_any_rsa_exponent: bool,
 }
 
 /// A private key's PEM text, which never appears in debug output.
@@ -244,6 +251,7 @@ pub struct StaticSource {
     pub issuer: String,
     pub keys: StaticKeys,
     pub algorithms: Vec<Algorithm>,
+    pub key_policy: KeyPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -381,6 +389,7 @@ impl Settings {
                 locator: Locator::Discovery { url: Some(url) },
                 algorithms: vec![Algorithm::RS256],
                 required: b.required,
+                key_policy: KeyPolicy::default(),
                 fetch: fetch_policy("auth.refresh", &file.auth.refresh, allow_insecure_http)?,
                 refresh: refresh_policy("auth.refresh", &file.auth.refresh)?,
             });
@@ -796,6 +805,9 @@ fn remote_source(
         locator,
         algorithms: remote_algorithms(&field("algorithms"), &s.algorithms)?,
         required: s.required,
+        key_policy: KeyPolicy {
+            any_rsa_exponent: s.allow_any_rsa_exponent,
+        },
         fetch: fetch_policy(&field("refresh"), &s.refresh, s.allow_insecure_http)?,
         refresh: refresh_policy(&field("refresh"), &s.refresh)?,
     })
@@ -862,6 +874,9 @@ fn static_source(i: usize, s: StaticSourceConfig) -> Result<StaticSource, Config
         issuer: s.issuer,
         keys,
         algorithms,
+        key_policy: KeyPolicy {
+            any_rsa_exponent: s.allow_any_rsa_exponent,
+        },
     })
 }
 

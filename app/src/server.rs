@@ -116,11 +116,17 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
                 issuer,
                 s.algorithms.clone(),
                 bytes,
+                s.key_policy,
                 clock.now(),
             ),
-            StaticKeys::Pem(text) => {
-                StaticKeySource::from_pem(&s.name, issuer, s.algorithms.clone(), text, clock.now())
-            }
+            StaticKeys::Pem(text) => StaticKeySource::from_pem(
+                &s.name,
+                issuer,
+                s.algorithms.clone(),
+                text,
+                s.key_policy,
+                clock.now(),
+            ),
         }
         .map_err(|e| config_error(&format!("key source {:?}", s.name), e))?;
         tracing::info!(source = %s.name, issuer = %s.issuer, kids = ?source.current_kids(), "static key source loaded");

@@ -117,6 +117,8 @@ pub enum Rejection {
     InvalidKeyId,
     UnknownIssuer,
     UnknownKeyId,
+    /// Several keys of the issuer carry the token's `kid`.
+    AmbiguousKeyId,
     BadSignature,
     InvalidClaim(&'static str),
     MissingExpiry,
@@ -141,6 +143,7 @@ impl fmt::Display for Rejection {
             Rejection::InvalidKeyId => f.write_str("kid is not a string of at most 256 bytes"),
             Rejection::UnknownIssuer => f.write_str("unknown issuer"),
             Rejection::UnknownKeyId => f.write_str("no key of the issuer has this kid"),
+            Rejection::AmbiguousKeyId => f.write_str("several keys of the issuer carry this kid"),
             Rejection::BadSignature => f.write_str("signature does not verify"),
             Rejection::InvalidClaim(name) => write!(f, "invalid claim {name}"),
             Rejection::MissingExpiry => f.write_str("missing exp"),

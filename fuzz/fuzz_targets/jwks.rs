@@ -49,7 +49,7 @@ fn jwk_entry(entry: &Value) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(parsed) = parse_jwks(data) {
+    if let Ok(parsed) = parse_jwks(data, Default::default()) {
         assert!(parsed.keys.len() <= MAX_KEYS_PER_SOURCE);
         for key in &parsed.keys {
             usable(key);

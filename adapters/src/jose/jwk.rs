@@ -6,7 +6,8 @@ use duo_workflow_domain::KeyId;
 use serde_json::{Map, Value};
 
 use super::b64url_decode;
-use super::keys::PublicKey;
+use super::json::strict_from_slice;
+use super::keys::{KeyPolicy, PublicKey};
 
 /// Members that only a private or symmetric key has. A JWKS that publishes them leaked a secret.
 const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "k"];
@@ -18,9 +19,10 @@ pub struct ParsedJwks {
     pub dropped: Vec<String>,
 }
 
-/// Parses `{"keys": [...]}`. Fails only when the document itself is not a JWKS.
-pub fn parse_jwks(bytes: &[u8]) -> Result<ParsedJwks, String> {
-    let doc: Value = serde_json::from_slice(bytes).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+/// Parses `{"keys": [...]}`, as strictly as a token (no member name twice, at any depth), keeping
+/// the keys `policy` accepts. Fails only when the document itself is not a JWKS.
+pub fn parse_jwks(bytes: &[u8], policy: KeyPolicy) -> Result<ParsedJwks, String> {
+    let doc: Value = strict_from_slice(bytes).map_err(|e| format!("JWKS is not strict JSON: {e}"))?;
     let entries = doc
         .get("keys")
         .and_then(Value::as_array)
@@ -33,9 +35,15 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<ParsedJwks, String> {
             ));
             break;
         }
-        match parse_jwk(entry) {
+        match parse_jwk(entry).and_then(|k| k.key.check(policy).map(|()| k)) {
             Ok(key) => parsed.keys.push(key),
-            Err(why) => parsed.dropped.push(format!("entry #{i}: {why}")),
+            Err(why) => {
+                let kid = entry.get("kid").and_then(Value::as_str).map(capped_kid);
+                parsed.dropped.push(match kid {
+                    Some(kid) => format!("entry #{i} (kid {kid:?}): {why}"),
+                    None => format!("entry #{i} (no kid): {why}"),
+                });
+            }
         }
     }
     Ok(parsed)
@@ -92,6 +100,15 @@ pub fn parse_jwk(entry: &Value) -> Result<IssuerKey<PublicKey>, String> {
         algorithm: key.algorithm(),
         key,
     })
+}
+
+/// A provider's `kid` as logs show it: at most [`MAX_KID_LEN`] bytes.
+fn capped_kid(kid: &str) -> String {
+    let mut end = kid.len().min(MAX_KID_LEN);
+    while !kid.is_char_boundary(end) {
+        end -= 1;
+    }
+    kid[..end].to_owned()
 }
 
 fn string_member<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {

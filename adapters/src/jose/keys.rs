@@ -9,9 +9,51 @@ use serde_json::{json, Value};
 use super::der::{self, SpkiKey};
 use super::{b64url_encode, pem};
 
-/// RSA moduli below 2048 bits are refused (ring refuses them too, at verification).
-const RSA_MIN_MODULUS_BYTES: usize = 256;
-const RSA_MAX_MODULUS_BYTES: usize = 1024;
+/// RSA moduli outside 2048..=8192 bits are refused (ring refuses them too, at verification).
+const RSA_MIN_MODULUS_BITS: usize = 2048;
+const RSA_MAX_MODULUS_BITS: usize = 8192;
+/// The only RSA public exponent accepted unless a source allows others (checklist row 28).
+const RSA_EXPONENT_F4: [u8; 3] = [0x01, 0x00, 0x01];
+
+/// What a key source accepts beyond the safe defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// RSA exponents other than 65537 (still odd, at least 3, at most 32 bits).
+    pub any_rsa_exponent: bool,
+}
+
+/// The Ed25519 encodings of points of small order (1, 2, 4, 8), and of `y = p` and `y = p + 1`
+/// (non-canonical encodings of two of them), compared with the sign bit cleared. A public key
+/// among them lets anyone forge signatures that verify (e.g. the identity and signature `01‖00…`).
+const ED25519_SMALL_ORDER: [[u8; 32]; 7] = [
+    [0; 32],
+    {
+        let mut one = [0; 32];
+        one[0] = 1;
+        one
+    },
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    ed25519_p_plus(-1),
+    ed25519_p_plus(0),
+    ed25519_p_plus(1),
+];
+
+/// The little-endian encoding of `p + delta` for the field prime `p = 2^255 - 19`.
+const fn ed25519_p_plus(delta: i8) -> [u8; 32] {
+    let mut v = [0xff; 32];
+    v[31] = 0x7f;
+    v[0] = (0xed_i16 + delta as i16) as u8;
+    v
+}
 
 /// Public key material of one of the supported algorithms. Each key verifies exactly one algorithm.
 #[derive(Clone, PartialEq, Eq)]
@@ -37,17 +79,21 @@ impl std::fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
+    /// An RSA key: a modulus of 2048 to 8192 bits and an odd exponent of at least 3 (65537 is
+    /// required unless the source allows others: [`PublicKey::check`]).
     pub fn rsa(n: &[u8], e: &[u8]) -> Result<Self, String> {
         let n = strip_zeros(n);
         let e = strip_zeros(e);
-        if n.len() < RSA_MIN_MODULUS_BYTES || n.len() > RSA_MAX_MODULUS_BYTES {
-            return Err(format!(
-                "RSA modulus of {} bits is outside 2048..=8192",
-                n.len() * 8
-            ));
+        let bits = n.len().saturating_sub(1) * 8 + n.first().map_or(0, |b| 8 - b.leading_zeros() as usize);
+        if !(RSA_MIN_MODULUS_BITS..=RSA_MAX_MODULUS_BITS).contains(&bits) {
+            return Err(format!("RSA modulus of {bits} bits is outside 2048..=8192"));
         }
-        if e.is_empty() || e.len() > 4 || e.last().is_some_and(|b| b & 1 == 0) {
-            return Err("RSA public exponent is not a small odd number".into());
+        if n.last().is_some_and(|b| b & 1 == 0) {
+            return Err("RSA modulus is even".into());
+        }
+        let small = e.len() == 1 && e[0] < 3;
+        if e.is_empty() || e.len() > 4 || small || e.last().is_some_and(|b| b & 1 == 0) {
+            return Err("RSA public exponent is not an odd number from 3 to 2^32".into());
         }
         Ok(PublicKey::Rsa {
             n: n.to_vec(),
@@ -55,20 +101,44 @@ impl PublicKey {
         })
     }
 
+    /// A P-256 key: an uncompressed point on the curve (checked with ring's own point validation).
     pub fn p256(point: &[u8]) -> Result<Self, String> {
         if point.len() != 65 || point[0] != 0x04 {
             return Err("P-256 key is not an uncompressed point".into());
+        }
+        if !p256_point_is_valid(point) {
+            return Err("P-256 point is not on the curve".into());
         }
         Ok(PublicKey::P256 {
             point: point.to_vec(),
         })
     }
 
+    /// An Ed25519 key: 32 bytes, a canonical encoding of a point not of small order.
     pub fn ed25519(x: &[u8]) -> Result<Self, String> {
-        if x.len() != 32 {
+        let Ok(bytes) = <[u8; 32]>::try_from(x) else {
             return Err("Ed25519 key is not 32 bytes".into());
+        };
+        let mut y = bytes;
+        y[31] &= 0x7f;
+        if ED25519_SMALL_ORDER.contains(&y) {
+            return Err("Ed25519 key is a point of small order (anyone can forge for it)".into());
+        }
+        // y >= p: the last byte 0x7f, the middle all 0xff, the first at least 0xed.
+        if y[31] == 0x7f && y[1..31].iter().all(|&b| b == 0xff) && y[0] >= 0xed {
+            return Err("Ed25519 key is not a canonical encoding".into());
         }
         Ok(PublicKey::Ed25519 { x: x.to_vec() })
+    }
+
+    /// What a source's policy adds to the checks every key passes when it is built.
+    pub fn check(&self, policy: KeyPolicy) -> Result<(), String> {
+        match self {
+            PublicKey::Rsa { e, .. } if !policy.any_rsa_exponent && e[..] != RSA_EXPONENT_F4 => Err(
+                "RSA public exponent is not 65537 (the source does not allow others)".into(),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// The one algorithm this key verifies.
@@ -146,24 +216,28 @@ impl PublicKey {
     }
 
     /// Public keys from PEM text: `PUBLIC KEY` (SubjectPublicKeyInfo: RSA, P-256, Ed25519) and
-    /// `RSA PUBLIC KEY` (PKCS#1) blocks.
+    /// `RSA PUBLIC KEY` (PKCS#1) blocks. Fails on the first block that is not a usable key.
     pub fn from_pem_all(text: &str) -> Result<Vec<PublicKey>, String> {
+        Self::from_pem_each(text)?.into_iter().collect()
+    }
+
+    /// Each PEM block as a key or the reason it is unusable (weak keys included); fails only
+    /// when the text holds no public key block at all, or a private key.
+    pub fn from_pem_each(text: &str) -> Result<Vec<Result<PublicKey, String>>, String> {
         let mut keys = Vec::new();
         for block in pem::parse_all(text)? {
             let key = match block.label.as_str() {
                 "PUBLIC KEY" => match der::parse_spki(&block.der) {
-                    Some(SpkiKey::Rsa(pkcs1)) => rsa_from_pkcs1(pkcs1)?,
-                    Some(SpkiKey::P256(point)) => PublicKey::p256(point)?,
-                    Some(SpkiKey::Ed25519(x)) => PublicKey::ed25519(x)?,
-                    None => {
-                        return Err("PUBLIC KEY block is not an RSA, P-256 or Ed25519 key".into())
-                    }
+                    Some(SpkiKey::Rsa(pkcs1)) => rsa_from_pkcs1(pkcs1),
+                    Some(SpkiKey::P256(point)) => PublicKey::p256(point),
+                    Some(SpkiKey::Ed25519(x)) => PublicKey::ed25519(x),
+                    None => Err("PUBLIC KEY block is not an RSA, P-256 or Ed25519 key".into()),
                 },
-                "RSA PUBLIC KEY" => rsa_from_pkcs1(&block.der)?,
+                "RSA PUBLIC KEY" => rsa_from_pkcs1(&block.der),
                 other if other.contains("PRIVATE") => {
                     return Err(format!("a {other} block where public keys were expected"))
                 }
-                other => return Err(format!("unsupported PEM block {other}")),
+                other => Err(format!("unsupported PEM block {other}")),
             };
             keys.push(key);
         }
@@ -182,6 +256,18 @@ impl PublicKey {
             key: self,
         }
     }
+}
+
+/// Whether a SEC1 uncompressed point is a valid P-256 public key: ring validates a peer's point
+/// (on the curve, not the identity) before an ECDH agreement, so one throwaway agreement asks it.
+fn p256_point_is_valid(point: &[u8]) -> bool {
+    use ring::agreement;
+    let rng = ring::rand::SystemRandom::new();
+    let Ok(ours) = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng) else {
+        return false;
+    };
+    let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point);
+    agreement::agree_ephemeral(ours, &peer, |_| ()).is_ok()
 }
 
 fn rsa_from_pkcs1(der: &[u8]) -> Result<PublicKey, String> {

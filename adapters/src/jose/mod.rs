@@ -1,6 +1,7 @@
 //! JOSE with `ring`: compact JWS parsing and verification, keys (JWK, PEM, DER), signing.
 
 pub mod der;
+pub mod json;
 pub mod jwk;
 pub mod keys;
 pub mod pem;

@@ -5,10 +5,9 @@ use duo_workflow_domain::keys::{Algorithm, KeySet, Selection, MAX_KID_LEN};
 use duo_workflow_domain::{
     Claims, CopiedClaim, Issuer, JsonText, Rejection, UnitPrimitive, UnixTime,
 };
-use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::json::unique_object;
 use super::keys::PublicKey;
 use super::signing::SigningKey;
 use super::{b64url_decode, b64url_encode};
@@ -40,6 +39,8 @@ pub enum SignatureFailure {
     NoMatchingKey,
     /// The named key exists but the signature is wrong, or the key is for another algorithm.
     Invalid,
+    /// Several keys carry the token's `kid`: none is used.
+    Ambiguous,
 }
 
 impl<'a> UnverifiedToken<'a> {
@@ -110,15 +111,22 @@ impl<'a> UnverifiedToken<'a> {
         }
     }
 
-    /// Tries the keys the `kid` selects. A key verifies only tokens of its own algorithm.
-    pub fn verify(&self, keys: &KeySet<PublicKey>) -> Result<SignatureVerified, SignatureFailure> {
+    /// Tries the keys the `kid` selects: the named one, or for a kid-less token at most
+    /// `max_candidates` keys, the most recent first. A key verifies only tokens of its own
+    /// algorithm.
+    pub fn verify(
+        &self,
+        keys: &KeySet<PublicKey>,
+        max_candidates: usize,
+    ) -> Result<SignatureVerified, SignatureFailure> {
         let fits = |k: &duo_workflow_domain::keys::IssuerKey<PublicKey>| {
             k.algorithm == self.algorithm && k.key.verify(self.signing_input, &self.signature)
         };
-        match keys.select(self.kid.as_deref()) {
+        match keys.select(self.kid.as_deref(), max_candidates) {
             Selection::Named(key) if fits(key) => Ok(SignatureVerified(())),
             Selection::Named(_) => Err(SignatureFailure::Invalid),
             Selection::UnknownKid => Err(SignatureFailure::NoMatchingKey),
+            Selection::AmbiguousKid => Err(SignatureFailure::Ambiguous),
             Selection::Each(all) if all.iter().any(fits) => Ok(SignatureVerified(())),
             Selection::Each(_) => Err(SignatureFailure::NoMatchingKey),
         }
@@ -151,45 +159,9 @@ fn check_header(header: &Map<String, Value>) -> Result<(Algorithm, Option<String
     Ok((algorithm, kid))
 }
 
-/// base64url, then a JSON object whose member names are unique (serde_json would silently keep
-/// the last of two, and two parsers disagreeing on a claim is how tokens get forged).
+/// base64url, then a strict JSON object ([`super::json`]).
 fn decode_object(b64: &str) -> Option<Map<String, Value>> {
     unique_object(&b64url_decode(b64)?)
-}
-
-/// A JSON object whose member names are unique, and nothing after it (also for provider
-/// documents, parsed as strictly as tokens).
-pub(crate) fn unique_object(bytes: &[u8]) -> Option<Map<String, Value>> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let UniqueObject(map) = UniqueObject::deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    Some(map)
-}
-
-struct UniqueObject(Map<String, Value>);
-
-impl<'de> Deserialize<'de> for UniqueObject {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = UniqueObject;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<UniqueObject, A::Error> {
-                let mut map = Map::new();
-                while let Some(key) = access.next_key::<String>()? {
-                    if map.contains_key(&key) {
-                        return Err(de::Error::custom("duplicate member"));
-                    }
-                    let value: Value = access.next_value()?;
-                    map.insert(key, value);
-                }
-                Ok(UniqueObject(map))
-            }
-        }
-        d.deserialize_map(V)
-    }
 }
 
 fn read_claims(p: &Map<String, Value>) -> Result<Claims, Rejection> {

@@ -7,3 +7,23 @@ pub mod static_keys;
 
 pub use remote::{IssuerSetting, Locator, RefreshPolicy, RemoteKeySource, RemoteSourceConfig};
 pub use static_keys::StaticKeySource;
+
+use duo_workflow_domain::keys::LoadReport;
+
+/// Warns about what a key set left out: keys beyond the cap, and `kid`s several keys carry
+/// (tokens naming them are refused).
+pub(crate) fn report_load(source: &str, issuer: &dyn std::fmt::Display, report: &LoadReport) {
+    if report.over_cap > 0 {
+        tracing::warn!(source, issuer = %issuer, dropped = report.over_cap, "key set holds too many keys; the rest are ignored");
+    }
+    for kid in &report.ambiguous {
+        tracing::warn!(source, issuer = %issuer, kid = %kid, "several keys carry this kid: tokens naming it are refused");
+    }
+}
+
+/// Warns about each key of a document that was dropped (unusable, weak, or refused by policy).
+pub(crate) fn report_dropped(source: &str, issuer: &dyn std::fmt::Display, dropped: &[String]) {
+    for why in dropped {
+        tracing::warn!(source, issuer = %issuer, "dropped a key: {why}");
+    }
+}

@@ -27,8 +27,8 @@ use url::Url;
 
 use super::fetch::{check_scheme, FetchPolicy, Fetcher};
 use crate::jose::jwk::parse_jwks;
-use crate::jose::keys::PublicKey;
-use crate::jose::token::unique_object;
+use crate::jose::keys::{KeyPolicy, PublicKey};
+use crate::jose::json::unique_object;
 
 /// Where the keys are.
 #[derive(Debug, Clone)]
@@ -102,6 +102,8 @@ pub struct RemoteSourceConfig {
     pub locator: Locator,
     pub algorithms: Vec<Algorithm>,
     pub required: bool,
+    /// What keys the source accepts beyond the safe defaults.
+    pub key_policy: KeyPolicy,
     pub fetch: FetchPolicy,
     pub refresh: RefreshPolicy,
 }
@@ -316,10 +318,8 @@ impl RemoteKeySource {
             KeysAt::Discovery(url) => self.discover(url).await?,
         };
         let fetched = self.fetcher.get(&jwks_uri).await?;
-        let parsed = parse_jwks(&fetched.body)?;
-        for why in &parsed.dropped {
-            tracing::warn!(source = %self.config.name, issuer = %self.issuer(), "dropped a JWKS entry: {why}");
-        }
+        let parsed = parse_jwks(&fetched.body, self.config.key_policy)?;
+        super::report_dropped(&self.config.name, &self.issuer(), &parsed.dropped);
         let usable: Vec<_> = parsed
             .keys
             .into_iter()
@@ -331,7 +331,13 @@ impl RemoteKeySource {
                 self.config.algorithms
             ));
         }
-        let (set, _) = KeySet::new(usable);
+        // A rotation's new keys go first: kid-less tokens try the most recent keys.
+        let usable = match &self.snapshot().keys {
+            Some(previous) => previous.after(usable),
+            None => usable,
+        };
+        let (set, report) = KeySet::new(usable);
+        super::report_load(&self.config.name, &self.issuer(), &report);
         Ok((set, fetched.max_age))
     }
 
@@ -575,6 +581,7 @@ mod tests {
                 },
                 algorithms: vec![Algorithm::RS256],
                 required: false,
+                key_policy: KeyPolicy::default(),
                 fetch: FetchPolicy::default(),
                 refresh: RefreshPolicy::default(),
             },
@@ -657,6 +664,7 @@ mod tests {
             locator,
             algorithms: vec![Algorithm::RS256],
             required: false,
+            key_policy: KeyPolicy::default(),
             fetch: FetchPolicy::default(),
             refresh: RefreshPolicy::default(),
         };

@@ -9,7 +9,7 @@ use duo_workflow_domain::ports::{KeySource, SourceState};
 use duo_workflow_domain::{Issuer, UnixTime};
 
 use crate::jose::jwk::parse_jwks;
-use crate::jose::keys::PublicKey;
+use crate::jose::keys::{KeyPolicy, PublicKey};
 
 pub struct StaticKeySource {
     name: String,
@@ -42,12 +42,11 @@ impl StaticKeySource {
         } else {
             algorithms
         };
-        let (set, dropped) = KeySet::new(keys);
-        if dropped > 0 {
-            tracing::warn!(issuer = %issuer, dropped, "static key source holds too many keys; the rest are ignored");
-        }
+        let name = name.into();
+        let (set, report) = KeySet::new(keys);
+        super::report_load(&name, &issuer, &report);
         Ok(Self {
-            name: name.into(),
+            name,
             issuer,
             algorithms,
             keys: Arc::new(set),
@@ -55,19 +54,18 @@ impl StaticKeySource {
         })
     }
 
-    /// Keys from a JWKS document; unusable entries are dropped with a warning.
+    /// Keys from a JWKS document; unusable, weak or refused entries are dropped with a warning.
     pub fn from_jwks(
         name: impl Into<String>,
         issuer: Issuer,
         algorithms: Vec<Algorithm>,
         jwks: &[u8],
+        policy: KeyPolicy,
         loaded_at: UnixTime,
     ) -> Result<Self, String> {
         let name = name.into();
-        let parsed = parse_jwks(jwks)?;
-        for why in &parsed.dropped {
-            tracing::warn!(source = %name, issuer = %issuer, "dropped a JWKS entry: {why}");
-        }
+        let parsed = parse_jwks(jwks, policy)?;
+        super::report_dropped(&name, &issuer, &parsed.dropped);
         Self::new(name, issuer, algorithms, parsed.keys, loaded_at)
     }
 
@@ -77,12 +75,19 @@ impl StaticKeySource {
         issuer: Issuer,
         algorithms: Vec<Algorithm>,
         pem: &str,
+        policy: KeyPolicy,
         loaded_at: UnixTime,
     ) -> Result<Self, String> {
-        let keys = PublicKey::from_pem_all(pem)?
-            .into_iter()
-            .map(|k| k.into_issuer_key(None))
-            .collect();
+        let name = name.into();
+        let mut keys = Vec::new();
+        let mut dropped = Vec::new();
+        for (i, key) in PublicKey::from_pem_each(pem)?.into_iter().enumerate() {
+            match key.and_then(|k| k.check(policy).map(|()| k)) {
+                Ok(key) => keys.push(key.into_issuer_key(None)),
+                Err(why) => dropped.push(format!("PEM block #{i}: {why}")),
+            }
+        }
+        super::report_dropped(&name, &issuer, &dropped);
         Self::new(name, issuer, algorithms, keys, loaded_at)
     }
 }
