@@ -1060,3 +1060,229 @@ async fn row_23_cached_verifications_are_rechecked_and_dropped_with_their_key() 
     }
     assert_eq!(PANICS.load(Ordering::SeqCst), 0);
 }
+
+/// A service trusting, for `GITLAB`, the JWKS `keys` (and the good RS256 key), with extra
+/// settings for that source and the whole file.
+async fn serving_jwks(keys: Vec<Value>, source_extra: &str, file_extra: &str) -> Fixture {
+    count_panics();
+    let dir = TempDir::new();
+    let mut all = keys;
+    all.push(rs().jwk());
+    let jwks = dir.write("gitlab.jwks", &json!({ "keys": all }).to_string());
+    let config = format!(
+        "{file_extra}\n[[key_sources]]\ntype = \"static\"\nname = \"gitlab\"\nissuer = \"{GITLAB}\"\njwks_file = \"{}\"\n{source_extra}\n",
+        jwks.display()
+    );
+    let file = dir.write("config.toml", &config);
+    let service = start_service(Some(&file), &[]).await.unwrap();
+    Fixture { service, _dir: dir }
+}
+
+/// The Ed25519 encodings that let anyone sign: the eight points of small order (the last byte
+/// with and without its sign bit), and non-canonical encodings (y = p, p + 1).
+fn small_order_ed25519() -> Vec<[u8; 32]> {
+    let hex = |s: &str| -> [u8; 32] {
+        (0..32)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap()
+    };
+    let mut out = Vec::new();
+    for base in [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    ] {
+        let point = hex(base);
+        let mut negated = point;
+        negated[31] |= 0x80;
+        out.push(point);
+        out.push(negated);
+    }
+    out
+}
+
+#[tokio::test]
+async fn row_28_small_order_ed25519_keys_cannot_be_used_to_forge() {
+    let points = small_order_ed25519();
+    let keys: Vec<Value> = points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| json!({"kty": "OKP", "crv": "Ed25519", "kid": format!("weak-{i}"), "x": b64(p)}))
+        .collect();
+    let f = serving_jwks(keys, "algorithms = [\"RS256\", \"EdDSA\"]", "").await;
+    // The forgery: for the identity point, R = identity and S = 0 verify for any message.
+    let mut forged_signature = [0u8; 64];
+    forged_signature[0] = 1;
+    for i in 0..points.len() {
+        let input = format!(
+            "{}.{}",
+            b64(header("EdDSA", Some(&format!("weak-{i}")))
+                .to_string()
+                .as_bytes()),
+            b64(good_claims(GITLAB).to_string().as_bytes())
+        );
+        let token = format!("{input}.{}", b64(&forged_signature));
+        f.refuses(&format!("forged with weak-{i}"), &token).await;
+    }
+}
+
+#[tokio::test]
+async fn row_28_weak_rsa_and_p256_keys_are_dropped_when_the_set_loads() {
+    // Each weak key carries the good key's kid: were it kept, the kid would be ambiguous and the
+    // good token refused; dropped, the good key alone answers to the kid.
+    let good = rs().jwk();
+    let kid = rs().kid().to_owned();
+    let with = |member: &str, value: Value| {
+        let mut k = good.clone();
+        k[member] = value;
+        k
+    };
+    let n = base64_decode(good["n"].as_str().unwrap());
+    let weak = [
+        ("e = 1", with("e", json!(b64(&[1])))),
+        ("e = 2", with("e", json!(b64(&[2])))),
+        ("e = 65536", with("e", json!(b64(&[1, 0, 0])))),
+        ("a 2040-bit modulus", with("n", json!(b64(&n[1..])))),
+        (
+            "an even modulus",
+            with("n", json!(b64(&[&n[..255], &[n[255] & 0xfe]].concat()))),
+        ),
+        (
+            "a P-256 point off the curve",
+            json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": b64(&[1; 32]), "y": b64(&[2; 32])}),
+        ),
+    ];
+    let token = signed(&rs(), &header("RS256", Some(&kid)), &good_claims(GITLAB));
+    // Allowing any exponent never allows a weak one.
+    for policy in ["", "allow_any_rsa_exponent = true"] {
+        for (what, key) in &weak {
+            let f = serving_jwks(vec![key.clone()], policy, "").await;
+            assert!(
+                generate_token(f.addr(), &Headers::bearer(&token))
+                    .await
+                    .is_ok(),
+                "{what} was kept beside the good key ({policy:?})"
+            );
+        }
+    }
+    // The control: a second good key under the same kid is kept, and makes the kid ambiguous.
+    let mut twin = customers().jwk();
+    twin["kid"] = json!(kid);
+    let f = serving_jwks(vec![twin], "", "").await;
+    assert_status(
+        generate_token(f.addr(), &Headers::bearer(&token)).await,
+        Code::Unauthenticated,
+        FORBIDDEN,
+    );
+}
+
+/// An RSA key with public exponent 3, and an RS256 signature by it (ring signs only with 65537).
+fn rsa_e3_signer() -> (Value, impl Fn(&[u8]) -> Vec<u8>) {
+    use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+    use rsa::BigUint;
+    let key =
+        rsa::RsaPrivateKey::new_with_exp(&mut rsa::rand_core::OsRng, 2048, &BigUint::from(3u32))
+            .unwrap();
+    let (n, d) = (key.n().clone(), key.d().clone());
+    let jwk = json!({"kty": "RSA", "kid": "e-3", "n": b64(&n.to_bytes_be()), "e": b64(&[3])});
+    let sign = move |input: &[u8]| {
+        // EMSA-PKCS1-v1_5 with SHA-256 (RFC 8017 9.2), then m^d mod n.
+        let digest = ring::digest::digest(&ring::digest::SHA256, input);
+        let prefix: [u8; 19] = [
+            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x01, 0x05, 0x00, 0x04, 0x20,
+        ];
+        let mut em = vec![0x00, 0x01];
+        em.extend(std::iter::repeat_n(0xff, 256 - 3 - prefix.len() - 32));
+        em.push(0x00);
+        em.extend_from_slice(&prefix);
+        em.extend_from_slice(digest.as_ref());
+        let s = BigUint::from_bytes_be(&em).modpow(&d, &n).to_bytes_be();
+        [vec![0; 256 - s.len()], s].concat()
+    };
+    (jwk, sign)
+}
+
+#[tokio::test]
+async fn row_28_rsa_exponents_other_than_65537_only_where_a_source_allows_them() {
+    let (jwk, sign) = rsa_e3_signer();
+    let input = format!(
+        "{}.{}",
+        b64(header("RS256", Some("e-3")).to_string().as_bytes()),
+        b64(good_claims(GITLAB).to_string().as_bytes())
+    );
+    let token = format!("{input}.{}", b64(&sign(input.as_bytes())));
+    let f = serving_jwks(vec![jwk.clone()], "", "").await;
+    f.refuses("e = 3 by default", &token).await;
+    let f = serving_jwks(vec![jwk], "allow_any_rsa_exponent = true", "").await;
+    assert!(
+        generate_token(f.addr(), &Headers::bearer(&token))
+            .await
+            .is_ok(),
+        "an e = 3 key allowed by its source verifies"
+    );
+}
+
+#[tokio::test]
+async fn row_28_a_kid_several_keys_carry_is_refused_not_guessed() {
+    let mut first = rs().jwk();
+    first["kid"] = json!("dup");
+    let mut second = customers().jwk();
+    second["kid"] = json!("dup");
+    let f = serving_jwks(vec![second, first], "", "").await;
+    for signer in [rs(), customers()] {
+        let token = signed(&signer, &header("RS256", Some("dup")), &good_claims(GITLAB));
+        f.refuses("a token naming an ambiguous kid", &token).await;
+    }
+}
+
+#[tokio::test]
+async fn row_29_kidless_tokens_try_a_bounded_number_of_keys() {
+    // Five other keys first (the most recent in a static file: listed first), then the signer.
+    let others: Vec<Value> = (0..5)
+        .map(|i| {
+            let mut k = customers().jwk();
+            k["kid"] = json!(format!("other-{i}"));
+            k
+        })
+        .collect();
+    let kidless = signed(&rs(), &header("RS256", None), &good_claims(GITLAB));
+    let f = serving_jwks(others.clone(), "", "").await;
+    f.refuses("a kid-less token whose key is sixth", &kidless)
+        .await;
+    let f = serving_jwks(others, "", "[limits]\nmax_kidless_candidates = 6").await;
+    assert!(generate_token(f.addr(), &Headers::bearer(&kidless))
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn row_34_a_jwks_with_a_member_twice_is_refused_whole() {
+    let dir = TempDir::new();
+    let jwk = rs().jwk();
+    // The same key, with a second `n` that a lenient parser would take instead.
+    let text = format!(
+        "{{\"keys\":[{{\"kty\":\"RSA\",\"kid\":\"k\",\"e\":\"AQAB\",\"n\":{},\"n\":\"AQAB\"}}]}}",
+        jwk["n"]
+    );
+    let jwks = dir.write("gitlab.jwks", &text);
+    let file = dir.write(
+        "config.toml",
+        &format!(
+            "[[key_sources]]\ntype = \"static\"\nname = \"gitlab\"\nissuer = \"{GITLAB}\"\njwks_file = \"{}\"\n",
+            jwks.display()
+        ),
+    );
+    let e = start_service(Some(&file), &[])
+        .await
+        .err()
+        .expect("refused");
+    let text = e.to_string();
+    assert!(text.contains("gitlab") && text.contains("strict"), "{text}");
+}

@@ -182,10 +182,11 @@ impl JwtAuthenticator {
             return Err(Rejection::AlgorithmNotAllowed.into());
         }
         let n = self.max_kidless_candidates;
-        let refused = |r: Rejection, source: &DynKeySource, keys: &Arc<KeySet<PublicKey>>| Refusal {
-            error: r.into(),
-            judged_with: vec![JudgedWith::new(source, Some(keys))],
-        };
+        let refused =
+            |r: Rejection, source: &DynKeySource, keys: &Arc<KeySet<PublicKey>>| Refusal {
+                error: r.into(),
+                judged_with: vec![JudgedWith::new(source, Some(keys))],
+            };
         // Sources whose keys did not verify the token, with the set each tried (`None`: it had none).
         let mut misses: Vec<(&DynKeySource, Option<Arc<KeySet<PublicKey>>>)> = Vec::new();
         for source in &allowed {
@@ -240,7 +241,9 @@ impl JwtAuthenticator {
         }
         if !any_keys {
             // No source of this issuer has usable keys: an outage, not a bad token.
-            return Err(VerificationError::KeysUnavailable(Issuer::new(token.claimed_issuer()?)).into());
+            return Err(
+                VerificationError::KeysUnavailable(Issuer::new(token.claimed_issuer()?)).into(),
+            );
         }
         let rejection = if token.kid().is_some() {
             Rejection::UnknownKeyId

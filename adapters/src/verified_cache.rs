@@ -235,7 +235,8 @@ impl RefusedCache {
     pub fn get(&self, key: &TokenDigest) -> Option<Rejection> {
         let mut inner = self.inner.lock().expect("refused cache lock");
         let entry = inner.0.get(key)?;
-        if entry.at.elapsed() < self.limits.ttl && entry.judged_with.iter().all(JudgedWith::unchanged)
+        if entry.at.elapsed() < self.limits.ttl
+            && entry.judged_with.iter().all(JudgedWith::unchanged)
         {
             return Some(entry.rejection.clone());
         }
@@ -391,5 +392,80 @@ mod tests {
         });
         cache.insert([1; 32], Entry::new(claims("x"), s, &keys, 10));
         assert_eq!(cache.usage(), (0, 0));
+    }
+
+    /// A source whose keys a test can replace.
+    struct Swappable(Mutex<Arc<KeySet<PublicKey>>>);
+
+    #[async_trait::async_trait]
+    impl duo_workflow_domain::ports::KeySource<PublicKey> for Swappable {
+        fn name(&self) -> &str {
+            "swappable"
+        }
+        fn issuer(&self) -> duo_workflow_domain::issuers::SourceIssuer<'_> {
+            static ISSUER: std::sync::OnceLock<Issuer> = std::sync::OnceLock::new();
+            duo_workflow_domain::issuers::SourceIssuer::Fixed(
+                ISSUER.get_or_init(|| Issuer::new("i")),
+            )
+        }
+        fn algorithms(&self) -> &[duo_workflow_domain::keys::Algorithm] {
+            &[duo_workflow_domain::keys::Algorithm::EdDSA]
+        }
+        fn current(&self) -> Option<Arc<KeySet<PublicKey>>> {
+            Some(self.0.lock().unwrap().clone())
+        }
+        fn state(&self) -> duo_workflow_domain::ports::SourceState {
+            duo_workflow_domain::ports::SourceState::Pending { reason: None }
+        }
+    }
+
+    fn set(byte: u8) -> Arc<KeySet<PublicKey>> {
+        let key = PublicKey::ed25519(&[byte; 32])
+            .unwrap()
+            .into_issuer_key(None);
+        Arc::new(KeySet::new(vec![key]).0)
+    }
+
+    #[test]
+    fn a_refusal_is_remembered_while_its_key_sets_stay_and_it_is_young() {
+        let swappable = Arc::new(Swappable(Mutex::new(set(7))));
+        let source: DynKeySource = swappable.clone();
+        let cache = RefusedCache::new(RefusedLimits {
+            max_entries: 2,
+            ttl: Duration::from_millis(200),
+        });
+        let judged = || vec![JudgedWith::new(&source, source.current().as_ref())];
+        cache.insert([1; 32], Rejection::BadSignature, judged());
+        assert_eq!(cache.get(&[1; 32]), Some(Rejection::BadSignature));
+        // The issuer rotated: the same token is judged again.
+        *swappable.0.lock().unwrap() = set(8);
+        assert_eq!(cache.get(&[1; 32]), None);
+        assert!(cache.is_empty());
+        // Bounded, oldest first.
+        for k in 2..=4u8 {
+            cache.insert([k; 32], Rejection::Expired, judged());
+        }
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get(&[2; 32]), None);
+        assert_eq!(cache.get(&[4; 32]), Some(Rejection::Expired));
+        // Young only.
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(cache.get(&[4; 32]), None);
+    }
+
+    #[test]
+    fn refusals_time_could_undo_are_not_remembered() {
+        let (source, keys) = source();
+        let cache = RefusedCache::new(RefusedLimits::default());
+        for r in [Rejection::NotYetValid, Rejection::IssuedInFuture] {
+            cache.insert([9; 32], r, vec![JudgedWith::new(&source, Some(&keys))]);
+            assert_eq!(cache.get(&[9; 32]), None);
+        }
+        let off = RefusedCache::new(RefusedLimits {
+            max_entries: 0,
+            ..RefusedLimits::default()
+        });
+        off.insert([9; 32], Rejection::BadSignature, vec![]);
+        assert!(off.is_empty());
     }
 }

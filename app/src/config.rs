@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use duo_workflow_adapters::jose::keys::KeyPolicy;
 use duo_workflow_adapters::sources::fetch::{check_scheme, FetchPolicy};
 use duo_workflow_adapters::sources::{IssuerSetting, Locator, RefreshPolicy, RemoteSourceConfig};
-use duo_workflow_adapters::verified_cache::CacheLimits;
-use duo_workflow_domain::keys::Algorithm;
+use duo_workflow_adapters::verified_cache::{CacheLimits, RefusedLimits};
+use duo_workflow_domain::keys::{Algorithm, DEFAULT_KIDLESS_CANDIDATES, MAX_KEYS_PER_SOURCE};
 use duo_workflow_domain::policy::{ClaimChecks, Delegation};
 use duo_workflow_domain::{Issuer, MethodTable, ServiceName, UnitPrimitive};
 use serde::Deserialize;
@@ -170,6 +170,11 @@ pub struct LimitsSection {
     /// Verified-token cache bounds; 0 disables the cache.
     pub verified_token_cache_entries: Option<usize>,
     pub verified_token_cache_bytes: Option<usize>,
+    /// How many keys a kid-less token is tried against, the most recent first.
+    pub max_kidless_candidates: Option<usize>,
+    /// Refused-token cache: entries (0 disables it) and how long a refusal is remembered.
+    pub refused_token_cache_entries: Option<usize>,
+    pub refused_token_cache_seconds: Option<u64>,
 }
 
 /// A key source, chosen by its `type`; each type has its own settings.
@@ -288,6 +293,8 @@ pub struct Settings {
     pub max_concurrent_streams: u32,
     pub shutdown_grace_seconds: u64,
     pub verified_token_cache: CacheLimits,
+    pub max_kidless_candidates: usize,
+    pub refused_token_cache: RefusedLimits,
 }
 
 impl Settings {
@@ -529,6 +536,9 @@ impl Settings {
             return Err(bad("limits.max_concurrent_streams", "must be positive"));
         }
 
+        let (verified_token_cache, max_kidless_candidates, refused_token_cache) =
+            token_judging_limits(&limits)?;
+
         Ok(Settings {
             port,
             http_port,
@@ -549,16 +559,71 @@ impl Settings {
             max_header_list_bytes,
             max_concurrent_streams,
             shutdown_grace_seconds: limits.shutdown_grace_seconds.unwrap_or(30),
-            verified_token_cache: CacheLimits {
-                max_entries: limits
-                    .verified_token_cache_entries
-                    .unwrap_or(CacheLimits::default().max_entries),
-                max_bytes: limits
-                    .verified_token_cache_bytes
-                    .unwrap_or(CacheLimits::default().max_bytes),
-            },
+            verified_token_cache,
+            max_kidless_candidates,
+            refused_token_cache,
         })
     }
+}
+
+/// The bounds of judging tokens: the two caches (0 entries disables one; no unbounded value is
+/// accepted) and how many keys a kid-less token may cost (checklist rows 23, 29, 35).
+fn token_judging_limits(
+    limits: &LimitsSection,
+) -> Result<(CacheLimits, usize, RefusedLimits), ConfigError> {
+    fn within<T: PartialOrd + std::fmt::Display + Copy>(
+        field: &str,
+        value: Option<T>,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError> {
+        let v = value.unwrap_or(default);
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(bad(
+                field,
+                format!("must be from {} to {}", range.start(), range.end()),
+            ))
+        }
+    }
+    let cache = CacheLimits::default();
+    let verified = CacheLimits {
+        max_entries: within(
+            "limits.verified_token_cache_entries",
+            limits.verified_token_cache_entries,
+            cache.max_entries,
+            0..=1_000_000,
+        )?,
+        max_bytes: within(
+            "limits.verified_token_cache_bytes",
+            limits.verified_token_cache_bytes,
+            cache.max_bytes,
+            0..=1 << 30,
+        )?,
+    };
+    let candidates = within(
+        "limits.max_kidless_candidates",
+        limits.max_kidless_candidates,
+        DEFAULT_KIDLESS_CANDIDATES,
+        1..=MAX_KEYS_PER_SOURCE,
+    )?;
+    let refused_default = RefusedLimits::default();
+    let refused = RefusedLimits {
+        max_entries: within(
+            "limits.refused_token_cache_entries",
+            limits.refused_token_cache_entries,
+            refused_default.max_entries,
+            0..=1_000_000,
+        )?,
+        ttl: Duration::from_secs(within(
+            "limits.refused_token_cache_seconds",
+            limits.refused_token_cache_seconds,
+            refused_default.ttl.as_secs(),
+            1..=3600,
+        )?),
+    };
+    Ok((verified, candidates, refused))
 }
 
 /// A comma-separated environment list; blanks around items are ignored, and so are empty items.

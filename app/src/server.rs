@@ -174,7 +174,9 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
             JwtAuthenticator::new(sources, settings.claim_checks.clone(), clock.clone())
                 .map_err(|e| config_error("key_sources", e))?
                 .with_max_token_bytes(settings.max_token_bytes)
-                .with_cache_limits(settings.verified_token_cache);
+                .with_cache_limits(settings.verified_token_cache)
+                .with_refused_limits(settings.refused_token_cache)
+                .with_max_kidless_candidates(settings.max_kidless_candidates);
         AuthMode::Enabled(Arc::new(authenticator))
     } else {
         tracing::warn!(

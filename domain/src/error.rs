@@ -109,7 +109,10 @@ impl std::error::Error for AuthError {}
 /// `Forbidden by auth provider` whatever the reason, so the verifier is no oracle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
-    TooLong { len: usize, max: usize },
+    TooLong {
+        len: usize,
+        max: usize,
+    },
     Malformed(&'static str),
     UnsupportedAlgorithm,
     AlgorithmNotAllowed,

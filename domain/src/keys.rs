@@ -188,7 +188,9 @@ mod tests {
         let (set, _) = KeySet::new(vec![key(Some("a"), 1), key(None, 2), key(Some("c"), 3)]);
         assert!(matches!(set.select(None, 5), Selection::Each(keys) if keys.len() == 3));
         match set.select(None, 2) {
-            Selection::Each(keys) => assert_eq!(keys.iter().map(|k| k.key).collect::<Vec<_>>(), [1, 2]),
+            Selection::Each(keys) => {
+                assert_eq!(keys.iter().map(|k| k.key).collect::<Vec<_>>(), [1, 2])
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -210,7 +212,10 @@ mod tests {
             key(Some("dup"), 4),
         ]);
         assert_eq!(report.ambiguous, [KeyId::new("dup")]);
-        assert!(matches!(set.select(Some("dup"), 5), Selection::AmbiguousKid));
+        assert!(matches!(
+            set.select(Some("dup"), 5),
+            Selection::AmbiguousKid
+        ));
         assert!(matches!(set.select(Some("a"), 5), Selection::Named(k) if k.key == 1));
     }
 

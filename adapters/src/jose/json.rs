@@ -105,7 +105,8 @@ mod tests {
         assert!(strict_from_slice(br#"{"a":1,"a":2}"#).is_err());
         assert!(strict_from_slice(br#"{"keys":[{"n":"x","n":"y"}]}"#).is_err());
         assert!(strict_from_slice(br#"[{"b":{"c":1,"c":1}}]"#).is_err());
-        let v = strict_from_slice(br#"{"keys":[{"n":"x","e":"y"}],"k":[1,-2,3.5,true,null]}"#).unwrap();
+        let v =
+            strict_from_slice(br#"{"keys":[{"n":"x","e":"y"}],"k":[1,-2,3.5,true,null]}"#).unwrap();
         assert_eq!(v["keys"][0]["e"], "y");
         assert_eq!(v["k"][2], 3.5);
     }

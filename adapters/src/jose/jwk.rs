@@ -22,7 +22,8 @@ pub struct ParsedJwks {
 /// Parses `{"keys": [...]}`, as strictly as a token (no member name twice, at any depth), keeping
 /// the keys `policy` accepts. Fails only when the document itself is not a JWKS.
 pub fn parse_jwks(bytes: &[u8], policy: KeyPolicy) -> Result<ParsedJwks, String> {
-    let doc: Value = strict_from_slice(bytes).map_err(|e| format!("JWKS is not strict JSON: {e}"))?;
+    let doc: Value =
+        strict_from_slice(bytes).map_err(|e| format!("JWKS is not strict JSON: {e}"))?;
     let entries = doc
         .get("keys")
         .and_then(Value::as_array)

@@ -1,5 +1,7 @@
 //! Public keys: parsed once when a key set loads, then used to verify signatures.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use duo_workflow_domain::keys::{Algorithm, IssuerKey};
 use duo_workflow_domain::KeyId;
 use ring::digest;
@@ -14,6 +16,14 @@ const RSA_MIN_MODULUS_BITS: usize = 2048;
 const RSA_MAX_MODULUS_BITS: usize = 8192;
 /// The only RSA public exponent accepted unless a source allows others (checklist row 28).
 const RSA_EXPONENT_F4: [u8; 3] = [0x01, 0x00, 0x01];
+
+static SIGNATURE_CHECKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many signature checks this process has made: what a flood of bad tokens costs, for
+/// tests, benchmarks and metrics.
+pub fn signature_checks() -> u64 {
+    SIGNATURE_CHECKS.load(Ordering::Relaxed)
+}
 
 /// What a key source accepts beyond the safe defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,7 +94,8 @@ impl PublicKey {
     pub fn rsa(n: &[u8], e: &[u8]) -> Result<Self, String> {
         let n = strip_zeros(n);
         let e = strip_zeros(e);
-        let bits = n.len().saturating_sub(1) * 8 + n.first().map_or(0, |b| 8 - b.leading_zeros() as usize);
+        let bits =
+            n.len().saturating_sub(1) * 8 + n.first().map_or(0, |b| 8 - b.leading_zeros() as usize);
         if !(RSA_MIN_MODULUS_BITS..=RSA_MAX_MODULUS_BITS).contains(&bits) {
             return Err(format!("RSA modulus of {bits} bits is outside 2048..=8192"));
         }
@@ -134,9 +145,9 @@ impl PublicKey {
     /// What a source's policy adds to the checks every key passes when it is built.
     pub fn check(&self, policy: KeyPolicy) -> Result<(), String> {
         match self {
-            PublicKey::Rsa { e, .. } if !policy.any_rsa_exponent && e[..] != RSA_EXPONENT_F4 => Err(
-                "RSA public exponent is not 65537 (the source does not allow others)".into(),
-            ),
+            PublicKey::Rsa { e, .. } if !policy.any_rsa_exponent && e[..] != RSA_EXPONENT_F4 => {
+                Err("RSA public exponent is not 65537 (the source does not allow others)".into())
+            }
             _ => Ok(()),
         }
     }
@@ -153,6 +164,7 @@ impl PublicKey {
     /// Verifies `signature` over `message`. Wrong lengths, DER-encoded ECDSA and zero `r`/`s`
     /// fail here: ring accepts only fixed-size signatures of the right shape.
     pub fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
+        SIGNATURE_CHECKS.fetch_add(1, Ordering::Relaxed);
         match self {
             PublicKey::Rsa { n, e } => RsaPublicKeyComponents { n, e }
                 .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, sig)
@@ -278,4 +290,66 @@ fn rsa_from_pkcs1(der: &[u8]) -> Result<PublicKey, String> {
 fn strip_zeros(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
     &b[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jose::signing::{generate_pem, SigningKey};
+
+    #[test]
+    fn ed25519_points_of_small_order_and_non_canonical_encodings_are_refused() {
+        for point in ED25519_SMALL_ORDER {
+            for sign in [0, 0x80] {
+                let mut p = point;
+                p[31] |= sign;
+                assert!(PublicKey::ed25519(&p).is_err(), "{p:02x?}");
+            }
+        }
+        // y = p + 2 .. 2^255 - 1: not canonical, whatever their order.
+        for low in [0xef, 0xf0, 0xff] {
+            let mut p = [0xff; 32];
+            p[31] = 0x7f;
+            p[0] = low;
+            assert!(PublicKey::ed25519(&p).is_err());
+        }
+        let real = SigningKey::from_pem(&generate_pem(Algorithm::EdDSA).unwrap()).unwrap();
+        assert!(real.public_key().check(KeyPolicy::default()).is_ok());
+    }
+
+    #[test]
+    fn p256_points_must_be_on_the_curve() {
+        let real = SigningKey::from_pem(&generate_pem(Algorithm::ES256).unwrap()).unwrap();
+        let PublicKey::P256 { point } = real.public_key() else {
+            panic!("a P-256 key")
+        };
+        assert!(PublicKey::p256(point).is_ok());
+        let mut off = point.clone();
+        off[64] ^= 1;
+        assert!(PublicKey::p256(&off).is_err());
+        assert!(PublicKey::p256(&[&[4][..], &[0; 64]].concat()).is_err());
+    }
+
+    #[test]
+    fn rsa_keys_are_sized_in_bits_and_their_exponents_checked() {
+        let mut n = vec![0xc5; 256];
+        n[255] |= 1;
+        assert!(PublicKey::rsa(&n, &[1, 0, 1]).is_ok());
+        let mut short = n.clone();
+        short[0] = 0x7f; // 2047 bits
+        assert!(PublicKey::rsa(&short, &[1, 0, 1]).is_err());
+        let mut even = n.clone();
+        even[255] &= 0xfe;
+        assert!(PublicKey::rsa(&even, &[1, 0, 1]).is_err());
+        for e in [&[1][..], &[2], &[0], &[1, 0, 0], &[1, 0, 0, 0, 1]] {
+            assert!(PublicKey::rsa(&n, e).is_err(), "e = {e:?}");
+        }
+        let three = PublicKey::rsa(&n, &[3]).unwrap();
+        assert!(three.check(KeyPolicy::default()).is_err());
+        assert!(three
+            .check(KeyPolicy {
+                any_rsa_exponent: true
+            })
+            .is_ok());
+    }
 }

@@ -26,9 +26,9 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::fetch::{check_scheme, FetchPolicy, Fetcher};
+use crate::jose::json::unique_object;
 use crate::jose::jwk::parse_jwks;
 use crate::jose::keys::{KeyPolicy, PublicKey};
-use crate::jose::json::unique_object;
 
 /// Where the keys are.
 #[derive(Debug, Clone)]
