@@ -371,6 +371,29 @@ async fn a_bad_signing_key_stops_start_up_naming_the_variable() {
         !message.contains("AAAA"),
         "key material leaked into the error: {message}"
     );
+    // From a file, the error names the file key, not the variable.
+    let dir = TempDir::new();
+    let pem = dir.write(
+        "bad.pem",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    );
+    let file = dir.write(
+        "config.toml",
+        &format!(
+            "[self_signed_jwt]\nsigning_key_file = \"{}\"\n",
+            pem.display()
+        ),
+    );
+    let message = start_service(Some(&file), &[])
+        .await
+        .err()
+        .expect("start-up must fail")
+        .to_string();
+    assert!(
+        message.contains("self_signed_jwt.signing_key_file"),
+        "{message}"
+    );
+    assert!(!message.contains(ENV_SIGNING_KEY), "{message}");
 }
 
 #[tokio::test]

@@ -879,3 +879,74 @@ async fn reqwest_get(url: &str) -> (u16, Vec<u8>, Option<String>) {
     });
     (status, body.as_bytes().to_vec(), cache_control)
 }
+
+/// GET `path` from `addr` with exactly this `Host` (raw HTTP/1.1): status, lower-cased head, body.
+async fn get_with_host(
+    addr: std::net::SocketAddr,
+    path: &str,
+    host: &str,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+/// Checklist row 32: a `Host` header chooses the published `jwks_uri` only in a document no shared
+/// cache may keep, and a malformed one is refused; with `http.public_url` the `Host` is ignored.
+#[tokio::test]
+async fn the_host_header_never_chooses_a_jwks_uri_that_caches_keep() {
+    let service = start_service(None, &[]).await.unwrap();
+    let discovery = "/.well-known/openid-configuration";
+    let (status, head, body) =
+        get_with_host(service.http_addr, discovery, "attacker.example").await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        doc["jwks_uri"],
+        "http://attacker.example/oauth/discovery/keys"
+    );
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    assert!(head.contains("vary: host"), "{head}");
+    assert!(!head.contains("public"), "{head}");
+    for malformed in [
+        "attacker.example/x",
+        "a b",
+        "user@host",
+        "host:99999",
+        "[::1",
+        "-x",
+    ] {
+        let (status, _, _) = get_with_host(service.http_addr, discovery, malformed).await;
+        assert_eq!(status, 400, "{malformed:?}");
+    }
+    // The JWKS does not depend on the Host: it stays publicly cacheable.
+    let (_, head, _) = get_with_host(service.http_addr, "/oauth/discovery/keys", "anything").await;
+    assert!(head.contains("cache-control: public"), "{head}");
+
+    let dir = TempDir::new();
+    let file = dir.write(
+        "config.toml",
+        "[http]\npublic_url = \"https://dws.example.com/\"\n",
+    );
+    let configured = start_service(Some(&file), &[]).await.unwrap();
+    let (status, head, body) =
+        get_with_host(configured.http_addr, discovery, "attacker.example").await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        doc["jwks_uri"],
+        "https://dws.example.com/oauth/discovery/keys"
+    );
+    assert!(head.contains("cache-control: public"), "{head}");
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use duo_workflow_adapters::jose::keys::KeyPolicy;
-use duo_workflow_adapters::sources::fetch::{check_scheme, FetchPolicy};
+use duo_workflow_adapters::sources::fetch::{check_scheme, FetchPolicy, Shown};
 use duo_workflow_adapters::sources::{IssuerSetting, Locator, RefreshPolicy, RemoteSourceConfig};
 use duo_workflow_adapters::verified_cache::{CacheLimits, RefusedLimits};
 use duo_workflow_domain::keys::{Algorithm, DEFAULT_KIDLESS_CANDIDATES, MAX_KEYS_PER_SOURCE};
@@ -233,11 +233,15 @@ pub struct StaticSourceConfig {
 
 /// A private key's PEM text, which never appears in debug output.
 #[derive(Clone)]
-pub struct SecretPem(pub String);
+pub struct SecretPem {
+    /// The field it came from (a variable or a file key), for errors about it.
+    pub field: String,
+    pub pem: String,
+}
 
 impl std::fmt::Debug for SecretPem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretPem(<redacted>)")
+        write!(f, "SecretPem({}, <redacted>)", self.field)
     }
 }
 
@@ -417,7 +421,7 @@ impl Settings {
         }
 
         let signing_key = secret(
-            get(ENV_SIGNING_KEY),
+            (ENV_SIGNING_KEY, get(ENV_SIGNING_KEY)),
             (
                 "self_signed_jwt.signing_key",
                 file.self_signed_jwt.signing_key,
@@ -428,7 +432,7 @@ impl Settings {
             ),
         )?;
         let validation_key = secret(
-            get(ENV_VALIDATION_KEY),
+            (ENV_VALIDATION_KEY, get(ENV_VALIDATION_KEY)),
             (
                 "self_signed_jwt.validation_key",
                 file.self_signed_jwt.validation_key,
@@ -734,11 +738,12 @@ pub fn parse_bool(field: &str, v: &str) -> Result<bool, ConfigError> {
 /// (GitLab's issuers are written without one).
 fn issuer_url(field: &str, value: &str) -> Result<String, ConfigError> {
     let value = value.trim();
-    let url = Url::parse(value).map_err(|e| bad(field, format!("{value:?} is not a URL: {e}")))?;
+    // The value is not echoed whole: a URL may carry credentials (checklist row 30).
+    let url = Url::parse(value).map_err(|e| bad(field, format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(bad(
             field,
-            format!("{value:?} must be an http(s) URL with a host"),
+            format!("{} must be an http(s) URL with a host", Shown(&url)),
         ));
     }
     if url.query().is_some() || url.fragment().is_some() {
@@ -771,6 +776,13 @@ fn refresh_policy(field: &str, c: &RefreshConfig) -> Result<RefreshPolicy, Confi
     };
     if policy.min_interval.is_zero() {
         return Err(bad(format!("{field}.min_seconds"), "must be positive"));
+    }
+    // Zero would let every random kid trigger a fetch: the rate limit is a protection.
+    if !(1..=3600).contains(&policy.miss_refetch_interval.as_secs()) {
+        return Err(bad(
+            format!("{field}.miss_refetch_interval_seconds"),
+            "must be from 1 to 3600",
+        ));
     }
     if policy.max_interval < policy.min_interval {
         return Err(bad(
@@ -878,23 +890,40 @@ fn remote_source(
     })
 }
 
+/// A private key from the variable (`env`: its name and value), the inline file key or the file
+/// the file key names. An empty variable counts as unset; a value of only whitespace is refused
+/// rather than read as "no key" (which would silently mean an ephemeral one; checklist row 35).
 fn secret(
-    env_value: Option<&str>,
+    (env_field, env_value): (&str, Option<&str>),
     (inline_field, inline): (&str, Option<String>),
     (file_field, file): (&str, Option<PathBuf>),
 ) -> Result<Option<SecretPem>, ConfigError> {
+    let checked = |field: &str, pem: String| {
+        if !pem.is_empty() && pem.trim().is_empty() {
+            return Err(bad(field, "holds only whitespace, no key"));
+        }
+        Ok((!pem.is_empty()).then(|| SecretPem {
+            field: field.to_owned(),
+            pem,
+        }))
+    };
     if let Some(v) = env_value {
-        return Ok((!v.trim().is_empty()).then(|| SecretPem(v.to_owned())));
+        return checked(env_field, v.to_owned());
     }
     match (inline, file) {
         (Some(_), Some(_)) => Err(bad(
             inline_field,
             format!("give either {inline_field} or {file_field}, not both"),
         )),
-        (Some(v), None) => Ok((!v.trim().is_empty()).then_some(SecretPem(v))),
-        (None, Some(path)) => std::fs::read_to_string(&path)
-            .map(|v| Some(SecretPem(v)))
-            .map_err(|e| bad(file_field, format!("cannot read {}: {e}", path.display()))),
+        (Some(v), None) => checked(inline_field, v),
+        (None, Some(path)) => {
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|e| bad(file_field, format!("cannot read {}: {e}", path.display())))?;
+            if pem.trim().is_empty() {
+                return Err(bad(file_field, format!("{} holds no key", path.display())));
+            }
+            checked(file_field, pem)
+        }
         (None, None) => Ok(None),
     }
 }
@@ -1375,5 +1404,58 @@ mod tests {
         let e =
             Settings::from_env(&env(&[internal, (ENV_OIDC_ALLOW_INSECURE_HTTP, "1")])).unwrap_err();
         assert_eq!(e.field, ENV_OIDC_ALLOW_INSECURE_HTTP);
+    }
+
+    #[test]
+    fn settings_that_would_disable_a_protection_stop_start_up_naming_the_field() {
+        let dir = std::env::temp_dir().join(format!("dws-config-row35-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let blank_key = dir.join("blank.pem");
+        std::fs::write(&blank_key, " \n\t\n").unwrap();
+        let cases = [
+            ("[auth.refresh]\nmiss_refetch_interval_seconds = 0\n", "auth.refresh.miss_refetch_interval_seconds"),
+            ("[[key_sources]]\ntype = \"oidc\"\nname = \"o\"\nissuer = \"https://a\"\nrefresh = { miss_refetch_interval_seconds = 0 }\n", "key_sources[0].refresh.miss_refetch_interval_seconds"),
+            ("[limits]\nmax_kidless_candidates = 0\n", "limits.max_kidless_candidates"),
+            ("[limits]\nmax_kidless_candidates = 101\n", "limits.max_kidless_candidates"),
+            ("[limits]\nrefused_token_cache_seconds = 0\n", "limits.refused_token_cache_seconds"),
+            ("[limits]\nrefused_token_cache_entries = 100000000\n", "limits.refused_token_cache_entries"),
+            ("[limits]\nverified_token_cache_entries = 100000000\n", "limits.verified_token_cache_entries"),
+            ("[self_signed_jwt]\nsigning_key = \"  \\n \"\n", "self_signed_jwt.signing_key"),
+        ];
+        for (text, field) in cases {
+            std::fs::write(&path, text).unwrap();
+            let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+            assert_eq!(e.field, field, "{text}");
+        }
+        std::fs::write(
+            &path,
+            format!(
+                "[self_signed_jwt]\nsigning_key_file = \"{}\"\n",
+                blank_key.display()
+            ),
+        )
+        .unwrap();
+        let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "self_signed_jwt.signing_key_file");
+        // A blank variable is refused; an empty one means "unset".
+        let e = Settings::from_env(&env(&[(ENV_SIGNING_KEY, " \n")])).unwrap_err();
+        assert_eq!(e.field, ENV_SIGNING_KEY);
+        assert!(Settings::from_env(&env(&[(ENV_SIGNING_KEY, "")]))
+            .unwrap()
+            .signing_key
+            .is_none());
+        // A key read from a file is reported under the file key.
+        std::fs::write(
+            &blank_key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path), &env(&[])).unwrap();
+        assert_eq!(
+            s.signing_key.unwrap().field,
+            "self_signed_jwt.signing_key_file"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

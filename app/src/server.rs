@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::config::{Settings, StaticKeys, Upstream, ENV_SIGNING_KEY, ENV_VALIDATION_KEY};
+use crate::config::{Settings, StaticKeys, Upstream, ENV_SIGNING_KEY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -70,7 +70,7 @@ pub struct Service {
 /// The local authority from the configured keys, or an ephemeral key when none is configured.
 fn authority(settings: &Settings, clock: &dyn Clock) -> Result<LocalAuthority, StartError> {
     let signing = match &settings.signing_key {
-        Some(pem) => SigningKey::from_pem(&pem.0).map_err(|e| config_error(ENV_SIGNING_KEY, e))?,
+        Some(key) => SigningKey::from_pem(&key.pem).map_err(|e| config_error(&key.field, e))?,
         None => {
             tracing::warn!(
                 "no {ENV_SIGNING_KEY} configured: generated an ephemeral signing key; \
@@ -82,9 +82,7 @@ fn authority(settings: &Settings, clock: &dyn Clock) -> Result<LocalAuthority, S
         }
     };
     let validation = match &settings.validation_key {
-        Some(pem) => {
-            Some(SigningKey::from_pem(&pem.0).map_err(|e| config_error(ENV_VALIDATION_KEY, e))?)
-        }
+        Some(key) => Some(SigningKey::from_pem(&key.pem).map_err(|e| config_error(&key.field, e))?),
         None => None,
     };
     tracing::info!(

@@ -502,6 +502,66 @@ fn a_bad_configuration_stops_start_up_naming_the_field() {
     }
 }
 
+#[test]
+fn provider_urls_are_shown_without_their_credentials_or_query() {
+    // Nothing listens on this port: every fetch fails, and says so in the log.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = Scratch::new();
+    let config = dir.path("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[key_sources]]\ntype = \"jwks\"\nname = \"secret-jwks\"\nissuer = \"https://idp.example\"\n\
+             jwks_uri = \"http://alice:s3cr3t-pw@127.0.0.1:{dead}/keys?private_token=tok-123\"\n\
+             [[key_sources]]\ntype = \"oidc\"\nname = \"secret-oidc\"\nissuer = \"https://idp2.example\"\n\
+             discovery_url = \"http://bob:hunter2-pw@127.0.0.1:{dead}\"\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&dir, Some(&config), &[("RUST_LOG", "debug")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.log().matches("key fetch failed").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no fetch failed: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = server.log();
+    for secret in ["s3cr3t", "tok-123", "alice", "hunter2", "bob:"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+    assert!(log.contains("http://***@127.0.0.1"), "{log}");
+    assert!(log.contains("?***"), "{log}");
+
+    // A start-up refusal names the variable, not the credentials.
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1"])
+        .env("PORT", "0")
+        .env("DUO_WORKFLOW_HTTP__PORT", "0")
+        .env(
+            "DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL",
+            "http://carol:pw-carol@gitlab.internal",
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("pw-carol") && !stderr.contains("carol"),
+        "{stderr}"
+    );
+}
+
 /// What the scripted executor received on the `ExecuteWorkflow` stream relayed to it.
 #[derive(Debug, Default)]
 struct Received {

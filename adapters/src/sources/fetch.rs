@@ -36,15 +36,54 @@ pub struct Fetched {
     pub max_age: Option<Duration>,
 }
 
+/// A URL as logs, errors and status pages show it (checklist row 30): credentials in its
+/// userinfo and its query string are replaced by `***`, and a long path is cut.
+pub struct Shown<'a>(pub &'a Url);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.0;
+        write!(f, "{}://", url.scheme())?;
+        if !url.username().is_empty() || url.password().is_some() {
+            f.write_str("***@")?;
+        }
+        if let Some(host) = url.host_str() {
+            f.write_str(host)?;
+        }
+        if let Some(port) = url.port() {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(&capped(url.path(), 200))?;
+        if url.query().is_some() {
+            f.write_str("?***")?;
+        }
+        Ok(())
+    }
+}
+
+/// Text that came from outside (a provider's issuer, an error message), cut to `max` bytes at a
+/// character boundary, so that a 900 KB value never reaches a log line or a status page whole.
+pub fn capped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len()).into()
+}
+
 /// Whether `url` may be fetched under `policy`: HTTPS, or HTTP to a loopback host.
 pub fn check_scheme(url: &Url, allow_insecure_http: bool) -> Result<(), String> {
     match url.scheme() {
         "https" => Ok(()),
         "http" if allow_insecure_http || is_loopback(url) => Ok(()),
         "http" => Err(format!(
-            "{url} is plain HTTP to a non-loopback host (set allow_insecure_http for development)"
+            "{} is plain HTTP to a non-loopback host (set allow_insecure_http for development)",
+            Shown(url)
         )),
-        other => Err(format!("{url} has unsupported scheme {other:?}")),
+        other => Err(format!("{} has unsupported scheme {other:?}", Shown(url))),
     }
 }
 
@@ -82,23 +121,24 @@ impl Fetcher {
 
     pub async fn get(&self, url: &Url) -> Result<Fetched, String> {
         check_scheme(url, self.policy.allow_insecure_http)?;
+        let shown = Shown(url);
         let mut response = self
             .client
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {}", describe(&e)))?;
+            .map_err(|e| format!("GET {shown}: {}", describe(e)))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("GET {url}: HTTP {status}"));
+            return Err(format!("GET {shown}: HTTP {status}"));
         }
         let cap = self.policy.max_body_bytes;
         if response
             .content_length()
             .is_some_and(|len| len > cap as u64)
         {
-            return Err(format!("GET {url}: body larger than {cap} bytes"));
+            return Err(format!("GET {shown}: body larger than {cap} bytes"));
         }
         let max_age = response
             .headers()
@@ -109,10 +149,10 @@ impl Fetcher {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| format!("GET {url}: {}", describe(&e)))?
+            .map_err(|e| format!("GET {shown}: {}", describe(e)))?
         {
             if body.len() + chunk.len() > cap {
-                return Err(format!("GET {url}: body larger than {cap} bytes"));
+                return Err(format!("GET {shown}: body larger than {cap} bytes"));
             }
             body.extend_from_slice(&chunk);
         }
@@ -121,8 +161,10 @@ impl Fetcher {
 }
 
 /// What went wrong, with its innermost cause (DNS, refused, TLS), for the operator's log.
-/// reqwest's errors name the URL, never a body.
-fn describe(e: &reqwest::Error) -> String {
+/// reqwest's errors name the URL (with its credentials): it is dropped here, the caller shows it
+/// redacted.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -130,11 +172,11 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "failed"
     };
-    let mut root: &dyn std::error::Error = e;
+    let mut root: &dyn std::error::Error = &e;
     while let Some(cause) = root.source() {
         root = cause;
     }
-    format!("{kind} ({root})")
+    format!("{kind} ({})", capped(&root.to_string(), 300))
 }
 
 /// `max-age` of a `Cache-Control` value; `no-store`/`no-cache` mean zero (refresh as often as

@@ -25,7 +25,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use url::Url;
 
-use super::fetch::{check_scheme, FetchPolicy, Fetcher};
+use super::fetch::{capped, check_scheme, FetchPolicy, Fetcher, Shown};
 use crate::jose::json::unique_object;
 use crate::jose::jwk::parse_jwks;
 use crate::jose::keys::{KeyPolicy, PublicKey};
@@ -43,9 +43,11 @@ pub enum Locator {
 impl std::fmt::Display for Locator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Locator::Discovery { url: Some(url) } => write!(f, "OIDC discovery under {url}"),
+            Locator::Discovery { url: Some(url) } => {
+                write!(f, "OIDC discovery under {}", Shown(url))
+            }
             Locator::Discovery { url: None } => f.write_str("OIDC discovery under the issuer"),
-            Locator::Jwks(url) => write!(f, "JWKS at {url}"),
+            Locator::Jwks(url) => write!(f, "JWKS at {}", Shown(url)),
         }
     }
 }
@@ -263,6 +265,8 @@ impl RemoteKeySource {
                 Some(current)
             }
             Err(why) => {
+                // Provider text inside (a status, a cause): bounded before it is logged and kept.
+                let why = capped(&why, 512).into_owned();
                 tracing::warn!(source = %self.config.name, issuer = %self.issuer(), "key fetch failed: {why}");
                 let mut slot = self.snapshot.write().expect("snapshot lock");
                 *slot = Arc::new(Snapshot {
@@ -327,7 +331,8 @@ impl RemoteKeySource {
             .collect();
         if usable.is_empty() {
             return Err(format!(
-                "{jwks_uri} holds no usable key for {:?}",
+                "{} holds no usable key for {:?}",
+                Shown(&jwks_uri),
                 self.config.algorithms
             ));
         }
@@ -344,9 +349,10 @@ impl RemoteKeySource {
     /// The discovery document's `jwks_uri`, once its `issuer` is this source's.
     async fn discover(&self, url: &Url) -> Result<Url, String> {
         let fetched = self.fetcher.get(url).await?;
-        let doc = DiscoveryDocument::parse(&fetched.body).map_err(|e| format!("{url}: {e}"))?;
+        let doc =
+            DiscoveryDocument::parse(&fetched.body).map_err(|e| format!("{}: {e}", Shown(url)))?;
         self.accept_issuer(url, &doc.issuer)
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{}: {e}", Shown(url)))?;
         Ok(doc.jwks_uri)
     }
 

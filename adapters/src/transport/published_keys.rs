@@ -97,17 +97,16 @@ impl PublishedKeys {
         json!({ "sources": sources })
     }
 
-    fn base_url<B>(&self, req: &Request<B>) -> Option<String> {
+    /// Where the published keys are: the configured public URL, or, without one, what the
+    /// request's `Host` says (`None` when it is not a well-formed host and port). Only the
+    /// configured URL may be cached publicly (checklist row 32): a Host-chosen `jwks_uri` must
+    /// not be stored by a shared cache and served to others.
+    fn base_url<B>(&self, req: &Request<B>) -> Option<(String, bool)> {
         if let Some(url) = &self.public_url {
-            return Some(url.clone());
+            return Some((url.clone(), true));
         }
         let host = req.headers().get(header::HOST)?.to_str().ok()?;
-        let sane = !host.is_empty()
-            && host.len() <= 255
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
-        sane.then(|| format!("http://{host}"))
+        well_formed_host(host).then(|| (format!("http://{host}"), false))
     }
 
     pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
@@ -126,7 +125,7 @@ impl PublishedKeys {
                 response
             }
             DISCOVERY_PATH => {
-                let Some(base) = self.base_url(req) else {
+                let Some((base, configured)) = self.base_url(req) else {
                     return plain(StatusCode::BAD_REQUEST, "no usable Host header");
                 };
                 let algs: Vec<&str> = std::iter::once(self.authority.signing_key())
@@ -140,7 +139,17 @@ impl PublishedKeys {
                     "subject_types_supported": ["public"],
                     "response_types_supported": ["id_token"],
                 });
-                json_response(Bytes::from(serde_json::to_vec(&doc).expect("JSON")))
+                let mut response =
+                    json_response(Bytes::from(serde_json::to_vec(&doc).expect("JSON")));
+                if !configured {
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("no-store"),
+                    );
+                    headers.insert(header::VARY, http::HeaderValue::from_static("Host"));
+                }
+                response
             }
             _ => plain(StatusCode::NOT_FOUND, "not found"),
         }
@@ -185,6 +194,51 @@ impl PublishedKeys {
     }
 }
 
+/// `host[:port]`: a DNS name of letter-digit-hyphen labels, an IPv4 address, or a bracketed
+/// IPv6 address; a port of at most five digits. No userinfo, path, spaces or anything else.
+fn well_formed_host(value: &str) -> bool {
+    if value.is_empty() || value.len() > 255 {
+        return false;
+    }
+    let (host_ok, port) = match value.strip_prefix('[') {
+        Some(bracketed) => {
+            let Some((v6, rest)) = bracketed.split_once(']') else {
+                return false;
+            };
+            let port = match rest {
+                "" => None,
+                _ => match rest.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None => return false,
+                },
+            };
+            (v6.parse::<std::net::Ipv6Addr>().is_ok(), port)
+        }
+        None => {
+            let (name, port) = match value.split_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (value, None),
+            };
+            let labels_ok = name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+            (labels_ok, port)
+        }
+    };
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| n <= 65_535)
+    });
+    host_ok && port_ok
+}
+
 fn json_response(body: Bytes) -> Response<Full<Bytes>> {
     Response::builder()
         .status(StatusCode::OK)
@@ -200,4 +254,45 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Full::new(Bytes::from_static(text.as_bytes())))
         .expect("static response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::well_formed_host;
+
+    #[test]
+    fn only_well_formed_hosts_choose_a_published_url() {
+        for good in [
+            "dws.example.com",
+            "dws.example.com:50053",
+            "localhost",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:50053",
+            "a-b.c",
+        ] {
+            assert!(well_formed_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            "attacker.example/evil",
+            "user@host",
+            "host:",
+            "host:99999",
+            "host:80:81",
+            "::1",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            "-host",
+            "host-",
+            "a..b",
+            "host name",
+            "host\t",
+            "ho%73t",
+        ] {
+            assert!(!well_formed_host(bad), "{bad:?}");
+        }
+        assert!(!well_formed_host(&"a".repeat(256)));
+    }
 }
