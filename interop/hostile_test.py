@@ -1054,6 +1054,140 @@ def log_checks(s, h, w: HostileWorld) -> None:
     s.check("hostile.log.no_tokens", no_tokens)
 
 
+# ---- weak keys, cheap failures, secrets and the Host header (checklist rows 28-32, 34) ------
+
+
+class RawJwk:
+    """A JWKS entry served exactly as given (weak keys the `cryptography` package will not make)."""
+
+    def __init__(self, jwk: dict):
+        self.value = jwk
+
+    def jwk(self) -> dict:
+        return self.value
+
+
+# The Ed25519 encodings of points of small order, and two non-canonical ones (y = p, p + 1).
+SMALL_ORDER_ED25519 = [
+    bytes.fromhex(x)
+    for x in (
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )
+]
+
+
+def weak_keys_and_pages(s, h, binary: str, log_dir) -> None:
+    """Issue 9's attacks, replayed by this independent peer against the binary: forging with a
+    small-order Ed25519 key from a provider that allows EdDSA; an RSA key with e = 1 and an
+    ambiguous kid; a provider URL carrying a password and a private token; the Host header
+    choosing the published jwks_uri."""
+    servers, process = [], None
+    good = h.Key("weak-good-rsa")
+    weak = [RawJwk({"kty": "OKP", "crv": "Ed25519", "kid": f"small-{i}", "x": b64url(p)})
+            for i, p in enumerate(SMALL_ORDER_ED25519)]
+    numbers = good.public.public_numbers()
+    e_one = RawJwk({"kty": "RSA", "kid": "e-one", "e": h.int_b64url(1), "n": h.int_b64url(numbers.n)})
+    twin = h.Key("weak-twin-rsa")
+    twin.kid = good.kid  # two keys, one kid: ambiguous
+    try:
+        issuer = h.OidcIssuer("weak-idp", [good, twin, e_one] + weak)
+        servers.append(issuer)
+        dead_port = h.free_port()
+        config = log_dir / "weak-keys.toml"
+        config.write_text(
+            "[[key_sources]]\ntype = \"oidc\"\nname = \"weak-idp\"\n"
+            f"issuer = \"{issuer.base}\"\nalgorithms = [\"RS256\", \"EdDSA\"]\n"
+            "[[key_sources]]\ntype = \"jwks\"\nname = \"secret-url\"\nissuer = \"https://secret.example\"\n"
+            f"jwks_uri = \"http://alice:s3cr3t-pw@127.0.0.1:{dead_port}/keys?private_token=tok-123\"\n"
+        )
+        process = h.ServiceProcess("weak-keys", binary, {
+            "DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL": "",
+            "DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL": "",
+        }, log_dir, config=config)
+        process.wait_ready()
+
+        def claims():
+            now = int(time.time())
+            return {"iss": issuer.base, "aud": h.SERVICE_NAME, "sub": h.INSTANCE_ID, "iat": now,
+                    "exp": now + 600, "scopes": [h.GENERATE], "gitlab_realm": h.REALM,
+                    "gitlab_instance_id": h.INSTANCE_ID}
+
+        def forged(kid):
+            # For the identity point, R = identity and S = 0 verify for every message.
+            signature = b"\x01" + b"\x00" * 63
+            return h.handmade_jws({"alg": "EdDSA", "typ": "JWT", "kid": kid}, claims(), lambda _: signature)
+
+        for key in weak:
+            kid = key.value["kid"]
+            s.check(f"weak_keys.forged_with_{kid}_refused", lambda kid=kid: h.expect_status(
+                h.generate_token(process.stub, h.metadata(forged(kid))), h.UNAUTHENTICATED, h.FORBIDDEN))
+        def e_one_forgery(data: bytes) -> bytes:
+            # With e = 1, s^e mod n = s: the padded digest itself is a "signature".
+            prefix = bytes.fromhex("3031300d060960864801650304020105000420")
+            k = (numbers.n.bit_length() + 7) // 8
+            return b"\x00\x01" + b"\xff" * (k - 3 - len(prefix) - 32) + b"\x00" + prefix + hashlib.sha256(data).digest()
+
+        e_one_token = h.handmade_jws({"alg": "RS256", "kid": "e-one"}, claims(), e_one_forgery)
+        s.check("weak_keys.rsa_exponent_1_dropped", lambda: h.expect_status(
+            h.generate_token(process.stub, h.metadata(e_one_token)), h.UNAUTHENTICATED, h.FORBIDDEN))
+        ambiguous = h.handmade_jws({"alg": "RS256", "kid": good.kid}, claims(), rs_signer(good.private))
+        s.check("weak_keys.ambiguous_kid_refused", lambda: h.expect_status(
+            h.generate_token(process.stub, h.metadata(ambiguous)), h.UNAUTHENTICATED, h.FORBIDDEN))
+        kidless = h.handmade_jws({"alg": "RS256"}, claims(), rs_signer(good.private))
+        s.check("weak_keys.kidless_token_of_a_good_key_accepted", lambda: h.expect_ok(
+            h.generate_token(process.stub, h.metadata(kidless))))
+
+        def secrets_not_logged():
+            deadline = time.monotonic() + 10
+            while "key fetch failed" not in process.log_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            text = process.log_text()
+            h.expect("key fetch failed" in text, "the failing source never logged its failure")
+            for secret in ("s3cr3t", "tok-123", "alice"):
+                h.expect(secret not in text, f"{secret!r} appears in the log")
+
+        s.check("weak_keys.provider_url_secrets_never_logged", secrets_not_logged)
+
+        def host_header():
+            import http.client
+            conn = http.client.HTTPConnection("127.0.0.1", process.http_port, timeout=h.RPC_TIMEOUT)
+            conn.putrequest("GET", "/.well-known/openid-configuration", skip_host=True)
+            conn.putheader("Host", "attacker.example")
+            conn.endheaders()
+            r = conn.getresponse()
+            body = json.loads(r.read())
+            h.expect(r.status == 200, f"status {r.status}")
+            h.expect(body["jwks_uri"].startswith("http://attacker.example/"), body["jwks_uri"])
+            cache = (r.getheader("Cache-Control") or "").lower()
+            h.expect("no-store" in cache and "public" not in cache, f"Cache-Control {cache!r}")
+            h.expect((r.getheader("Vary") or "").lower() == "host", f"Vary {r.getheader('Vary')!r}")
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", process.http_port, timeout=h.RPC_TIMEOUT)
+            conn.putrequest("GET", "/.well-known/openid-configuration", skip_host=True)
+            conn.putheader("Host", "attacker.example/evil")
+            conn.endheaders()
+            r = conn.getresponse()
+            r.read()
+            h.expect(r.status == 400, f"a malformed Host got {r.status}")
+            conn.close()
+
+        s.check("weak_keys.host_header_document_not_publicly_cacheable", host_header)
+    except Exception as e:
+        s.fail("weak_keys.setup", f"{type(e).__name__}: {e}")
+    finally:
+        if process is not None:
+            process.stop()
+            s.check("weak_keys.log.no_panic", lambda: h.expect("panicked" not in process.log_text(), "a panic"))
+        for server in servers:
+            server.stop()
+
+
 def run(s, h, binary: str, log_dir) -> None:
     """The battery; `h` is the interop_test module (its helpers, stubs and constants)."""
     s.deadline = max(s.deadline, time.monotonic() + HOSTILE_BUDGET)
@@ -1078,6 +1212,7 @@ def run(s, h, binary: str, log_dir) -> None:
             battery.metadata_limits()
             battery.raw_http2()
         battery.finish()
+        weak_keys_and_pages(s, h, binary, log_dir)
     except Exception as e:
         s.fail("hostile.setup", f"{type(e).__name__}: {e}")
     finally:

@@ -665,7 +665,7 @@ def clean_environment() -> dict:
 
 
 class ServiceProcess:
-    def __init__(self, name: str, binary: str, settings: dict, log_dir: Path):
+    def __init__(self, name: str, binary: str, settings: dict, log_dir: Path, config: Path = None):
         self.name = name
         self.port = free_port()
         self.http_port = free_port()
@@ -675,7 +675,7 @@ class ServiceProcess:
         self.log_path = log_dir / f"{name}.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1"],
+            [binary, "serve", "--listen", "127.0.0.1"] + (["--config", str(config)] if config else []),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
