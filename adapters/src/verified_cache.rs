@@ -9,6 +9,7 @@
 //! - only successful verifications are cached.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use duo_workflow_domain::keys::KeySet;
@@ -94,6 +95,17 @@ struct Inner {
 pub struct VerifiedCache {
     limits: CacheLimits,
     inner: Mutex<Inner>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What the cache did and holds, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: usize,
+    pub bytes: usize,
 }
 
 impl VerifiedCache {
@@ -101,6 +113,26 @@ impl VerifiedCache {
         Self {
             limits,
             inner: Mutex::new(Inner::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The entry for `key` while its key set is still current (a hit); otherwise the entry, if
+    /// any, is dropped (a miss).
+    pub fn lookup(&self, key: &TokenDigest) -> Option<Entry> {
+        match self.get(key) {
+            Some(entry) if entry.still_trusted() => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(entry)
+            }
+            stale => {
+                if stale.is_some() {
+                    self.remove(key);
+                }
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         }
     }
 
@@ -149,6 +181,17 @@ impl VerifiedCache {
     pub fn usage(&self) -> (usize, usize) {
         let inner = self.inner.lock().expect("cache lock");
         (inner.map.len(), inner.bytes)
+    }
+
+    /// Hits and misses of [`VerifiedCache::lookup`] so far, and what the cache holds.
+    pub fn stats(&self) -> CacheStats {
+        let (entries, bytes) = self.usage();
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries,
+            bytes,
+        }
     }
 }
 
@@ -255,6 +298,23 @@ mod tests {
             "a set that is not the source's current one"
         );
         drop(other_keys);
+    }
+
+    #[test]
+    fn lookups_count_hits_and_misses_and_drop_untrusted_entries() {
+        let (s, keys) = source();
+        let cache = VerifiedCache::new(CacheLimits::default());
+        cache.insert([1; 32], Entry::new(claims("x"), s.clone(), &keys, 10));
+        assert!(cache.lookup(&[1; 32]).is_some());
+        assert!(cache.lookup(&[2; 32]).is_none());
+        let (other, _other_keys) = source();
+        cache.insert([3; 32], Entry::new(claims("x"), other, &keys, 10));
+        assert!(
+            cache.lookup(&[3; 32]).is_none(),
+            "its key set is not current"
+        );
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 2, 1));
     }
 
     #[test]
