@@ -91,10 +91,7 @@ pub struct ObserveService<S> {
 
 impl<S> Service<Request<Body>> for ObserveService<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -106,8 +103,6 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = req.uri().path();
         let mut record = CallRecord {
             calls: self.layer.calls.clone(),
@@ -123,8 +118,9 @@ where
             caller: None,
             span: tracing::Span::current(),
         };
+        let response = self.inner.call(req);
         Box::pin(async move {
-            let response = inner.call(req).await?;
+            let response = response.await?;
             let (mut parts, body) = response.into_parts();
             record.refusal = parts.extensions.remove::<Refusal>();
             record.caller = parts.extensions.remove::<CallerLog>();
