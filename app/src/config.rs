@@ -413,6 +413,22 @@ impl Settings {
                 None => file.metrics.port.unwrap_or(DEFAULT_METRICS_PORT),
             },
         );
+        if metrics_addr.port() != 0 && [port, http_port].contains(&metrics_addr.port()) {
+            // Named where it was set; its default collides only with a port set elsewhere, and
+            // this variable is what moves it.
+            let from_env = get(ENV_METRICS_PORT).filter(|v| !v.trim().is_empty());
+            let field = match (from_env, file.metrics.port) {
+                (None, Some(_)) => "metrics.port",
+                _ => ENV_METRICS_PORT,
+            };
+            return Err(bad(
+                field,
+                format!(
+                    "{} is already the gRPC or published-keys port ({ENV_PORT}, {ENV_HTTP_PORT})",
+                    metrics_addr.port()
+                ),
+            ));
+        }
         let logging = log_settings(&file, env)?;
 
         let (service_field, service_name) =
@@ -1265,6 +1281,28 @@ mod tests {
         let file: FileConfig = toml::from_str("[metrics]\naddr = \"gitlab\"\n").unwrap();
         let e = Settings::from_parts(file, &env(&[])).unwrap_err();
         assert_eq!(e.field, "metrics.addr");
+        // Not one of the other two ports.
+        for (pairs, field) in [
+            (&[(ENV_METRICS_PORT, "50052")][..], ENV_METRICS_PORT),
+            (
+                &[(ENV_METRICS_PORT, "7000"), (ENV_HTTP_PORT, "7000")][..],
+                ENV_METRICS_PORT,
+            ),
+            (&[(ENV_PORT, "50054")][..], ENV_METRICS_PORT),
+        ] {
+            let e = Settings::from_env(&env(pairs)).unwrap_err();
+            assert_eq!(e.field, field, "{pairs:?}");
+        }
+        assert_eq!(
+            addr(&[
+                (ENV_METRICS_PORT, "0"),
+                (ENV_PORT, "0"),
+                (ENV_HTTP_PORT, "0")
+            ])
+            .port(),
+            0,
+            "any free port, for tests"
+        );
     }
 
     #[test]
