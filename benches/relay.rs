@@ -210,7 +210,7 @@ fn service_process(config: &Path) {
         let settings = common::settings(config);
         let service = duo_workflow_service::server::build(&settings).unwrap();
         let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let listeners = duo_workflow_service::server::Listeners::bind(loopback, loopback)
+        let listeners = duo_workflow_service::server::Listeners::bind(loopback, loopback, loopback)
             .await
             .unwrap();
         println!("grpc={}", listeners.grpc.local_addr().unwrap());

@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from concurrent import futures
@@ -655,7 +656,7 @@ def clean_environment() -> dict:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DUO_WORKFLOW_", "CLOUD_CONNECTOR_", "AIGW_")) and k not in ("PORT",)
+        if not k.startswith(("DUO_WORKFLOW_", "CLOUD_CONNECTOR_", "AIGW_", "PROMETHEUS_")) and k not in ("PORT",)
         and k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "grpc_proxy")
     }
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
@@ -669,8 +670,16 @@ class ServiceProcess:
         self.name = name
         self.port = free_port()
         self.http_port = free_port()
+        # The operator listener (/metrics, /key-sources): loopback, a port of its own.
+        self.metrics_port = free_port()
         env = clean_environment()
-        env.update({"PORT": str(self.port), "DUO_WORKFLOW_HTTP__PORT": str(self.http_port)})
+        env.update(
+            {
+                "PORT": str(self.port),
+                "DUO_WORKFLOW_HTTP__PORT": str(self.http_port),
+                "PROMETHEUS_METRICS__PORT": str(self.metrics_port),
+            }
+        )
         env.update(settings)
         self.log_path = log_dir / f"{name}.log"
         self.log = open(self.log_path, "wb")
@@ -1953,7 +1962,7 @@ def scenarios_discovery_issuer(s: Suite, w: World) -> None:
     )
 
     def reported():
-        _, _, body = http_get(f"http://127.0.0.1:{process.http_port}/key-sources")
+        _, _, body = http_get(f"http://127.0.0.1:{process.metrics_port}/key-sources")
         sources = {src["name"]: src for src in json.loads(body)["sources"]}
         gitlab = sources.get("gitlab", {})
         expect_equal("gitlab issuer", gitlab.get("issuer"), EXTERNAL_GITLAB)
@@ -1961,6 +1970,34 @@ def scenarios_discovery_issuer(s: Suite, w: World) -> None:
         expect_equal("customers-dot issuer", sources.get("customers-dot", {}).get("issuer"), slash.base)
 
     s.check("discovery_issuer.key_sources_report_learned_issuers", reported)
+
+    def operator_pages_not_public():
+        for path in ("/key-sources", "/metrics"):
+            try:
+                status, _, _ = http_get(f"http://127.0.0.1:{process.http_port}{path}")
+            except urllib.error.HTTPError as e:
+                status = e.code
+            expect_equal(f"{path} on the published-keys port", status, 404)
+
+    s.check("operator.pages_are_not_on_the_published_keys_port", operator_pages_not_public)
+
+    def metrics_served():
+        status, headers, body = http_get(f"http://127.0.0.1:{process.metrics_port}/metrics")
+        expect_equal("/metrics status", status, 200)
+        text = body.decode()
+        expect("text/plain" in headers.get("Content-Type", ""), f"content type {headers.get('Content-Type')!r}")
+        handled = [line for line in text.splitlines() if line.startswith("grpc_server_handled_total{")]
+        expect(
+            any('grpc_method="GenerateToken"' in line and 'grpc_code="OK"' in line for line in handled),
+            f"no GenerateToken OK in grpc_server_handled_total: {handled}",
+        )
+        refusals = [line for line in text.splitlines() if line.startswith("duo_workflow_auth_refusals_total{")]
+        expect(
+            any('issuer="unknown"' in line and not line.endswith(" 0") for line in refusals),
+            f"the token of an issuer nobody serves is not counted as issuer=unknown: {refusals}",
+        )
+
+    s.check("operator.metrics_count_calls_and_refusals", metrics_served)
 
     def logged():
         lines = [line for line in process.log_text().splitlines() if "issuer learned" in line]

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use duo_workflow_adapters::transport::{
-    self, AdmissionLayer, GenerateTokenEndpoint, LearnedCapabilities, Limits, Minting, Relay,
-    Routes, ServerCapabilities,
+    self, AdmissionLayer, GenerateTokenEndpoint, LearnedCapabilities, Limits, Minting,
+    ObserveLayer, Relay, Routes, ServerCapabilities,
 };
 use duo_workflow_domain::gatekeeper::{AuthMode, Gatekeeper, UnitPrimitiveAuthorizer};
 use duo_workflow_domain::policy::{ClaimChecks, Delegation};
@@ -238,6 +238,7 @@ async fn serve_with(mode: AuthMode, o: Options) -> Harness {
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(transport::serve(
         listener,
+        ObserveLayer::default(),
         admission,
         routes,
         limits,

@@ -328,9 +328,10 @@ async fn start_up_with_a_provider_down_then_recovery() {
     );
 }
 
-/// One source's entry in `GET /key-sources` on the HTTP listener.
+/// One source's entry in `GET /key-sources` on the operator listener.
 async fn key_source_report(service: &Running, name: &str) -> serde_json::Value {
-    let (status, body, _) = reqwest_get(&format!("http://{}/key-sources", service.http_addr)).await;
+    let (status, body, _) =
+        reqwest_get(&format!("http://{}/key-sources", service.operator_addr)).await;
     assert_eq!(status, 200);
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     doc["sources"]
@@ -689,7 +690,8 @@ async fn aigw_gitlab_url_is_read_only_when_the_gitlab_variable_is_unset() {
         fetches,
         "AIGW_GITLAB_URL was read"
     );
-    let (status, body, _) = reqwest_get(&format!("http://{}/key-sources", service.http_addr)).await;
+    let (status, body, _) =
+        reqwest_get(&format!("http://{}/key-sources", service.operator_addr)).await;
     assert_eq!(status, 200);
     assert!(!String::from_utf8(body).unwrap().contains("\"gitlab\""));
 }
@@ -853,6 +855,16 @@ async fn the_published_discovery_document_and_jwks() {
     }
     assert_eq!(jwks["keys"][0]["alg"], "RS256");
     assert_eq!(jwks["keys"][1]["alg"], "ES256");
+
+    // Operator pages are not on the public port (checklist 31), but on the operator listener.
+    for path in ["/key-sources", "/metrics"] {
+        let public = reqwest_get(&format!("http://{}{path}", service.http_addr)).await;
+        assert_eq!(public.0, 404, "{path} is served on the published-keys port");
+        let operator = reqwest_get(&format!("http://{}{path}", service.operator_addr)).await;
+        assert_eq!(operator.0, 200, "{path}");
+        assert_eq!(operator.2.as_deref(), Some("no-store"), "{path}");
+    }
+    assert!(service.operator_addr.ip().is_loopback());
 }
 
 /// A minimal HTTP/1.1 GET over a TCP stream: status, body, Cache-Control.

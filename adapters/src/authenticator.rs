@@ -23,8 +23,10 @@ use crate::jose::keys::PublicKey;
 use crate::jose::token::{
     SignatureFailure, SignatureVerified, UnverifiedToken, DEFAULT_MAX_TOKEN_BYTES,
 };
+use crate::metrics::{note_token_issuer, LabelText};
 use crate::verified_cache::{
-    digest_of, CacheLimits, Entry, JudgedWith, RefusedCache, RefusedLimits, VerifiedCache,
+    digest_of, CacheLimits, CacheStats, Entry, JudgedWith, RefusedCache, RefusedLimits,
+    VerifiedCache,
 };
 
 pub type DynKeySource = Arc<dyn KeySource<PublicKey>>;
@@ -123,6 +125,21 @@ impl JwtAuthenticator {
 
     pub fn cache_usage(&self) -> (usize, usize) {
         self.cache.usage()
+    }
+
+    /// The verified-token cache's hits, misses and size, for metrics.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// The metrics label of a token's `iss`: the issuer itself when a source serves it, else
+    /// `unknown`, so that tokens cannot add label values.
+    fn issuer_label(&self, iss: &str) -> LabelText {
+        if self.by_issuer.contains_key(iss) || self.discovered(iss).is_some() {
+            LabelText::Shared(iss.into())
+        } else {
+            LabelText::UNKNOWN
+        }
     }
 
     pub fn with_max_token_bytes(mut self, max: usize) -> Self {
@@ -259,8 +276,10 @@ impl JwtAuthenticator {
     /// Parse, route, verify, check claims; a refusal after signature work says what judged it.
     async fn judge(&self, text: &str) -> Result<(VerifiedClaims, Entry), Refusal> {
         let token = UnverifiedToken::parse(text, self.max_token_bytes)?;
-        let sources = self.sources_of(token.claimed_issuer()?).await?;
-        let verified = self.verify_signature(&token, sources).await?;
+        let iss = token.claimed_issuer()?;
+        let sources = self.sources_of(iss).await;
+        note_token_issuer(self.issuer_label(iss));
+        let verified = self.verify_signature(&token, sources?).await?;
         let (source, keys) = (verified.source.clone(), verified.keys);
         let claims = token.into_claims(verified.proof).map_err(|r| Refusal {
             error: r.into(),
@@ -293,17 +312,18 @@ impl Authenticator for JwtAuthenticator {
         }
         let digest = (self.cache.enabled() || self.refused.enabled()).then(|| digest_of(text));
         if let Some(digest) = &digest {
-            if let Some(entry) = self.cache.get(digest) {
-                if entry.still_trusted() {
-                    let checked = self.checks.accept(entry.claims, self.clock.now());
-                    if checked.is_err() {
-                        self.cache.remove(digest);
-                    }
-                    return Ok(checked?);
+            if let Some(entry) = self.cache.lookup(digest) {
+                note_token_issuer(LabelText::Shared(entry.claims.issuer.as_str().into()));
+                let checked = self.checks.accept(entry.claims, self.clock.now());
+                if checked.is_err() {
+                    self.cache.remove(digest);
                 }
-                self.cache.remove(digest);
+                return Ok(checked?);
             }
-            if let Some(rejection) = self.refused.get(digest) {
+            if let Some((rejection, issuer)) = self.refused.get(digest) {
+                note_token_issuer(
+                    issuer.map_or(LabelText::UNKNOWN, |i| LabelText::Shared(i.as_str().into())),
+                );
                 return Err(rejection.into());
             }
         }

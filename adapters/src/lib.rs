@@ -6,11 +6,13 @@
 //! - [`sources`]: key sources (static keys; remote ones plug in here).
 //! - [`transport`]: the tonic transport: request-id and authentication layers, the service.
 //! - [`verified_cache`]: the bounded cache of verified tokens.
+//! - [`metrics`]: Prometheus metrics, every label value from a bounded set.
 
 pub mod authenticator;
 pub mod authority;
 pub mod clock;
 pub mod jose;
+pub mod metrics;
 pub mod sources;
 pub mod transport;
 pub mod verified_cache;

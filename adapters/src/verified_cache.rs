@@ -10,11 +10,12 @@
 //! - only successful verifications are cached.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use duo_workflow_domain::keys::KeySet;
-use duo_workflow_domain::{Claims, Rejection};
+use duo_workflow_domain::{Claims, Issuer, Rejection};
 use ring::digest;
 
 use crate::authenticator::DynKeySource;
@@ -96,6 +97,17 @@ struct Inner {
 pub struct VerifiedCache {
     limits: CacheLimits,
     inner: Mutex<Inner>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What the cache did and holds, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: usize,
+    pub bytes: usize,
 }
 
 impl VerifiedCache {
@@ -103,6 +115,26 @@ impl VerifiedCache {
         Self {
             limits,
             inner: Mutex::new(Inner::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The entry for `key` while its key set is still current (a hit); otherwise the entry, if
+    /// any, is dropped (a miss).
+    pub fn lookup(&self, key: &TokenDigest) -> Option<Entry> {
+        match self.get(key) {
+            Some(entry) if entry.still_trusted() => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(entry)
+            }
+            stale => {
+                if stale.is_some() {
+                    self.remove(key);
+                }
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         }
     }
 
@@ -152,6 +184,17 @@ impl VerifiedCache {
         let inner = self.inner.lock().expect("cache lock");
         (inner.map.len(), inner.bytes)
     }
+
+    /// Hits and misses of [`VerifiedCache::lookup`] so far, and what the cache holds.
+    pub fn stats(&self) -> CacheStats {
+        let (entries, bytes) = self.usage();
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries,
+            bytes,
+        }
+    }
 }
 
 /// Bounds of the cache of refused tokens.
@@ -198,6 +241,8 @@ impl JudgedWith {
 
 struct Refused {
     rejection: Rejection,
+    /// The issuer whose keys judged it, for the refusal's metrics.
+    issuer: Option<Issuer>,
     judged_with: Vec<JudgedWith>,
     at: Instant,
 }
@@ -232,13 +277,14 @@ impl RefusedCache {
         )
     }
 
-    pub fn get(&self, key: &TokenDigest) -> Option<Rejection> {
+    /// The remembered refusal of a token, and the issuer whose keys judged it.
+    pub fn get(&self, key: &TokenDigest) -> Option<(Rejection, Option<Issuer>)> {
         let mut inner = self.inner.lock().expect("refused cache lock");
         let entry = inner.0.get(key)?;
         if entry.at.elapsed() < self.limits.ttl
             && entry.judged_with.iter().all(JudgedWith::unchanged)
         {
-            return Some(entry.rejection.clone());
+            return Some((entry.rejection.clone(), entry.issuer.clone()));
         }
         inner.0.remove(key);
         None
@@ -250,8 +296,12 @@ impl RefusedCache {
         }
         let mut inner = self.inner.lock().expect("refused cache lock");
         let (map, order) = &mut *inner;
+        let issuer = judged_with
+            .first()
+            .and_then(|j| j.source.issuer().known().cloned());
         let refused = Refused {
             rejection,
+            issuer,
             judged_with,
             at: Instant::now(),
         };
@@ -384,6 +434,23 @@ mod tests {
     }
 
     #[test]
+    fn lookups_count_hits_and_misses_and_drop_untrusted_entries() {
+        let (s, keys) = source();
+        let cache = VerifiedCache::new(CacheLimits::default());
+        cache.insert([1; 32], Entry::new(claims("x"), s.clone(), &keys, 10));
+        assert!(cache.lookup(&[1; 32]).is_some());
+        assert!(cache.lookup(&[2; 32]).is_none());
+        let (other, _other_keys) = source();
+        cache.insert([3; 32], Entry::new(claims("x"), other, &keys, 10));
+        assert!(
+            cache.lookup(&[3; 32]).is_none(),
+            "its key set is not current"
+        );
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 2, 1));
+    }
+
+    #[test]
     fn disabled_caches_hold_nothing() {
         let (s, keys) = source();
         let cache = VerifiedCache::new(CacheLimits {
@@ -436,7 +503,10 @@ mod tests {
         });
         let judged = || vec![JudgedWith::new(&source, source.current().as_ref())];
         cache.insert([1; 32], Rejection::BadSignature, judged());
-        assert_eq!(cache.get(&[1; 32]), Some(Rejection::BadSignature));
+        assert_eq!(
+            cache.get(&[1; 32]).map(|r| r.0),
+            Some(Rejection::BadSignature)
+        );
         // The issuer rotated: the same token is judged again.
         *swappable.0.lock().unwrap() = set(8);
         assert_eq!(cache.get(&[1; 32]), None);
@@ -447,7 +517,7 @@ mod tests {
         }
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get(&[2; 32]), None);
-        assert_eq!(cache.get(&[4; 32]), Some(Rejection::Expired));
+        assert_eq!(cache.get(&[4; 32]).map(|r| r.0), Some(Rejection::Expired));
         // Young only.
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(cache.get(&[4; 32]), None);

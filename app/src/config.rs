@@ -3,6 +3,7 @@
 //! a bad value stops start-up with an error that names the field.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use duo_workflow_adapters::jose::keys::KeyPolicy;
@@ -51,6 +52,13 @@ pub const ENV_UPSTREAM_SERVER_CAPABILITIES: &str = "DUO_WORKFLOW_UPSTREAM__SERVE
 pub const ENV_UPSTREAM_ALLOWED_METHODS: &str = "DUO_WORKFLOW_UPSTREAM__ALLOWED_METHODS";
 pub const ENV_DELEGABLE_SCOPES: &str = "DUO_WORKFLOW_USER_TOKENS__DELEGABLE_SCOPES";
 pub const ENV_GRPC_REFLECTION_ENABLED: &str = "DUO_WORKFLOW_GRPC_REFLECTION_ENABLED";
+/// The operator listener (`/metrics`, `/key-sources`): GitLab's names for its metrics server.
+pub const ENV_METRICS_ADDR: &str = "PROMETHEUS_METRICS__ADDR";
+pub const ENV_METRICS_PORT: &str = "PROMETHEUS_METRICS__PORT";
+pub const ENV_LOG_LEVEL: &str = "DUO_WORKFLOW_LOGGING__LEVEL";
+pub const ENV_LOG_JSON: &str = "DUO_WORKFLOW_LOGGING__JSON_FORMAT";
+/// `development` (the default) logs text lines unless JSON is asked for; anything else, JSON.
+pub const ENV_ENVIRONMENT: &str = "DUO_WORKFLOW_SERVICE_ENVIRONMENT";
 
 /// The names of the two built-in OIDC sources, in logs and readiness.
 pub const SOURCE_GITLAB: &str = "gitlab";
@@ -58,6 +66,10 @@ pub const SOURCE_CUSTOMERS_DOT: &str = "customers-dot";
 
 pub const DEFAULT_PORT: u16 = 50052;
 pub const DEFAULT_HTTP_PORT: u16 = 50053;
+/// Loopback: operator pages are not public unless an operator says so (checklist 31).
+pub const DEFAULT_METRICS_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+pub const DEFAULT_METRICS_PORT: u16 = 50054;
+pub const DEFAULT_ENVIRONMENT: &str = "development";
 pub const DEFAULT_GITLAB_URL: &str = "https://gitlab.com";
 pub const DEFAULT_CUSTOMER_PORTAL_URL: &str = "https://customers.gitlab.com";
 
@@ -83,7 +95,31 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub logging: LoggingSection,
+    /// `development` (default), `production`, ...: decides the log format when it is not set.
+    pub environment: Option<String>,
+    #[serde(default)]
     pub key_sources: Vec<KeySourceConfig>,
+}
+
+/// The operator listener: `/metrics` and `/key-sources`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// An IP address; default 127.0.0.1.
+    pub addr: Option<String>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    /// `trace`, `debug`, `info`, `warn` (`warning`), `error` (`critical`).
+    pub level: Option<String>,
+    /// One JSON object per line; default: JSON unless the environment is `development`.
+    pub json_format: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,11 +305,63 @@ pub enum StaticKeys {
     Pem(String),
 }
 
+/// The most verbose level logged (`RUST_LOG`, when set, overrides it with a full filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The level as a `tracing` filter directive.
+    pub fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+
+    /// The names GitLab's Python service takes (`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`),
+    /// in any letter case, and `trace` and `warn`.
+    fn parse(field: &str, v: &str) -> Result<Self, ConfigError> {
+        Ok(match v.trim().to_ascii_lowercase().as_str() {
+            "trace" => LogLevel::Trace,
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warn" | "warning" => LogLevel::Warn,
+            "error" | "critical" => LogLevel::Error,
+            _ => {
+                return Err(bad(
+                    field,
+                    format!("{v:?} is not a log level: write trace, debug, info, warning or error"),
+                ))
+            }
+        })
+    }
+}
+
+/// How the service logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: LogLevel,
+    /// One JSON object per line; otherwise human-readable text.
+    pub json: bool,
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub port: u16,
     pub http_port: u16,
+    /// The operator listener: `/metrics` and `/key-sources`.
+    pub metrics_addr: SocketAddr,
+    pub logging: LogSettings,
     pub service_name: ServiceName,
     pub auth_enabled: bool,
     /// The GitLab.com, CustomersDot and configured remote key sources (an empty URL disables
@@ -330,6 +418,37 @@ impl Settings {
             Some(v) => parse_port(ENV_HTTP_PORT, v)?,
             None => file.http_port.unwrap_or(DEFAULT_HTTP_PORT),
         };
+
+        let metrics_addr = SocketAddr::new(
+            match get(ENV_METRICS_ADDR).filter(|v| !v.trim().is_empty()) {
+                Some(v) => parse_ip(ENV_METRICS_ADDR, v)?,
+                None => match &file.metrics.addr {
+                    Some(v) => parse_ip("metrics.addr", v)?,
+                    None => DEFAULT_METRICS_ADDR,
+                },
+            },
+            match get(ENV_METRICS_PORT).filter(|v| !v.trim().is_empty()) {
+                Some(v) => parse_port(ENV_METRICS_PORT, v)?,
+                None => file.metrics.port.unwrap_or(DEFAULT_METRICS_PORT),
+            },
+        );
+        if metrics_addr.port() != 0 && [port, http_port].contains(&metrics_addr.port()) {
+            // Named where it was set; its default collides only with a port set elsewhere, and
+            // this variable is what moves it.
+            let from_env = get(ENV_METRICS_PORT).filter(|v| !v.trim().is_empty());
+            let field = match (from_env, file.metrics.port) {
+                (None, Some(_)) => "metrics.port",
+                _ => ENV_METRICS_PORT,
+            };
+            return Err(bad(
+                field,
+                format!(
+                    "{} is already the gRPC or published-keys port ({ENV_PORT}, {ENV_HTTP_PORT})",
+                    metrics_addr.port()
+                ),
+            ));
+        }
+        let logging = log_settings(&file, env)?;
 
         let (service_field, service_name) =
             match (get(ENV_SERVICE_NAME), get(ENV_SERVICE_NAME_ALIAS)) {
@@ -546,6 +665,8 @@ impl Settings {
         Ok(Settings {
             port,
             http_port,
+            metrics_addr,
+            logging,
             service_name,
             auth_enabled,
             remote_sources,
@@ -709,6 +830,62 @@ struct BuiltinSource<'a> {
     file_value: Option<&'a str>,
     default: &'static str,
     required: bool,
+}
+
+/// The log level and format: the environment, then the file, then the defaults (`info`; JSON
+/// unless the environment is `development`, its default, as GitLab's service does).
+fn log_settings(
+    file: &FileConfig,
+    env: &HashMap<String, String>,
+) -> Result<LogSettings, ConfigError> {
+    let get = |name: &str| env.get(name).map(String::as_str);
+    let level = match get(ENV_LOG_LEVEL) {
+        Some(v) => LogLevel::parse(ENV_LOG_LEVEL, v)?,
+        None => match &file.logging.level {
+            Some(v) => LogLevel::parse("logging.level", v)?,
+            None => LogLevel::Info,
+        },
+    };
+    // Set but blank reads as unset: the default, development.
+    let (environment_field, environment) = match get(ENV_ENVIRONMENT).map(str::trim) {
+        Some(v) if !v.is_empty() => (ENV_ENVIRONMENT, v),
+        _ => (
+            "environment",
+            file.environment
+                .as_deref()
+                .map(str::trim)
+                .unwrap_or(DEFAULT_ENVIRONMENT),
+        ),
+    };
+    if environment.is_empty() || environment.chars().any(|c| c.is_control()) {
+        return Err(bad(
+            environment_field,
+            "must be a name such as development or production",
+        ));
+    }
+    let json = match get(ENV_LOG_JSON) {
+        Some(v) => parse_bool(ENV_LOG_JSON, v)?,
+        None => file
+            .logging
+            .json_format
+            .unwrap_or(!environment.eq_ignore_ascii_case(DEFAULT_ENVIRONMENT)),
+    };
+    Ok(LogSettings { level, json })
+}
+
+/// An IP address, v4 or v6 (brackets allowed around v6).
+fn parse_ip(field: &str, v: &str) -> Result<IpAddr, ConfigError> {
+    let t = v.trim();
+    let t = t
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(t);
+    t.parse::<IpAddr>().map_err(|_| {
+        bad(
+            field,
+            format!("{v:?} is not an IP address (such as 127.0.0.1, 0.0.0.0 or ::)"),
+        )
+    })
 }
 
 fn parse_port(field: &str, v: &str) -> Result<u16, ConfigError> {
@@ -1173,12 +1350,112 @@ mod tests {
             (ENV_OIDC_CUSTOMER_PORTAL_URL, "ftp://customers.gitlab.com"),
             (ENV_UPSTREAM_URL, "not a url"),
             (ENV_SERVICE_NAME, " "),
+            (ENV_METRICS_ADDR, "localhost"),
+            (ENV_METRICS_ADDR, "127.0.0.1:9090"),
+            (ENV_METRICS_PORT, "metrics"),
+            (ENV_METRICS_PORT, "65536"),
+            (ENV_LOG_LEVEL, "loud"),
+            (ENV_LOG_LEVEL, ""),
+            (ENV_LOG_JSON, "yes"),
+            (ENV_LOG_JSON, "1"),
         ];
         for (field, value) in cases {
             let e = Settings::from_env(&env(&[(field, value)])).unwrap_err();
             assert_eq!(e.field, field, "{value}");
             assert!(e.to_string().contains(field));
         }
+    }
+
+    #[test]
+    fn the_operator_listener_is_loopback_unless_configured() {
+        let addr = |pairs: &[(&str, &str)]| Settings::from_env(&env(pairs)).unwrap().metrics_addr;
+        assert_eq!(addr(&[]), "127.0.0.1:50054".parse().unwrap());
+        // GitLab's deployments set both.
+        assert_eq!(
+            addr(&[(ENV_METRICS_ADDR, "0.0.0.0"), (ENV_METRICS_PORT, "8082")]),
+            "0.0.0.0:8082".parse().unwrap()
+        );
+        // Either alone keeps the other's default; blank is unset.
+        assert_eq!(
+            addr(&[(ENV_METRICS_PORT, "9102")]),
+            "127.0.0.1:9102".parse().unwrap()
+        );
+        assert_eq!(
+            addr(&[(ENV_METRICS_ADDR, "[::]"), (ENV_METRICS_PORT, " ")]),
+            "[::]:50054".parse().unwrap()
+        );
+        let file: FileConfig = toml::from_str("[metrics]\naddr = \"::1\"\nport = 9000\n").unwrap();
+        let s = Settings::from_parts(file, &env(&[(ENV_METRICS_PORT, "9001")])).unwrap();
+        assert_eq!(s.metrics_addr, "[::1]:9001".parse().unwrap());
+        let file: FileConfig = toml::from_str("[metrics]\naddr = \"gitlab\"\n").unwrap();
+        let e = Settings::from_parts(file, &env(&[])).unwrap_err();
+        assert_eq!(e.field, "metrics.addr");
+        // Not one of the other two ports.
+        for (pairs, field) in [
+            (&[(ENV_METRICS_PORT, "50052")][..], ENV_METRICS_PORT),
+            (
+                &[(ENV_METRICS_PORT, "7000"), (ENV_HTTP_PORT, "7000")][..],
+                ENV_METRICS_PORT,
+            ),
+            (&[(ENV_PORT, "50054")][..], ENV_METRICS_PORT),
+        ] {
+            let e = Settings::from_env(&env(pairs)).unwrap_err();
+            assert_eq!(e.field, field, "{pairs:?}");
+        }
+        assert_eq!(
+            addr(&[
+                (ENV_METRICS_PORT, "0"),
+                (ENV_PORT, "0"),
+                (ENV_HTTP_PORT, "0")
+            ])
+            .port(),
+            0,
+            "any free port, for tests"
+        );
+    }
+
+    #[test]
+    fn logs_are_json_unless_the_environment_is_development() {
+        let logging = |pairs: &[(&str, &str)]| Settings::from_env(&env(pairs)).unwrap().logging;
+        assert_eq!(
+            logging(&[]),
+            LogSettings {
+                level: LogLevel::Info,
+                json: false
+            }
+        );
+        assert!(logging(&[(ENV_ENVIRONMENT, "production")]).json);
+        assert!(logging(&[(ENV_ENVIRONMENT, "staging")]).json);
+        assert!(!logging(&[(ENV_ENVIRONMENT, "Development")]).json);
+        assert!(
+            !logging(&[(ENV_ENVIRONMENT, "")]).json,
+            "blank is the default"
+        );
+        assert!(logging(&[(ENV_LOG_JSON, "true")]).json);
+        assert!(!logging(&[(ENV_LOG_JSON, "FALSE"), (ENV_ENVIRONMENT, "production")]).json);
+        for (v, level) in [
+            ("DEBUG", LogLevel::Debug),
+            ("warning", LogLevel::Warn),
+            ("Critical", LogLevel::Error),
+            (" trace ", LogLevel::Trace),
+        ] {
+            assert_eq!(logging(&[(ENV_LOG_LEVEL, v)]).level, level, "{v}");
+        }
+        let file: FileConfig =
+            toml::from_str("environment = \"production\"\n[logging]\nlevel = \"error\"\n").unwrap();
+        let s = Settings::from_parts(file, &env(&[])).unwrap();
+        assert_eq!(
+            s.logging,
+            LogSettings {
+                level: LogLevel::Error,
+                json: true
+            }
+        );
+        let file: FileConfig = toml::from_str("[logging]\nlevel = \"noisy\"\n").unwrap();
+        assert_eq!(
+            Settings::from_parts(file, &env(&[])).unwrap_err().field,
+            "logging.level"
+        );
     }
 
     #[test]

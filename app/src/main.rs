@@ -12,7 +12,7 @@ use duo_workflow_service::cli::{
     self, ClientError, ClientFlow, ClientHeaders, ClientRun, FlowOptions, MintRequest,
 };
 use duo_workflow_service::config::{Settings, ENV_CLIENT_TOKEN};
-use duo_workflow_service::{init_logging, server};
+use duo_workflow_service::{init_logging, logging, server};
 
 #[derive(Parser)]
 #[command(
@@ -186,8 +186,12 @@ enum TokenCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logging();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    // `serve` sets up its logging from its configuration.
+    if !matches!(command, Command::Serve { .. }) {
+        init_logging();
+    }
+    let result = match command {
         Command::Serve { config, listen } => serve(config, listen).await,
         Command::Client(a) => match cli::run_client(&a.into_run()).await {
             Ok(()) => Ok(()),
@@ -239,16 +243,30 @@ async fn main() -> ExitCode {
 async fn serve(config: Option<PathBuf>, listen: IpAddr) -> Result<(), String> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let settings = Settings::load(config.as_deref(), &env).map_err(|e| e.to_string())?;
+    // Held until `serve` returns: dropping it writes out the buffered lines.
+    let _log = logging::init_service(&settings.logging);
     let service = server::build(&settings).map_err(|e| e.to_string())?;
     let listeners = server::Listeners::bind(
         SocketAddr::new(listen, settings.port),
         SocketAddr::new(listen, settings.http_port),
+        settings.metrics_addr,
     )
     .await
     .map_err(|e| e.to_string())?;
     let local =
         |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(grpc = %local(&listeners.grpc), published_keys = %local(&listeners.http), "serving");
+    if !settings.metrics_addr.ip().is_loopback() {
+        tracing::warn!(
+            operator = %settings.metrics_addr,
+            "the operator listener (/metrics, /key-sources) is not on loopback: anyone who can reach it reads them"
+        );
+    }
+    tracing::info!(
+        grpc = %local(&listeners.grpc),
+        published_keys = %local(&listeners.http),
+        operator = %local(&listeners.operator),
+        "serving"
+    );
     server::serve(service, listeners, shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;

@@ -9,12 +9,14 @@ use duo_workflow_adapters::authenticator::{DynKeySource, JwtAuthenticator};
 use duo_workflow_adapters::authority::LocalAuthority;
 use duo_workflow_adapters::clock::SystemClock;
 use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
+use duo_workflow_adapters::metrics::{CacheCollector, KeySourceCollector, Metrics};
 use duo_workflow_adapters::sources::{RemoteKeySource, StaticKeySource};
 use duo_workflow_adapters::transport::capabilities::LearningPolicy;
+use duo_workflow_adapters::transport::operator::OperatorPages;
 use duo_workflow_adapters::transport::published_keys::PublishedKeys;
 use duo_workflow_adapters::transport::{
-    self, AdmissionLayer, GenerateTokenEndpoint, LearnedCapabilities, Limits, Minting, Relay,
-    Routes, ServerCapabilities,
+    self, AdmissionLayer, GenerateTokenEndpoint, LearnedCapabilities, Limits, Minting,
+    ObserveLayer, Relay, Routes, ServerCapabilities,
 };
 use duo_workflow_domain::gatekeeper::{AuthMode, Gatekeeper, UnitPrimitiveAuthorizer};
 use duo_workflow_domain::issuers::{IssuerClaims, SourceIssuer};
@@ -63,6 +65,11 @@ pub struct Service {
     /// The sources that refresh in the background once serving starts.
     pub remote: Vec<Arc<RemoteKeySource>>,
     pub published_keys: Arc<PublishedKeys>,
+    /// `/metrics` and `/key-sources`, on the operator listener.
+    pub operator: Arc<OperatorPages>,
+    pub metrics: Arc<Metrics>,
+    /// Records and logs every call.
+    pub observe: ObserveLayer,
     pub limits: Limits,
     pub grace: Duration,
 }
@@ -167,16 +174,30 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     }
     let readiness_sources = sources.clone();
 
+    let metrics = Arc::new(Metrics::new());
+    metrics.register_collector(KeySourceCollector::new(
+        readiness_sources.clone(),
+        remote.clone(),
+        clock.clone(),
+    ));
+    metrics.counter_fn(
+        "duo_workflow_auth_log_lines_dropped",
+        "Log lines dropped because stderr did not keep up (calls never wait for it).",
+        crate::logging::dropped_lines,
+    );
     let mode = if settings.auth_enabled {
-        let authenticator =
+        let authenticator = Arc::new(
             JwtAuthenticator::new(sources, settings.claim_checks.clone(), clock.clone())
                 .map_err(|e| config_error("key_sources", e))?
                 .with_max_token_bytes(settings.max_token_bytes)
                 .with_cache_limits(settings.verified_token_cache)
                 .with_refused_limits(settings.refused_token_cache)
-                .with_max_kidless_candidates(settings.max_kidless_candidates);
-        AuthMode::Enabled(Arc::new(authenticator))
+                .with_max_kidless_candidates(settings.max_kidless_candidates),
+        );
+        metrics.register_collector(CacheCollector(Some(authenticator.clone())));
+        AuthMode::Enabled(authenticator)
     } else {
+        metrics.register_collector(CacheCollector(None));
         tracing::warn!(
             "AUTHENTICATION IS DISABLED ({}=false): every caller is a debug user who passes every check",
             crate::config::ENV_AUTH_ENABLED
@@ -197,7 +218,10 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     let relay = settings
         .upstream
         .as_ref()
-        .map(|upstream| executor_channel(upstream).map(|c| Relay::new(c, limits.max_message_bytes)))
+        .map(|upstream| {
+            executor_channel(upstream)
+                .map(|c| Relay::new(c, limits.max_message_bytes).with_metrics(metrics.relay()))
+        })
         .transpose()?;
     let capabilities = match (&settings.server_capabilities, &relay) {
         (Some(names), _) => ServerCapabilities::Configured(names.clone().into()),
@@ -210,6 +234,9 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     let published_keys = Arc::new(PublishedKeys::new(
         authority.clone(),
         settings.http_public_url.clone(),
+    ));
+    let operator = Arc::new(OperatorPages::new(
+        metrics.clone(),
         readiness_sources.clone(),
         clock.clone(),
     ));
@@ -232,6 +259,9 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         capabilities,
         reflection: settings.methods.reflection_enabled(),
         published_keys,
+        operator,
+        observe: ObserveLayer::new(metrics.calls()),
+        metrics,
         authority,
         sources: readiness_sources,
         remote,
@@ -274,14 +304,20 @@ fn executor_channel(upstream: &Upstream) -> Result<Channel, StartError> {
     Ok(endpoint.connect_lazy())
 }
 
-/// The service's listeners: gRPC, and HTTP for the published keys.
+/// The service's listeners: gRPC, HTTP for the published keys, and the operator listener
+/// (`/metrics`, `/key-sources`).
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: TcpListener,
+    pub operator: TcpListener,
 }
 
 impl Listeners {
-    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> Result<Self, StartError> {
+    pub async fn bind(
+        grpc: SocketAddr,
+        http: SocketAddr,
+        operator: SocketAddr,
+    ) -> Result<Self, StartError> {
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -293,6 +329,7 @@ impl Listeners {
         Ok(Self {
             grpc: bind(grpc).await?,
             http: bind(http).await?,
+            operator: bind(operator).await?,
         })
     }
 }
@@ -367,6 +404,24 @@ pub async fn serve(
             .clone()
             .serve(listeners.http, stopped_http),
     );
+    let operator = {
+        let mut rx = stop.subscribe();
+        let stopped = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tokio::spawn(service.operator.clone().serve(listeners.operator, stopped))
+    };
+    // The count of refusal lines the rate limit left out appears within a second or so.
+    let flush = {
+        let observe = service.observe.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                observe.flush_suppressed();
+            }
+        })
+    };
     if let ServerCapabilities::Learned(learned) = &service.capabilities {
         learned.learn_at_start();
     }
@@ -376,6 +431,7 @@ pub async fn serve(
     }
     let server = transport::serve(
         listeners.grpc,
+        service.observe.clone(),
         service.admission,
         routes,
         service.limits,
@@ -412,6 +468,9 @@ pub async fn serve(
     };
     let _ = stop.send(true);
     let _ = http.await;
+    let _ = operator.await;
+    flush.abort();
+    service.observe.drain_suppressed();
     Ok(result?)
 }
 
@@ -419,6 +478,8 @@ pub async fn serve(
 pub struct Running {
     pub addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// `/metrics` and `/key-sources`.
+    pub operator_addr: SocketAddr,
     pub authority: Arc<LocalAuthority>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), StartError>>,
@@ -442,14 +503,15 @@ impl Drop for Running {
     }
 }
 
-/// Builds the service and serves it on the given addresses in a background task.
+/// Builds the service and serves it on the given addresses (the operator listener where the
+/// settings say) in a background task.
 pub async fn start(
     settings: &Settings,
     grpc: SocketAddr,
     http: SocketAddr,
 ) -> Result<Running, StartError> {
     let service = build(settings)?;
-    let listeners = Listeners::bind(grpc, http).await?;
+    let listeners = Listeners::bind(grpc, http, settings.metrics_addr).await?;
     let local = |l: &TcpListener| {
         l.local_addr().map_err(|source| StartError::Bind {
             addr: grpc.to_string(),
@@ -457,6 +519,7 @@ pub async fn start(
         })
     };
     let (addr, http_addr) = (local(&listeners.grpc)?, local(&listeners.http)?);
+    let operator_addr = local(&listeners.operator)?;
     let authority = service.authority.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(service, listeners, async {
@@ -465,6 +528,7 @@ pub async fn start(
     Ok(Running {
         addr,
         http_addr,
+        operator_addr,
         authority,
         stop: Some(stop),
         task,

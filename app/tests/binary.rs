@@ -70,6 +70,19 @@ struct Server {
     child: Child,
     log: PathBuf,
     addr: String,
+    /// The operator listener (`/metrics`, `/key-sources`), `host:port`.
+    operator: String,
+}
+
+/// The value of the field `name` in a log line, text (`name=value`) or JSON (`"name":"value"`).
+fn log_field(text: &str, name: &str) -> Option<String> {
+    if let Some(rest) = text.split(&format!("\"{name}\":\"")).nth(1) {
+        return rest.split('"').next().map(str::to_owned);
+    }
+    text.split(&format!(" {name}="))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
 }
 
 impl Server {
@@ -82,6 +95,7 @@ impl Server {
         }
         cmd.env("PORT", "0")
             .env("DUO_WORKFLOW_HTTP__PORT", "0")
+            .env("PROMETHEUS_METRICS__PORT", "0")
             .env("DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL", "")
             .env("DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL", "")
             .envs(env.iter().copied())
@@ -93,17 +107,18 @@ impl Server {
             child: cmd.spawn().unwrap(),
             log,
             addr: String::new(),
+            operator: String::new(),
         };
-        // The address is in the start-up log line: `serving grpc=127.0.0.1:PORT ...`.
+        // The addresses are in the start-up log line: `serving grpc=127.0.0.1:PORT ...`.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = std::fs::read_to_string(&server.log).unwrap_or_default();
-            if let Some(addr) = text
-                .split("grpc=")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
+            let serving = text.lines().find(|l| l.contains("serving"));
+            if let Some((addr, operator)) = serving
+                .and_then(|line| Some((log_field(line, "grpc")?, log_field(line, "operator")?)))
             {
                 server.addr = format!("http://{addr}");
+                server.operator = operator;
                 return server;
             }
             assert!(Instant::now() < deadline, "serve did not start: {text}");
@@ -905,4 +920,248 @@ fn the_client_refuses_contradictory_flow_options_before_any_call() {
         assert!(stderr.contains(message), "{options:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{options:?}: a call was made");
     }
+}
+
+/// The operator listener's `/metrics` (`host:port`): each series' value, summed over the series
+/// of `name` whose labels contain `labels`.
+async fn metric(operator: &str, name: &str, labels: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read = async {
+        let mut stream = tokio::net::TcpStream::connect(operator).await.unwrap();
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: {operator}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.unwrap();
+        raw
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("/metrics answered within 5 s");
+    raw.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name && rest.contains(labels)
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum()
+}
+
+fn with_request_id<T>(mut req: tonic::Request<T>, id: &'static str) -> tonic::Request<T> {
+    req.metadata_mut()
+        .insert("x-request-id", MetadataValue::from_static(id));
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_carry_each_call_and_refusals_are_logged_at_a_bounded_rate_with_a_count() {
+    let dir = Scratch::new();
+    let (instance_key, config) = local_gitlab(&dir);
+    // Outside development the lines are JSON, as GitLab's service writes them.
+    let mut server = Server::start(
+        &dir,
+        Some(&config),
+        &[("DUO_WORKFLOW_SERVICE_ENVIRONMENT", "production")],
+    );
+    let token = mint(&instance_key, "duo_workflow_generate_token", &[]);
+    let request = || GenerateTokenRequest {
+        workflow_definition: None,
+    };
+    let mut client = DuoWorkflowClient::connect(server.addr.clone())
+        .await
+        .unwrap();
+    let good = with_metadata(request(), Some(&token), Some("42"));
+    let user_token = client
+        .generate_token(with_request_id(good, "good-call-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+
+    const REFUSED: usize = 300;
+    let flood = Instant::now();
+    for i in 0..REFUSED {
+        let bad = format!("not-a-token-{i}");
+        let mut req = with_metadata(request(), Some(&bad), Some("42"));
+        if i == 0 {
+            req = with_request_id(req, "refused-call-1");
+        }
+        assert!(client.generate_token(req).await.is_err());
+    }
+    let windows = flood.elapsed().as_secs() + 2;
+    let refusals = metric(&server.operator, "duo_workflow_auth_refusals_total", "").await;
+    let suppressed = metric(
+        &server.operator,
+        "duo_workflow_auth_refusal_log_lines_suppressed_total",
+        "",
+    )
+    .await;
+    assert_eq!(refusals, REFUSED as f64, "every refusal is counted");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l.is_object() && l["timestamp"].is_string()));
+    let by_id = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["request_id"] == id)
+            .unwrap_or_else(|| panic!("no line for {id}: {log}"))
+            .clone()
+    };
+    let good = by_id("good-call-1");
+    assert_eq!(good["message"], "call finished");
+    assert_eq!(good["method"], "/DuoWorkflow/GenerateToken");
+    assert_eq!(good["grpc_code"], "OK");
+    assert!(good["duration_s"].as_f64().unwrap() >= 0.0);
+    assert_eq!(good["issuer"], "http://gitlab.local");
+    assert_eq!(good["realm"], "self-managed");
+    assert_eq!(good["instance_id"], "inst-1");
+    let refused = by_id("refused-call-1");
+    assert_eq!(refused["message"], "request refused");
+    assert_eq!(refused["grpc_code"], "UNAUTHENTICATED");
+    assert_eq!(refused["refusal"], "token_malformed");
+    assert_eq!(refused["issuer"], "none");
+
+    // At most 10 refusal lines a second; every other refusal is in a count.
+    let logged = lines
+        .iter()
+        .filter(|l| l["message"] == "request refused")
+        .count() as u64;
+    let reported: u64 = lines.iter().filter_map(|l| l["suppressed"].as_u64()).sum();
+    assert!(
+        logged <= 10 * windows,
+        "{logged} refusal lines in {windows} s"
+    );
+    assert_eq!(logged + reported, REFUSED as u64, "{log}");
+    assert_eq!(reported as f64, suppressed);
+    for secret in [token.as_str(), user_token.as_str()] {
+        assert!(!log.contains(secret), "a token reached the log");
+    }
+}
+
+/// Kills the child when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_thousand_refusals_with_an_unread_stderr_leave_good_calls_answering() {
+    use std::io::BufRead;
+    let dir = Scratch::new();
+    let (instance_key, config) = local_gitlab(&dir);
+    // Trace level: every call writes many lines, so the pipe fills at once.
+    let mut child = Killed(
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1", "--config"])
+            .arg(&config)
+            .env("PORT", "0")
+            .env("DUO_WORKFLOW_HTTP__PORT", "0")
+            .env("PROMETHEUS_METRICS__PORT", "0")
+            .env("DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL", "")
+            .env("DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL", "")
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Read stderr up to the line with the addresses, then never again.
+    let stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    let (_unread, serving) = tokio::task::spawn_blocking(move || {
+        let mut stderr = stderr;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited");
+            if line.contains("serving") {
+                return (stderr, line);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let addr = format!("http://{}", log_field(&serving, "grpc").unwrap());
+    let operator = log_field(&serving, "operator").unwrap();
+    let token = mint(&instance_key, "duo_workflow_generate_token", &[]);
+
+    let good_call = |addr: String, token: String| async move {
+        let started = Instant::now();
+        let call = async {
+            let mut client = DuoWorkflowClient::connect(addr).await.unwrap();
+            let req = with_metadata(
+                GenerateTokenRequest {
+                    workflow_definition: None,
+                },
+                Some(&token),
+                Some("42"),
+            );
+            client.generate_token(req).await.unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("a good call did not answer within 5 s");
+        started.elapsed()
+    };
+
+    // 3000 refused calls, 30 at a time, while good calls keep being made.
+    let flood: Vec<_> = (0..30)
+        .map(|task| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let mut client = DuoWorkflowClient::connect(addr).await.unwrap();
+                for i in 0..100 {
+                    let bad = format!("hostile-{task}-{i}");
+                    let req = with_metadata(
+                        GenerateTokenRequest {
+                            workflow_definition: None,
+                        },
+                        Some(&bad),
+                        Some("42"),
+                    );
+                    let refused =
+                        tokio::time::timeout(Duration::from_secs(5), client.generate_token(req))
+                            .await
+                            .expect("a refusal took more than 5 s");
+                    assert!(refused.is_err());
+                }
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    while flood.iter().any(|t| !t.is_finished()) {
+        slowest = slowest.max(good_call(addr.clone(), token.clone()).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for t in flood {
+        t.await.unwrap();
+    }
+    slowest = slowest.max(good_call(addr.clone(), token.clone()).await);
+    println!("slowest good call during the flood: {slowest:?}");
+
+    assert!(
+        metric(&operator, "duo_workflow_auth_refusals_total", "").await >= 3000.0,
+        "refusals were not all counted"
+    );
+    // Proof that stderr was full: lines were dropped, calls went on.
+    let dropped = metric(&operator, "duo_workflow_auth_log_lines_dropped_total", "").await;
+    assert!(
+        dropped > 0.0,
+        "stderr never filled up: the test proves nothing"
+    );
+    println!("log lines dropped: {dropped}");
 }

@@ -94,6 +94,7 @@ pub fn settings(config: &Path) -> Settings {
     let env: HashMap<String, String> = [
         ("DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL", ""),
         ("DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL", ""),
+        ("PROMETHEUS_METRICS__PORT", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.into(), v.into()))

@@ -311,8 +311,8 @@ impl Drop for TempDir {
     }
 }
 
-/// Starts the real service (every real adapter) on 127.0.0.1:0 from a configuration file and
-/// environment variables, exactly as `serve` reads them. The GitLab.com and CustomersDot sources
+/// Starts the real service (every real adapter) on 127.0.0.1:0 (its operator listener too) from
+/// a configuration file and environment variables, exactly as `serve` reads them. The GitLab.com and CustomersDot sources
 /// are disabled unless `env` names them: no test touches the internet.
 pub async fn start_service(
     file: Option<&std::path::Path>,
@@ -334,6 +334,8 @@ pub async fn start_service_unsetting(
             duo_workflow_service::config::ENV_OIDC_CUSTOMER_PORTAL_URL,
             "",
         ),
+        // The operator listener on a free loopback port: tests run side by side.
+        (duo_workflow_service::config::ENV_METRICS_PORT, "0"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -12,6 +12,7 @@
 //! - the key set is swapped whole; a lock is only ever held to clone an `Arc`, never across a fetch;
 //! - the source never blocks or fails start-up: it starts empty and says why.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -162,6 +163,9 @@ pub struct RemoteKeySource {
     flight: Mutex<Flight>,
     /// The refresh interval the last successful fetch earned.
     next_refresh: Mutex<Duration>,
+    /// Fetches (discovery, then JWKS) that installed keys, and those that failed.
+    fetches_ok: AtomicU64,
+    fetches_failed: AtomicU64,
 }
 
 impl RemoteKeySource {
@@ -213,7 +217,17 @@ impl RemoteKeySource {
             })),
             flight: Mutex::new(Flight::default()),
             next_refresh,
+            fetches_ok: AtomicU64::new(0),
+            fetches_failed: AtomicU64::new(0),
         }))
+    }
+
+    /// Fetches so far that installed keys, and fetches that failed (for metrics).
+    pub fn fetch_counts(&self) -> (u64, u64) {
+        (
+            self.fetches_ok.load(Ordering::Relaxed),
+            self.fetches_failed.load(Ordering::Relaxed),
+        )
     }
 
     /// Starts the background refresh (the first fetch starts now); it ends with the source.
@@ -260,6 +274,7 @@ impl RemoteKeySource {
     async fn fetch_and_install(&self) -> Option<Arc<KeySet<PublicKey>>> {
         let installed = match self.fetch_keys().await {
             Ok((set, max_age)) => {
+                self.fetches_ok.fetch_add(1, Ordering::Relaxed);
                 let current = self.install(Arc::new(set));
                 *self.next_refresh.lock().expect("refresh lock") = self.interval_for(max_age);
                 Some(current)
@@ -267,6 +282,7 @@ impl RemoteKeySource {
             Err(why) => {
                 // Provider text inside (a status, a cause): bounded before it is logged and kept.
                 let why = capped(&why, 512).into_owned();
+                self.fetches_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(source = %self.config.name, issuer = %self.issuer(), "key fetch failed: {why}");
                 let mut slot = self.snapshot.write().expect("snapshot lock");
                 *slot = Arc::new(Snapshot {

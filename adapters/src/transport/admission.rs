@@ -7,7 +7,8 @@
 //! straight through, without a token; everything else is authenticated (SPEC Part A steps 1–5),
 //! then, if its rule needs it, its first message is read (the bytes are put back, unchanged),
 //! then authorized. A refused call gets SPEC's status and `details`; an admitted one goes on with
-//! the [`Caller`] in its extensions.
+//! the [`Caller`] in its extensions. Either way the response carries what the observe layer
+//! records and logs: a [`Refusal`] (reason and issuer label), or a [`CallerLog`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::task::{Context, Poll};
 use duo_workflow_contract::{client_event, ClientEvent, GenerateTokenRequest};
 use duo_workflow_domain::gatekeeper::{Admission, Gatekeeper};
 use duo_workflow_domain::method::{Call, Flow, FlowFields};
-use duo_workflow_domain::{Access, Identity, MethodTable, RequestMetadata, Rpc};
+use duo_workflow_domain::{Access, AuthError, Identity, MethodTable, RequestMetadata, Rpc};
 use http::{Request, Response};
 use prost::Message;
 use tonic::body::Body;
@@ -26,6 +27,7 @@ use tower::{Layer, Service};
 use super::grpc_frames::read_first_message;
 use super::metadata::request_metadata;
 use super::status_of;
+use crate::metrics::{with_token_issuer, LabelText, RefusalReason};
 
 /// The authenticated caller of a request, for the handlers.
 #[derive(Debug, Clone)]
@@ -97,38 +99,132 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             match layer.admit(req).await {
-                Ok(req) => inner.call(req).await,
-                Err(status) => Ok(status.into_http()),
+                Ok((req, caller)) => {
+                    let mut response = inner.call(req).await?;
+                    if let Some(caller) = caller {
+                        response.extensions_mut().insert(caller);
+                    }
+                    Ok(response)
+                }
+                Err(Refused { status, refusal }) => {
+                    let mut response = status.into_http();
+                    response.extensions_mut().insert(refusal);
+                    Ok(response)
+                }
             }
         })
     }
 }
 
+/// On the response of a refused call, for the observe layer: why (a fixed reason, and the
+/// precise one for the log), and the issuer label of the token presented.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub issuer: LabelText,
+    /// `AuthError`'s `Display`: SPEC's details with the precise reason; never a token.
+    pub detail: String,
+}
+
+/// On the response of an admitted call, for the observe layer's log line: who called.
+#[derive(Debug, Clone, Default)]
+pub struct CallerLog {
+    pub issuer: Option<String>,
+    pub realm: Option<String>,
+    pub instance_id: Option<String>,
+    /// Authentication is off: the debug user.
+    pub debug_user: bool,
+}
+
+impl CallerLog {
+    fn of(identity: &Identity) -> Self {
+        match identity.claims() {
+            None => CallerLog {
+                debug_user: true,
+                ..CallerLog::default()
+            },
+            Some(claims) => CallerLog {
+                issuer: Some(claims.issuer.as_str().to_owned()),
+                realm: claims.realm.clone(),
+                instance_id: claims.instance_id.clone(),
+                debug_user: false,
+            },
+        }
+    }
+}
+
+/// A refused call: its status, and what the observe layer records.
+struct Refused {
+    status: Status,
+    refusal: Refusal,
+}
+
+impl Refused {
+    fn new(status: Status, reason: RefusalReason, issuer: &LabelText, detail: String) -> Self {
+        Self {
+            status,
+            refusal: Refusal {
+                reason,
+                issuer: issuer.clone(),
+                detail,
+            },
+        }
+    }
+
+    /// SPEC's status and `details` for `error`.
+    fn auth(error: &AuthError, issuer: &LabelText) -> Self {
+        Self::new(status_of(error), error.into(), issuer, error.to_string())
+    }
+
+    /// The first message could not be read: too large, or not readable.
+    fn message(status: Status, issuer: &LabelText) -> Self {
+        let reason = if status.code() == tonic::Code::ResourceExhausted {
+            RefusalReason::MessageTooLarge
+        } else {
+            RefusalReason::MessageUnreadable
+        };
+        let detail = status.message().to_owned();
+        Self::new(status, reason, issuer, detail)
+    }
+}
+
 impl AdmissionLayer {
-    /// The request, admitted (with its [`Caller`]), or the status that refuses it.
-    async fn admit(&self, mut req: Request<Body>) -> Result<Request<Body>, Status> {
+    /// The request, admitted (with its [`Caller`]; what the log says of the caller, except for
+    /// open methods), or why it is refused.
+    async fn admit(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<(Request<Body>, Option<CallerLog>), Refused> {
         let rpc = match self.methods.access(req.uri().path()) {
-            Access::Open => return Ok(req),
-            Access::Refused => return Err(Status::unimplemented(METHOD_NOT_FOUND)),
+            Access::Open => return Ok((req, None)),
+            Access::Refused => {
+                return Err(Refused::new(
+                    Status::unimplemented(METHOD_NOT_FOUND),
+                    RefusalReason::MethodNotFound,
+                    &LabelText::NONE,
+                    METHOD_NOT_FOUND.to_owned(),
+                ))
+            }
             Access::Rpc(rpc) => Some(rpc),
             Access::Allowed => None,
         };
         let metadata = request_metadata(req.headers());
-        let admission = self
-            .gatekeeper
-            .authenticate(&metadata)
-            .await
-            .map_err(|e| refused(&e))?;
+        let (admission, issuer) = with_token_issuer(self.gatekeeper.authenticate(&metadata)).await;
+        let issuer = issuer.unwrap_or(LabelText::NONE);
+        let admission = admission.map_err(|e| Refused::auth(&e, &issuer))?;
         log_admission(&admission);
         let call = match rpc {
             Some(rpc) if rpc.reads_first_message() => {
                 let (head, body) = req.into_parts();
-                let first = read_first_message(body, &head.headers, self.max_message_bytes).await?;
+                let first = read_first_message(body, &head.headers, self.max_message_bytes)
+                    .await
+                    .map_err(|status| Refused::message(status, &issuer))?;
                 let call = call_of(rpc, first.payload.as_deref()).map_err(|e| match e {
-                    CallError::Refused(e) => refused(&e),
-                    CallError::Undecodable => {
-                        Status::internal("failed to decode the first message")
-                    }
+                    CallError::Refused(e) => Refused::auth(&e, &issuer),
+                    CallError::Undecodable => Refused::message(
+                        Status::internal("failed to decode the first message"),
+                        &issuer,
+                    ),
                 })?;
                 req = Request::from_parts(head, first.body);
                 call
@@ -138,12 +234,13 @@ impl AdmissionLayer {
         };
         self.gatekeeper
             .authorize(&admission.identity, &call)
-            .map_err(|e| refused(&e))?;
+            .map_err(|e| Refused::auth(&e, &issuer))?;
+        let caller = CallerLog::of(&admission.identity);
         req.extensions_mut().insert(Caller {
             identity: admission.identity,
             metadata,
         });
-        Ok(req)
+        Ok((req, Some(caller)))
     }
 }
 
@@ -186,16 +283,10 @@ fn call_of(rpc: Rpc, first: Option<&[u8]>) -> Result<Call, CallError> {
     }
 }
 
-fn refused(error: &duo_workflow_domain::AuthError) -> Status {
-    let status = status_of(error);
-    tracing::warn!(code = ?status.code(), reason = %error, "request refused");
-    status
-}
-
 fn log_admission(admission: &Admission) {
     match admission.identity.claims() {
         None => tracing::warn!("AUTHENTICATION IS DISABLED: caller admitted as the debug user"),
-        Some(claims) => tracing::info!(
+        Some(claims) => tracing::debug!(
             issuer = %claims.issuer,
             realm = claims.realm.as_deref().unwrap_or(""),
             instance_id = claims.instance_id.as_deref().unwrap_or(""),

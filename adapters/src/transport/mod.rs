@@ -1,5 +1,5 @@
-//! The gRPC transport: cross-cutting concerns as tower layers ([`request_id`], [`admission`]),
-//! then [`Routes`], which sends each admitted call where it is served: gRPC health and
+//! The gRPC transport: cross-cutting concerns as tower layers ([`request_id`], [`observe`],
+//! [`admission`]), then [`Routes`], which sends each admitted call where it is served: gRPC health and
 //! reflection, `GenerateToken` ([`minting`]), and every other call to the workflow executor
 //! through the byte [`relay`].
 
@@ -8,6 +8,8 @@ pub mod capabilities;
 pub mod grpc_frames;
 pub mod metadata;
 pub mod minting;
+pub mod observe;
+pub mod operator;
 pub mod published_keys;
 pub mod relay;
 pub mod request_id;
@@ -25,6 +27,7 @@ use tower::{Service, ServiceExt};
 pub use admission::{AdmissionLayer, Caller};
 pub use capabilities::{LearnedCapabilities, ServerCapabilities};
 pub use minting::{GenerateTokenEndpoint, Minting};
+pub use observe::ObserveLayer;
 pub use relay::Relay;
 pub use request_id::{RequestId, RequestIdLayer};
 
@@ -163,10 +166,11 @@ impl Service<Request<Body>> for Routes {
     }
 }
 
-/// Serves `routes` on `listener` until `shutdown` resolves, behind the request-id and admission
-/// layers.
+/// Serves `routes` on `listener` until `shutdown` resolves, behind the request-id, observe and
+/// admission layers.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    observe: ObserveLayer,
     admission: AdmissionLayer,
     routes: Routes,
     limits: Limits,
@@ -174,6 +178,8 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let service = tower::ServiceBuilder::new()
         .layer(RequestIdLayer)
+        // Inside the request id (which it logs), outside admission (whose refusals it counts).
+        .layer(observe)
         .layer(admission)
         .service(routes);
     tonic::transport::Server::builder()

@@ -1,7 +1,8 @@
 //! The local authority's public keys over HTTP, so that other services (or another instance of
 //! this one) can verify user tokens through OIDC discovery:
-//! `GET /.well-known/openid-configuration` and `GET /oauth/discovery/keys`. Beside them,
-//! `GET /key-sources` reports each key source's state for operators (never key material).
+//! `GET /.well-known/openid-configuration` and `GET /oauth/discovery/keys`, and nothing else
+//! (what operators read, `/key-sources` and `/metrics`, is on the [`operator`](super::operator)
+//! listener).
 //!
 //! The discovery document's `issuer` is the service name, because that is the `iss` of the user
 //! tokens, and OIDC discovery requires the two to be identical. `jwks_uri` is built from the
@@ -19,14 +20,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use duo_workflow_domain::ports::{Clock, SourceState};
-
-use crate::authenticator::DynKeySource;
 use crate::authority::LocalAuthority;
 
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const JWKS_PATH: &str = "/oauth/discovery/keys";
-pub const KEY_SOURCES_PATH: &str = "/key-sources";
 
 /// Peers should notice a rotation within minutes; the keys change only on restart.
 const CACHE_CONTROL: &str = "public, max-age=300";
@@ -37,64 +34,17 @@ pub struct PublishedKeys {
     public_url: Option<String>,
     /// Rendered once: the keys never change while the process runs.
     jwks: Bytes,
-    sources: Vec<DynKeySource>,
-    clock: Arc<dyn Clock>,
 }
 
 impl PublishedKeys {
-    pub fn new(
-        authority: Arc<LocalAuthority>,
-        public_url: Option<String>,
-        sources: Vec<DynKeySource>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn new(authority: Arc<LocalAuthority>, public_url: Option<String>) -> Self {
         let jwks = Bytes::from(serde_json::to_vec(&authority.jwks()).expect("JSON"));
         let public_url = public_url.map(|u| u.trim_end_matches('/').to_owned());
         Self {
             authority,
             public_url,
             jwks,
-            sources,
-            clock,
         }
-    }
-
-    /// Every key source: its issuer (and whether configuration or discovery says it), state, key
-    /// count, and the age of its keys.
-    fn key_sources(&self) -> serde_json::Value {
-        let now = self.clock.now().as_secs();
-        let sources: Vec<serde_json::Value> = self
-            .sources
-            .iter()
-            .map(|s| {
-                let issuer = s.issuer();
-                let mut v = json!({
-                    "name": s.name(),
-                    // null while discovery has not named it yet
-                    "issuer": issuer.known().map(|i| i.as_str()),
-                    "issuer_from": if issuer.is_discovered() { "discovery" } else { "configuration" },
-                    "required": s.required(),
-                });
-                let (state, loaded, reason) = match s.state() {
-                    SourceState::Pending { reason } => ("pending", None, Some(json!(reason))),
-                    SourceState::Ready { keys, loaded_at } => ("ready", Some((keys, loaded_at)), None),
-                    SourceState::Stale { keys, loaded_at, reason } => {
-                        ("stale", Some((keys, loaded_at)), Some(json!(reason)))
-                    }
-                };
-                v["state"] = json!(state);
-                if let Some((keys, loaded_at)) = loaded {
-                    v["keys"] = json!(keys);
-                    v["loaded_at"] = json!(loaded_at.as_secs());
-                    v["age_seconds"] = json!(now - loaded_at.as_secs());
-                }
-                if let Some(reason) = reason {
-                    v["reason"] = reason;
-                }
-                v
-            })
-            .collect();
-        json!({ "sources": sources })
     }
 
     /// Where the published keys are: the configured public URL, or, without one, what the
@@ -115,15 +65,6 @@ impl PublishedKeys {
         }
         match req.uri().path() {
             JWKS_PATH => json_response(self.jwks.clone()),
-            KEY_SOURCES_PATH => {
-                let body = serde_json::to_vec(&self.key_sources()).expect("JSON");
-                let mut response = json_response(Bytes::from(body));
-                response.headers_mut().insert(
-                    header::CACHE_CONTROL,
-                    http::HeaderValue::from_static("no-store"),
-                );
-                response
-            }
             DISCOVERY_PATH => {
                 let Some((base, configured)) = self.base_url(req) else {
                     return plain(StatusCode::BAD_REQUEST, "no usable Host header");
@@ -161,36 +102,10 @@ impl PublishedKeys {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!("published keys listener: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => return,
-            };
-            let this = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let response = this.respond(&req);
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10));
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+        serve_http1(listener, "published keys", shutdown, move |req| {
+            self.respond(req)
+        })
+        .await
     }
 }
 
@@ -239,7 +154,47 @@ fn well_formed_host(value: &str) -> bool {
     host_ok && port_ok
 }
 
-fn json_response(body: Bytes) -> Response<Full<Bytes>> {
+/// An HTTP/1.1 listener answering every request with `respond`, until `shutdown` resolves; a
+/// connection gets a header read timeout.
+pub(crate) async fn serve_http1(
+    listener: TcpListener,
+    name: &'static str,
+    shutdown: impl std::future::Future<Output = ()>,
+    respond: impl Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+) {
+    let respond = Arc::new(respond);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("{name} listener: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let respond = respond.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let response = respond(&req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+pub(crate) fn json_response(body: Bytes) -> Response<Full<Bytes>> {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
@@ -248,7 +203,7 @@ fn json_response(body: Bytes) -> Response<Full<Bytes>> {
         .expect("static response")
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain")

@@ -29,6 +29,7 @@ use tower::ServiceExt;
 
 use super::grpc_frames::{too_large, MessageBoundaries};
 use super::request_id::ReceivedAt;
+use crate::metrics::{code_label, code_name, ErrorOrigin, OpenStream, RelayMetrics};
 
 /// What the caller sees when the executor cannot be reached. Deliberately says nothing about
 /// where the executor is.
@@ -39,6 +40,7 @@ pub const EXECUTOR_UNAVAILABLE: &str = "Workflow executor unavailable";
 pub struct Relay {
     channel: Channel,
     max_message_bytes: usize,
+    metrics: RelayMetrics,
 }
 
 impl Relay {
@@ -47,7 +49,21 @@ impl Relay {
         Self {
             channel,
             max_message_bytes,
+            metrics: RelayMetrics::default(),
         }
+    }
+
+    /// Records open streams and the executor's errors there.
+    pub fn with_metrics(mut self, metrics: RelayMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// A relayed call failed here, on the executor's behalf.
+    fn failed(&self, status: Status) -> Response<Body> {
+        self.metrics
+            .executor_error(code_label(status.code()), ErrorOrigin::Relay);
+        status.into_http()
     }
 
     /// The executor's channel, for the service's own calls to it (its capabilities).
@@ -57,6 +73,7 @@ impl Relay {
 
     /// Forwards one call and returns the executor's response, streaming.
     pub async fn forward(&self, request: Request<Body>) -> Response<Body> {
+        let open = self.metrics.stream_opened();
         let (mut head, body) = request.into_parts();
         let deadline = deadline_of(&head.headers, head.extensions.get::<ReceivedAt>());
         strip_connection_headers(&mut head.headers);
@@ -78,27 +95,38 @@ impl Relay {
         let exchange = async move { channel.oneshot(upstream_request).await };
         let response = tokio::select! {
             biased;
-            status = poll_fn(|cx| end.poll_failed(cx)) => return status.into_http(),
-            () = sleep_until(deadline) => return deadline_exceeded().into_http(),
+            status = poll_fn(|cx| end.poll_failed(cx)) => return self.failed(status),
+            () = sleep_until(deadline) => return self.failed(deadline_exceeded()),
             response = exchange => response,
         };
         match response {
             Ok(response) => {
                 let (head, body) = response.into_parts();
+                // A trailers-only answer: the executor's status is in the headers.
+                let status = head
+                    .headers
+                    .get("grpc-status")
+                    .map(|s| code_name(s.as_bytes()));
+                if let Some(code) = status.filter(|c| *c != "OK") {
+                    self.metrics.executor_error(code, ErrorOrigin::Executor);
+                }
                 let body = ResponseBody {
                     inner: Some(body),
                     boundaries: MessageBoundaries::default(),
                     limit: self.max_message_bytes,
                     end,
                     deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                    metrics: self.metrics.clone(),
+                    status_seen: status.is_some(),
+                    _open: open,
                 };
                 Response::from_parts(head, Body::new(body))
             }
             Err(error) => match end.status() {
-                Some(status) => status.into_http(),
+                Some(status) => self.failed(status),
                 None => {
                     tracing::warn!(error = %error_chain(&error), "workflow executor unreachable");
-                    Status::unavailable(EXECUTOR_UNAVAILABLE).into_http()
+                    self.failed(Status::unavailable(EXECUTOR_UNAVAILABLE))
                 }
             },
         }
@@ -275,11 +303,23 @@ struct ResponseBody {
     limit: usize,
     end: Arc<CallEnd>,
     deadline: Option<Pin<Box<Sleep>>>,
+    metrics: RelayMetrics,
+    /// Whether the call's status has been seen (and, if an error, counted).
+    status_seen: bool,
+    _open: OpenStream,
 }
 
 impl ResponseBody {
+    /// Counts the call's status once, if it is an error.
+    fn status(&mut self, code: &'static str, origin: ErrorOrigin) {
+        if !std::mem::replace(&mut self.status_seen, true) && code != "OK" {
+            self.metrics.executor_error(code, origin);
+        }
+    }
+
     /// Ends the body with `status` as its trailers; the executor's stream is reset.
     fn end_with(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.status(code_label(status.code()), ErrorOrigin::Relay);
         self.inner = None;
         self.end.fail(status.clone());
         let mut trailers = HeaderMap::new();
@@ -313,6 +353,8 @@ impl HttpBody for ResponseBody {
         match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
+                // Ended without trailers: the caller gets no status.
+                this.status("UNKNOWN", ErrorOrigin::Executor);
                 this.inner = None;
                 this.end.end();
                 Poll::Ready(None)
@@ -324,6 +366,11 @@ impl HttpBody for ResponseBody {
                         return this.end_with(too_large(len, this.limit));
                     }
                 } else {
+                    let code = frame
+                        .trailers_ref()
+                        .and_then(|t| t.get("grpc-status"))
+                        .map_or("UNKNOWN", |s| code_name(s.as_bytes()));
+                    this.status(code, ErrorOrigin::Executor);
                     this.inner = None; // trailers end the body
                     this.end.end();
                 }
