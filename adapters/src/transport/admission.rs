@@ -4,7 +4,7 @@
 //! request message (SPEC C2: the flow of `ExecuteWorkflow` and of `GenerateToken`).
 //!
 //! In order: methods the table refuses get `UNIMPLEMENTED` and open ones (health, reflection) go
-//! straight through, without a token; everything else is authenticated (SPEC Part A steps 1–5),
+//! straight through, without a token, within the bounds of [`OpenStreams`]; everything else is authenticated (SPEC Part A steps 1–5),
 //! then, if its rule needs it, its first message is read (the bytes are put back, unchanged),
 //! then authorized. A refused call gets SPEC's status and `details`; an admitted one goes on with
 //! the [`Caller`] in its extensions.
@@ -25,7 +25,8 @@ use tower::{Layer, Service};
 
 use super::grpc_frames::read_first_message;
 use super::metadata::request_metadata;
-use super::status_of;
+use super::open_streams::{self, OpenStreams, Permits};
+use super::{status_of, Limits};
 
 /// The authenticated caller of a request, for the handlers.
 #[derive(Debug, Clone)]
@@ -42,18 +43,16 @@ pub struct AdmissionLayer {
     gatekeeper: Arc<Gatekeeper>,
     methods: Arc<MethodTable>,
     max_message_bytes: usize,
+    open: OpenStreams,
 }
 
 impl AdmissionLayer {
-    pub fn new(
-        gatekeeper: Arc<Gatekeeper>,
-        methods: MethodTable,
-        max_message_bytes: usize,
-    ) -> Self {
+    pub fn new(gatekeeper: Arc<Gatekeeper>, methods: MethodTable, limits: &Limits) -> Self {
         Self {
             gatekeeper,
             methods: Arc::new(methods),
-            max_message_bytes,
+            max_message_bytes: limits.max_message_bytes,
+            open: OpenStreams::new(limits.open),
         }
     }
 }
@@ -97,7 +96,12 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             match layer.admit(req).await {
-                Ok(req) => inner.call(req).await,
+                Ok((req, None)) => inner.call(req).await,
+                // An open stream holds its permits until its response ends.
+                Ok((req, Some(permits))) => inner
+                    .call(req)
+                    .await
+                    .map(|response| open_streams::hold(response, permits)),
                 Err(status) => Ok(status.into_http()),
             }
         })
@@ -105,10 +109,22 @@ where
 }
 
 impl AdmissionLayer {
-    /// The request, admitted (with its [`Caller`]), or the status that refuses it.
-    async fn admit(&self, mut req: Request<Body>) -> Result<Request<Body>, Status> {
+    /// The request, admitted (with its [`Caller`], or the permits of an open stream), or the
+    /// status that refuses it.
+    async fn admit(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<(Request<Body>, Option<Permits>), Status> {
         let rpc = match self.methods.access(req.uri().path()) {
-            Access::Open => return Ok(req),
+            Access::Open => {
+                return self
+                    .open
+                    .admit(req)
+                    .map(|(req, p)| (req, Some(p)))
+                    .inspect_err(|s| {
+                        tracing::debug!(reason = s.message(), "call without a token refused");
+                    })
+            }
             Access::Refused => return Err(Status::unimplemented(METHOD_NOT_FOUND)),
             Access::Rpc(rpc) => Some(rpc),
             Access::Allowed => None,
@@ -143,7 +159,7 @@ impl AdmissionLayer {
             identity: admission.identity,
             metadata,
         });
-        Ok(req)
+        Ok((req, None))
     }
 }
 

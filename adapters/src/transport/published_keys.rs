@@ -9,18 +9,17 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use duo_workflow_domain::ports::{Clock, SourceState};
 
+use super::listener::{expect_bytes_by, Acceptor, Counted};
 use crate::authenticator::DynKeySource;
 use crate::authority::LocalAuthority;
 
@@ -146,40 +145,41 @@ impl PublishedKeys {
         }
     }
 
-    /// Serves until `shutdown` resolves. Each connection is HTTP/1.1, with a header read timeout.
+    /// Serves until `shutdown` resolves. Each connection is HTTP/1.1, with a header read timeout, within the acceptor's connection bound and handshake timeout.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        acceptor: Acceptor,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        let acceptor = Arc::new(acceptor);
+        let mut connections = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!("published keys listener: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+            let accepted = tokio::select! {
+                accepted = acceptor.accept() => accepted,
+                Some(_) = connections.join_next() => continue,
                 () = &mut shutdown => return,
             };
-            let this = self.clone();
-            tokio::spawn(async move {
+            let (this, acceptor) = (self.clone(), acceptor.clone());
+            connections.spawn(async move {
+                let Some(io) = acceptor.secure(accepted.stream, accepted.peer).await else {
+                    return;
+                };
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let response = this.respond(&req);
                     async move { Ok::<_, Infallible>(response) }
                 });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
+                let started = tokio::time::Instant::now();
+                let (io, read) = Counted::new(io);
+                let mut http1 = hyper::server::conn::http1::Builder::new();
+                http1
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10));
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    .header_read_timeout(acceptor.limits().handshake_timeout);
+                let connection = http1.serve_connection(TokioIo::new(io), service);
+                // A request line must have begun by then; the header read timeout does the rest.
+                let deadline = started + acceptor.limits().handshake_timeout;
+                let _ = expect_bytes_by(connection, &read, 1, deadline).await;
+                drop(accepted.permit);
             });
         }
     }
