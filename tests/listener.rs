@@ -117,18 +117,7 @@ async fn the_ipv6_loopback_is_served() {
     let dir = TempDir::new();
     let instance = key("rs256-instance");
     let config = static_source_config(&dir, GITLAB, &[&instance]);
-    let env = [
-        (duo_workflow_service::config::ENV_OIDC_GITLAB_URL, ""),
-        (
-            duo_workflow_service::config::ENV_OIDC_CUSTOMER_PORTAL_URL,
-            "",
-        ),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let settings = duo_workflow_service::config::Settings::load(Some(&config), &env).unwrap();
-    let service = duo_workflow_service::server::start(&settings, loopback, loopback)
+    let service = start_service_at(loopback, Some(&config), &[], &[])
         .await
         .unwrap();
     assert!(service.addr.is_ipv6());
@@ -452,30 +441,6 @@ async fn a_large_or_half_sent_health_request_is_refused_without_being_buffered()
 // ---------------------------------------------------------------------------------------------
 // TLS
 
-/// A CA and a certificate it signed for `localhost` and 127.0.0.1 (PEM: ca, cert, key).
-fn pki() -> (String, String, String) {
-    let (ca, ca_key) = new_ca();
-    let (cert, key) = signed(&ca, &ca_key, &["localhost", "127.0.0.1"]);
-    (ca.pem(), cert, key)
-}
-
-fn new_ca() -> (rcgen::Certificate, rcgen::KeyPair) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    (params.self_signed(&key).unwrap(), key)
-}
-
-fn signed(ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair, names: &[&str]) -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    let cert = rcgen::CertificateParams::new(names)
-        .unwrap()
-        .signed_by(&key, ca, ca_key)
-        .unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
 async fn tls_channel(
     addr: SocketAddr,
     ca: &str,
@@ -510,7 +475,7 @@ async fn generate_over(
 #[tokio::test]
 async fn grpc_is_served_over_tls_configured_by_the_tls_variables_only() {
     let dir = TempDir::new();
-    let (ca, cert, key) = pki();
+    let (ca, cert, key) = pki::localhost();
     let cert_file = dir.write("cert.pem", &cert);
     let key_file = dir.write("key.pem", &key);
     let (service, headers) = service_with(
@@ -548,11 +513,11 @@ async fn grpc_is_served_over_tls_configured_by_the_tls_variables_only() {
 #[tokio::test]
 async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_configured_ca() {
     let dir = TempDir::new();
-    let (ca, cert, key) = pki();
-    let (client_ca, client_ca_key) = new_ca();
-    let (client_cert, client_key) = signed(&client_ca, &client_ca_key, &["workhorse"]);
-    let (other_ca, other_ca_key) = new_ca();
-    let (stranger_cert, stranger_key) = signed(&other_ca, &other_ca_key, &["workhorse"]);
+    let (ca, cert, key) = pki::localhost();
+    let (client_ca, client_ca_key) = pki::ca();
+    let (client_cert, client_key) = pki::signed(&client_ca, &client_ca_key, &["workhorse"]);
+    let (other_ca, other_ca_key) = pki::ca();
+    let (stranger_cert, stranger_key) = pki::signed(&other_ca, &other_ca_key, &["workhorse"]);
     let (service, headers) = service_with(
         &dir,
         "",
@@ -587,8 +552,8 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_configured_ca(
 #[tokio::test]
 async fn certificates_reload_for_new_connections_while_open_ones_go_on() {
     let dir = TempDir::new();
-    let (ca1, cert1, key1) = pki();
-    let (ca2, cert2, key2) = pki();
+    let (ca1, cert1, key1) = pki::localhost();
+    let (ca2, cert2, key2) = pki::localhost();
     let cert_file = dir.write("cert.pem", &cert1);
     let key_file = dir.write("key.pem", &key1);
     let (service, headers) = service_with(

@@ -1532,4 +1532,169 @@ mod tests {
             Settings::from_env(&env(&[internal, (ENV_OIDC_ALLOW_INSECURE_HTTP, "1")])).unwrap_err();
         assert_eq!(e.field, ENV_OIDC_ALLOW_INSECURE_HTTP);
     }
+
+    #[test]
+    fn transport_limits_default_to_gitlabs_and_refuse_values_that_disable_a_protection() {
+        let s = Settings::from_env(&env(&[])).unwrap();
+        let l = s.transport;
+        assert_eq!(l.max_header_list_bytes, 24 * 1024);
+        assert_eq!(l.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(l.keepalive_interval, Duration::from_secs(20));
+        assert_eq!(l.connections.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(l.open, OpenLimits::default());
+        assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+        assert!(s.tls.is_none() && !s.http_tls);
+
+        let dir = std::env::temp_dir().join(format!("dws-config-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        for (key, value) in [
+            ("max_connections", "0"),
+            ("max_connections", "1000001"),
+            ("handshake_timeout_seconds", "0"),
+            ("keepalive_interval_seconds", "0"),
+            ("keepalive_timeout_seconds", "0"),
+            ("max_reset_streams_per_connection", "0"),
+            ("max_concurrent_streams", "0"),
+            ("max_concurrent_streams", "4294967295"),
+            ("unauthenticated_streams_per_connection", "0"),
+            ("unauthenticated_streams_per_connection", "2000"),
+            ("unauthenticated_streams", "0"),
+            ("unauthenticated_max_message_bytes", "0"),
+            ("unauthenticated_max_message_bytes", "4194304"),
+            ("shutdown_grace_seconds", "86400"),
+        ] {
+            std::fs::write(&path, format!("[limits]\n{key} = {value}\n")).unwrap();
+            let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+            assert_eq!(e.field, format!("limits.{key}"), "{key} = {value}: {e}");
+        }
+        // The total of calls without a token cannot be below one connection's share.
+        std::fs::write(
+            &path,
+            "[limits]\nunauthenticated_streams_per_connection = 8\nunauthenticated_streams = 4\n",
+        )
+        .unwrap();
+        let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "limits.unauthenticated_streams");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_connections = 5\nhandshake_timeout_seconds = 2\nunauthenticated_streams_per_connection = 3\nshutdown_grace_seconds = 7\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path), &env(&[])).unwrap();
+        assert_eq!(s.transport.connections.max_connections, 5);
+        assert_eq!(
+            s.transport.connections.handshake_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(s.transport.open.per_connection, 3);
+        assert_eq!(s.shutdown_grace, Duration::from_secs(7));
+        // DUO_WORKFLOW_SHUTDOWN_GRACE_PERIOD_S wins over the file.
+        let s = Settings::load(Some(&path), &env(&[(ENV_SHUTDOWN_GRACE_PERIOD, "2.5")])).unwrap();
+        assert_eq!(s.shutdown_grace, Duration::from_millis(2500));
+        for bad_value in ["", "-1", "ten", "NaN", "inf", "3601"] {
+            let e =
+                Settings::from_env(&env(&[(ENV_SHUTDOWN_GRACE_PERIOD, bad_value)])).unwrap_err();
+            assert_eq!(e.field, ENV_SHUTDOWN_GRACE_PERIOD, "{bad_value:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_is_configured_by_its_variables_or_keys_and_each_problem_names_the_field() {
+        let dir = std::env::temp_dir().join(format!("dws-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.to_str().unwrap().to_owned()
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_file, key_file) = (
+            write("c.pem", &cert.pem()),
+            write("k.pem", &key.serialize_pem()),
+        );
+        let junk = write("junk.pem", "junk");
+        let other_key = write(
+            "other.pem",
+            &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        );
+        let tls_env = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                (ENV_TLS_ENABLED, "true"),
+                (ENV_TLS_CERT_FILE, cert_file.as_str()),
+                (ENV_TLS_KEY_FILE, key_file.as_str()),
+            ];
+            pairs.extend_from_slice(extra);
+            env(&pairs)
+        };
+        let s = Settings::from_env(&tls_env(&[])).unwrap();
+        assert!(s.tls.as_ref().is_some_and(|t| !t.mutual()));
+        let s = Settings::from_env(&tls_env(&[
+            (ENV_TLS_CLIENT_CA_FILE, cert_file.as_str()),
+            (ENV_HTTP_TLS_ENABLED, "true"),
+        ]))
+        .unwrap();
+        assert!(s.tls.as_ref().is_some_and(|t| t.mutual()) && s.http_tls);
+        // Off (or unset): the files are not read.
+        let s = Settings::from_env(&env(&[
+            (ENV_TLS_ENABLED, "FALSE"),
+            (ENV_TLS_CERT_FILE, "/nowhere"),
+        ]))
+        .unwrap();
+        assert!(s.tls.is_none());
+        for (vars, field) in [
+            (vec![(ENV_TLS_ENABLED, "yes")], ENV_TLS_ENABLED),
+            (vec![(ENV_TLS_ENABLED, "true")], ENV_TLS_CERT_FILE),
+            (
+                vec![
+                    (ENV_TLS_ENABLED, "true"),
+                    (ENV_TLS_CERT_FILE, cert_file.as_str()),
+                ],
+                ENV_TLS_KEY_FILE,
+            ),
+            (vec![(ENV_HTTP_TLS_ENABLED, "true")], ENV_HTTP_TLS_ENABLED),
+            (vec![(ENV_HTTP_TLS_ENABLED, "1")], ENV_HTTP_TLS_ENABLED),
+        ] {
+            let e = Settings::from_env(&env(&vars)).unwrap_err();
+            assert_eq!(e.field, field, "{vars:?}: {e}");
+        }
+        for (extra, field) in [
+            ((ENV_TLS_CERT_FILE, junk.as_str()), ENV_TLS_CERT_FILE),
+            ((ENV_TLS_CERT_FILE, "/nowhere/c.pem"), ENV_TLS_CERT_FILE),
+            ((ENV_TLS_KEY_FILE, junk.as_str()), ENV_TLS_KEY_FILE),
+            ((ENV_TLS_KEY_FILE, other_key.as_str()), ENV_TLS_KEY_FILE),
+            (
+                (ENV_TLS_CLIENT_CA_FILE, junk.as_str()),
+                ENV_TLS_CLIENT_CA_FILE,
+            ),
+        ] {
+            let e = Settings::from_env(&tls_env(&[extra])).unwrap_err();
+            assert_eq!(e.field, field, "{extra:?}: {e}");
+        }
+        // From the file, named by its keys.
+        let config = dir.join("c.toml");
+        std::fs::write(
+            &config,
+            format!("[tls]\nenabled = true\ncert_file = \"{cert_file}\"\nkey_file = \"{junk}\"\n"),
+        )
+        .unwrap();
+        let e = Settings::load(Some(&config), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "tls.key_file", "{e}");
+        std::fs::write(&config, "[tls]\nenabled = true\n").unwrap();
+        let e = Settings::load(Some(&config), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "tls.cert_file", "{e}");
+        std::fs::write(
+            &config,
+            format!("[tls]\nenabled = true\ncert_file = \"{cert_file}\"\nkey_file = \"{key_file}\"\n[http]\ntls_enabled = true\n"),
+        )
+        .unwrap();
+        let s = Settings::load(Some(&config), &env(&[])).unwrap();
+        assert!(s.tls.is_some() && s.http_tls);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -64,6 +64,14 @@ pub struct ConnectionLimits {
 pub struct Acceptor {
     listener: TcpListener,
     permits: Arc<Semaphore>,
+    handshake: Handshake,
+}
+
+/// What an accepted connection goes through before it speaks HTTP: TLS, if configured, within
+/// the handshake timeout. Cheap to clone into each connection's task (which must not keep the
+/// listener open after shutdown).
+#[derive(Clone)]
+pub struct Handshake {
     limits: ConnectionLimits,
     tls: Option<(Arc<ReloadableTls>, Protocol)>,
 }
@@ -93,13 +101,12 @@ impl Acceptor {
         Self {
             listener,
             permits: Arc::new(Semaphore::new(limits.max_connections)),
-            limits,
-            tls,
+            handshake: Handshake { limits, tls },
         }
     }
 
-    pub fn limits(&self) -> ConnectionLimits {
-        self.limits
+    pub fn handshake(&self) -> Handshake {
+        self.handshake.clone()
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -141,6 +148,12 @@ impl Acceptor {
             }
         }
     }
+}
+
+impl Handshake {
+    pub fn limits(&self) -> ConnectionLimits {
+        self.limits
+    }
 
     /// The connection's byte stream: plain, or TLS once its handshake completes within the
     /// handshake timeout (`None`: it did not, or failed; the connection is dropped).
@@ -160,6 +173,30 @@ impl Acceptor {
                 None
             }
         }
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, each served by `serve` in a task of the
+/// returned set. The listener is closed on return (new connections are refused); dropping the
+/// set closes every connection still open.
+pub async fn accept_until<F, Fut>(
+    acceptor: Acceptor,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut serve: F,
+) -> tokio::task::JoinSet<()>
+where
+    F: FnMut(Accepted, Handshake) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = acceptor.accept() => accepted,
+            Some(_) = connections.join_next() => continue,
+            () = &mut shutdown => return connections,
+        };
+        connections.spawn(serve(accepted, acceptor.handshake()));
     }
 }
 

@@ -17,7 +17,6 @@ pub mod request_id;
 pub mod tls;
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -66,8 +65,11 @@ pub struct Limits {
     pub keepalive_interval: Duration,
     /// ...and the connection closed if its ACK does not come within this.
     pub keepalive_timeout: Duration,
-    /// Streams the server resets because the peer's frames were malformed, per connection;
-    /// past it the connection is closed (GOAWAY `ENHANCE_YOUR_CALM`).
+    /// Streams the server resets because the peer's frames were malformed, per connection and
+    /// over its whole life; past it the connection is closed (GOAWAY `ENHANCE_YOUR_CALM`). h2
+    /// counts here too the `STREAM_CLOSED` resets it sends for late frames of streams already
+    /// answered and forgotten (a refused call whose body was still arriving), so a low value
+    /// closes busy, well-behaved connections that see many refusals.
     pub max_reset_streams: usize,
     /// Calls without a token (health, reflection).
     pub open: OpenLimits,
@@ -85,7 +87,8 @@ impl Default for Limits {
             },
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(20),
-            max_reset_streams: 100,
+            // hyper's default.
+            max_reset_streams: 1024,
             open: OpenLimits::default(),
         }
     }
@@ -252,28 +255,18 @@ pub async fn serve(
         .max_local_error_reset_streams(limits.max_reset_streams)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let acceptor = Arc::new(acceptor);
-    // Owned here: dropping this future aborts every connection task.
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = acceptor.accept() => accepted,
-            Some(_) = connections.join_next() => continue,
-            () = &mut shutdown => break,
-        };
-        let (acceptor, http2, service) = (acceptor.clone(), http2.clone(), service.clone());
+    let connections = listener::accept_until(acceptor, shutdown, |accepted, handshake| {
+        let (http2, service) = (http2.clone(), service.clone());
         let watcher = graceful.watcher();
         let streams = open_streams::ConnectionStreams::new(&limits.open);
-        connections.spawn(async move {
+        async move {
             let listener::Accepted {
                 stream,
                 peer,
                 permit: _permit,
             } = accepted;
-            let handshake_timeout = acceptor.limits().handshake_timeout;
             let started = tokio::time::Instant::now();
-            let Some(io) = acceptor.secure(stream, peer).await else {
+            let Some(io) = handshake.secure(stream, peer).await else {
                 return;
             };
             let (io, read) = listener::Counted::new(io);
@@ -292,7 +285,7 @@ pub async fn serve(
             });
             let connection = watcher.watch(http2.serve_connection(TokioIo::new(io), service));
             // The peer's preface and SETTINGS must arrive within what is left of the timeout.
-            let deadline = started + handshake_timeout;
+            let deadline = started + handshake.limits().handshake_timeout;
             match listener::expect_bytes_by(connection, &read, PREFACE_AND_SETTINGS, deadline).await
             {
                 None => {
@@ -301,10 +294,10 @@ pub async fn serve(
                 Some(Err(e)) => tracing::debug!(%peer, "connection ended: {e}"),
                 Some(Ok(())) => {}
             }
-        });
-    }
-    drop(acceptor);
+        }
+    })
+    .await;
     graceful.shutdown().await;
     // Connections still in their handshake are not watched: they go with the set.
-    connections.shutdown().await;
+    drop(connections);
 }

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use duo_workflow_domain::ports::{Clock, SourceState};
 
-use super::listener::{expect_bytes_by, Acceptor, Counted};
+use super::listener::{accept_until, expect_bytes_by, Acceptor, Counted};
 use crate::authenticator::DynKeySource;
 use crate::authority::LocalAuthority;
 
@@ -151,18 +151,11 @@ impl PublishedKeys {
         acceptor: Acceptor,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        let acceptor = Arc::new(acceptor);
-        let mut connections = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                accepted = acceptor.accept() => accepted,
-                Some(_) = connections.join_next() => continue,
-                () = &mut shutdown => return,
-            };
-            let (this, acceptor) = (self.clone(), acceptor.clone());
-            connections.spawn(async move {
-                let Some(io) = acceptor.secure(accepted.stream, accepted.peer).await else {
+        // Dropped on return: open connections close with the listener (requests are short).
+        let _connections = accept_until(acceptor, shutdown, |accepted, handshake| {
+            let this = self.clone();
+            async move {
+                let Some(io) = handshake.secure(accepted.stream, accepted.peer).await else {
                     return;
                 };
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -174,14 +167,15 @@ impl PublishedKeys {
                 let mut http1 = hyper::server::conn::http1::Builder::new();
                 http1
                     .timer(TokioTimer::new())
-                    .header_read_timeout(acceptor.limits().handshake_timeout);
+                    .header_read_timeout(handshake.limits().handshake_timeout);
                 let connection = http1.serve_connection(TokioIo::new(io), service);
                 // A request line must have begun by then; the header read timeout does the rest.
-                let deadline = started + acceptor.limits().handshake_timeout;
+                let deadline = started + handshake.limits().handshake_timeout;
                 let _ = expect_bytes_by(connection, &read, 1, deadline).await;
                 drop(accepted.permit);
-            });
-        }
+            }
+        })
+        .await;
     }
 }
 
