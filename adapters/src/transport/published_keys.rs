@@ -145,7 +145,9 @@ impl PublishedKeys {
         }
     }
 
-    /// Serves until `shutdown` resolves. Each connection is HTTP/1.1, with a header read timeout, within the acceptor's connection bound and handshake timeout.
+    /// Serves until `shutdown` resolves. Each connection is HTTP/1.1 (over TLS when the acceptor
+    /// has it), within the acceptor's connection bound; its first byte and its request headers
+    /// must come within the handshake timeout.
     pub async fn serve(
         self: Arc<Self>,
         acceptor: Acceptor,
