@@ -569,7 +569,7 @@ async fn certificates_reload_for_new_connections_while_open_ones_go_on() {
     .await;
     let open = tls_channel(service.addr, &ca1, None).await.unwrap();
     generate_over(open.clone(), &headers).await.unwrap();
-    assert!(https_get(service.http_addr, &ca1).await.is_ok());
+    assert!(https_get(service.http_addr, &ca1, JWKS).await.is_ok());
 
     // Files that do not load leave the running certificate alone.
     std::fs::write(&key_file, "not a key").unwrap();
@@ -589,15 +589,24 @@ async fn certificates_reload_for_new_connections_while_open_ones_go_on() {
     // The connection opened before the reload is still served (tonic would have to reconnect
     // otherwise, and a reconnection trusting only the old CA fails).
     generate_over(open, &headers).await.unwrap();
-    // The published keys listener follows.
-    let jwks = https_get(service.http_addr, &ca2).await.unwrap();
+    // The published keys listener follows, and its discovery document points at https.
+    let jwks = https_get(service.http_addr, &ca2, JWKS).await.unwrap();
     assert!(jwks.starts_with("HTTP/1.1 200"), "{jwks}");
-    assert!(https_get(service.http_addr, &ca1).await.is_err());
+    assert!(https_get(service.http_addr, &ca1, JWKS).await.is_err());
+    let discovery = https_get(service.http_addr, &ca2, "/.well-known/openid-configuration")
+        .await
+        .unwrap();
+    assert!(
+        discovery.contains("\"jwks_uri\":\"https://localhost/oauth/discovery/keys\""),
+        "{discovery}"
+    );
     service.stop().await.unwrap();
 }
 
-/// `GET /oauth/discovery/keys` over TLS, trusting only `ca`; the whole response.
-async fn https_get(addr: SocketAddr, ca: &str) -> Result<String, std::io::Error> {
+const JWKS: &str = "/oauth/discovery/keys";
+
+/// `GET path` from the published-keys listener over TLS, trusting only `ca`; the whole response.
+async fn https_get(addr: SocketAddr, ca: &str, path: &str) -> Result<String, std::io::Error> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -614,10 +623,8 @@ async fn https_get(addr: SocketAddr, ca: &str) -> Result<String, std::io::Error>
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await?;
-    tls.write_all(
-        b"GET /oauth/discovery/keys HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
-    )
-    .await?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     tls.read_to_string(&mut response).await.or_else(|e| {
         // A peer closing without close_notify is fine once the response is complete.

@@ -199,12 +199,16 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         )),
         (None, None) => ServerCapabilities::Unknown,
     };
-    let published_keys = Arc::new(PublishedKeys::new(
+    let mut published_keys = PublishedKeys::new(
         authority.clone(),
         settings.http_public_url.clone(),
         readiness_sources.clone(),
         clock.clone(),
-    ));
+    );
+    if settings.http_tls {
+        published_keys = published_keys.over_https();
+    }
+    let published_keys = Arc::new(published_keys);
     let generate_token = GenerateTokenEndpoint::new(Minting {
         service: settings.service_name.clone(),
         issuer: authority.clone(),

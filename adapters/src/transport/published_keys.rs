@@ -38,6 +38,8 @@ pub struct PublishedKeys {
     jwks: Bytes,
     sources: Vec<DynKeySource>,
     clock: Arc<dyn Clock>,
+    /// The scheme of a `jwks_uri` derived from `Host`: `https` when this listener serves TLS.
+    scheme: &'static str,
 }
 
 impl PublishedKeys {
@@ -55,7 +57,14 @@ impl PublishedKeys {
             jwks,
             sources,
             clock,
+            scheme: "http",
         }
+    }
+
+    /// This listener serves TLS: a `jwks_uri` derived from `Host` is `https://`.
+    pub fn over_https(mut self) -> Self {
+        self.scheme = "https";
+        self
     }
 
     /// Every key source: its issuer (and whether configuration or discovery says it), state, key
@@ -106,7 +115,7 @@ impl PublishedKeys {
             && host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
-        sane.then(|| format!("http://{host}"))
+        sane.then(|| format!("{}://{host}", self.scheme))
     }
 
     pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
