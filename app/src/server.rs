@@ -218,7 +218,11 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         max_message_bytes: limits.max_message_bytes,
     });
     Ok(Service {
-        admission: AdmissionLayer::new(gatekeeper, settings.methods.clone(), &limits),
+        admission: AdmissionLayer::new(
+            gatekeeper,
+            settings.methods.clone(),
+            limits.max_message_bytes,
+        ),
         generate_token,
         relay,
         capabilities,

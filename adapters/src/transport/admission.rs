@@ -4,7 +4,8 @@
 //! request message (SPEC C2: the flow of `ExecuteWorkflow` and of `GenerateToken`).
 //!
 //! In order: methods the table refuses get `UNIMPLEMENTED` and open ones (health, reflection) go
-//! straight through, without a token, within the bounds of [`OpenStreams`]; everything else is authenticated (SPEC Part A steps 1–5),
+//! straight through, without a token (bounded in front of this layer, by
+//! [`OpenStreamsLayer`](super::open_streams::OpenStreamsLayer)); everything else is authenticated (SPEC Part A steps 1–5),
 //! then, if its rule needs it, its first message is read (the bytes are put back, unchanged),
 //! then authorized. A refused call gets SPEC's status and `details`; an admitted one goes on with
 //! the [`Caller`] in its extensions.
@@ -25,8 +26,7 @@ use tower::{Layer, Service};
 
 use super::grpc_frames::read_first_message;
 use super::metadata::request_metadata;
-use super::open_streams::{self, OpenStreams, Permits};
-use super::{status_of, Limits};
+use super::status_of;
 
 /// The authenticated caller of a request, for the handlers.
 #[derive(Debug, Clone)]
@@ -43,17 +43,24 @@ pub struct AdmissionLayer {
     gatekeeper: Arc<Gatekeeper>,
     methods: Arc<MethodTable>,
     max_message_bytes: usize,
-    open: OpenStreams,
 }
 
 impl AdmissionLayer {
-    pub fn new(gatekeeper: Arc<Gatekeeper>, methods: MethodTable, limits: &Limits) -> Self {
+    pub fn new(
+        gatekeeper: Arc<Gatekeeper>,
+        methods: MethodTable,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             gatekeeper,
             methods: Arc::new(methods),
-            max_message_bytes: limits.max_message_bytes,
-            open: OpenStreams::new(limits.open),
+            max_message_bytes,
         }
+    }
+
+    /// The method table: what is open, ours, allowed or refused.
+    pub fn methods(&self) -> Arc<MethodTable> {
+        self.methods.clone()
     }
 }
 
@@ -96,12 +103,7 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             match layer.admit(req).await {
-                Ok((req, None)) => inner.call(req).await,
-                // An open stream holds its permits until its response ends.
-                Ok((req, Some(permits))) => inner
-                    .call(req)
-                    .await
-                    .map(|response| open_streams::hold(response, permits)),
+                Ok(req) => inner.call(req).await,
                 Err(status) => Ok(status.into_http()),
             }
         })
@@ -109,22 +111,10 @@ where
 }
 
 impl AdmissionLayer {
-    /// The request, admitted (with its [`Caller`], or the permits of an open stream), or the
-    /// status that refuses it.
-    async fn admit(
-        &self,
-        mut req: Request<Body>,
-    ) -> Result<(Request<Body>, Option<Permits>), Status> {
+    /// The request, admitted (with its [`Caller`]), or the status that refuses it.
+    async fn admit(&self, mut req: Request<Body>) -> Result<Request<Body>, Status> {
         let rpc = match self.methods.access(req.uri().path()) {
-            Access::Open => {
-                return self
-                    .open
-                    .admit(req)
-                    .map(|(req, p)| (req, Some(p)))
-                    .inspect_err(|s| {
-                        tracing::debug!(reason = s.message(), "call without a token refused");
-                    })
-            }
+            Access::Open => return Ok(req),
             Access::Refused => return Err(Status::unimplemented(METHOD_NOT_FOUND)),
             Access::Rpc(rpc) => Some(rpc),
             Access::Allowed => None,
@@ -159,7 +149,7 @@ impl AdmissionLayer {
             identity: admission.identity,
             metadata,
         });
-        Ok((req, None))
+        Ok(req)
     }
 }
 

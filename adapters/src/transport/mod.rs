@@ -230,7 +230,7 @@ fn metadata_too_large<B>(req: &Request<B>, max: usize) -> Option<Status> {
 }
 
 /// Serves `routes` on the listener of `acceptor` until `shutdown` resolves, behind the
-/// request-id and admission layers; then stops accepting, asks every connection to finish
+/// open-stream bounds and the request-id and admission layers; then stops accepting, asks every connection to finish
 /// (GOAWAY) and returns once they have. Dropping the returned future closes every connection.
 pub async fn serve(
     acceptor: Acceptor,
@@ -242,6 +242,10 @@ pub async fn serve(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
     let service = tower::ServiceBuilder::new()
+        .layer(open_streams::OpenStreamsLayer::new(
+            admission.methods(),
+            limits.open,
+        ))
         .layer(RequestIdLayer)
         .layer(admission)
         .service(routes);

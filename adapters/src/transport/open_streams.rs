@@ -7,17 +7,23 @@
 //! that streams held open elsewhere (`Watch`, reflection) cannot make the service look dead. Its request messages may add up to a few KiB:
 //! the request body is counted as it arrives and fails with `RESOURCE_EXHAUSTED` past the
 //! limit, so a large (or half-sent) request is never buffered.
+//!
+//! [`OpenStreamsLayer`] applies them in front of the request-id layer, so that a refused call
+//! costs no more than its refusal (no id, no span): a flood of them stays cheap.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use duo_workflow_domain::{Access, MethodTable};
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tonic::Status;
+use tower::{Layer, Service};
 
 /// The bounds, from configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +125,69 @@ pub fn hold(response: Response<Body>, permits: Permits) -> Response<Body> {
             permits: Some(permits),
         })
     })
+}
+
+/// Bounds the calls `methods` leaves open (see the module documentation); every other call goes
+/// on untouched.
+#[derive(Clone)]
+pub struct OpenStreamsLayer {
+    methods: Arc<MethodTable>,
+    open: OpenStreams,
+}
+
+impl OpenStreamsLayer {
+    pub fn new(methods: Arc<MethodTable>, limits: OpenLimits) -> Self {
+        Self {
+            methods,
+            open: OpenStreams::new(limits),
+        }
+    }
+}
+
+impl<S> Layer<S> for OpenStreamsLayer {
+    type Service = OpenStreamsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        OpenStreamsService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct OpenStreamsService<S> {
+    inner: S,
+    layer: OpenStreamsLayer,
+}
+
+impl<S> Service<Request<Body>> for OpenStreamsService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        if !matches!(self.layer.methods.access(req.uri().path()), Access::Open) {
+            return Box::pin(self.inner.call(req));
+        }
+        match self.layer.open.admit(req) {
+            Ok((req, permits)) => {
+                let response = self.inner.call(req);
+                Box::pin(async move { response.await.map(|r| hold(r, permits)) })
+            }
+            Err(status) => {
+                tracing::debug!(reason = status.message(), "call without a token refused");
+                Box::pin(futures::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
 }
 
 /// A request body that fails once more than `limit` bytes of data arrived.
