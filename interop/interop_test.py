@@ -666,8 +666,11 @@ def clean_environment() -> dict:
 
 
 class ServiceProcess:
-    def __init__(self, name: str, binary: str, settings: dict, log_dir: Path, config: Path = None):
+    def __init__(self, name: str, binary: str, settings: dict, log_dir: Path, listen="127.0.0.1", credentials=None,
+                 config: Path = None):
         self.name = name
+        self.listen = listen  # the address to serve on, and to call
+        self.credentials = credentials  # grpc.ssl_channel_credentials for a TLS process
         self.port = free_port()
         self.http_port = free_port()
         # The operator listener (/metrics, /key-sources): loopback, a port of its own.
@@ -684,7 +687,7 @@ class ServiceProcess:
         self.log_path = log_dir / f"{name}.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1"] + (["--config", str(config)] if config else []),
+            [binary, "serve", "--listen", listen] + (["--config", str(config)] if config else []),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
@@ -702,11 +705,16 @@ class ServiceProcess:
             if time.monotonic() > deadline:
                 raise Failure(f"{self.name} did not answer within {STARTUP_TIMEOUT:.0f}s")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection((self.listen, self.port), timeout=0.5):
                     break
             except OSError:
                 time.sleep(0.1)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=CHANNEL_OPTIONS)
+        target = f"[{self.listen}]:{self.port}" if ":" in self.listen else f"{self.listen}:{self.port}"
+        if self.credentials is None:
+            self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        else:
+            options = CHANNEL_OPTIONS + [("grpc.ssl_target_name_override", "localhost")]
+            self.channel = grpc.secure_channel(target, self.credentials, options=options)
         self.stub = pb_grpc.DuoWorkflowStub(self.channel)
         while True:
             outcome = health(self.channel)
@@ -939,8 +947,8 @@ class World:
         slash = provider("slash", [self.cdot], discovery_issuer=lambda base: base + "/")
         extra("issuer-mismatch", mismatch.base, slash.base)
 
-    def spawn(self, name, binary, log_dir, settings) -> ServiceProcess:
-        p = ServiceProcess(name, binary, settings, log_dir)
+    def spawn(self, name, binary, log_dir, settings, **kw) -> ServiceProcess:
+        p = ServiceProcess(name, binary, settings, log_dir, **kw)
         self.processes.append(p)
         return p
 
@@ -2062,6 +2070,135 @@ def scenarios_empty_provider_url(s: Suite, w: World) -> None:
     s.check("empty_customersdot_url.no_serving_customersdot_source", no_source)
 
 
+# --------------------------------------------------------------------------------------------
+# The listener (issue items 1-3): TLS configured by DUO_WORKFLOW_TLS__* alone, [::1], metadata
+# limits, with grpcio as GitLab's clients use it.
+# --------------------------------------------------------------------------------------------
+
+
+def test_pki(directory: Path):
+    """A CA and a server certificate it signed for localhost, 127.0.0.1 and ::1: (ca_pem, cert_path,
+    key_path). Generated per run, never committed."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    validity = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("interop CA"))
+        .issuer_name(name("interop CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
+    cert_path.write_bytes(cert.public_bytes(pem))
+    key_path.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return ca.public_bytes(pem), cert_path, key_path
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def scenarios_listener(s: Suite, w: World, binary: str, log_dir: Path) -> None:
+    ca_pem, cert_path, key_path = test_pki(log_dir)
+    common = {
+        "DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL": w.gitlab.base,
+        "DUO_WORKFLOW_AUTH__OIDC_CUSTOMER_PORTAL_URL": "",
+    }
+    tls = w.spawn(
+        "tls",
+        binary,
+        log_dir,
+        {
+            **common,
+            "DUO_WORKFLOW_TLS__ENABLED": "true",
+            "DUO_WORKFLOW_TLS__CERT_FILE": str(cert_path),
+            "DUO_WORKFLOW_TLS__KEY_FILE": str(key_path),
+        },
+        credentials=grpc.ssl_channel_credentials(root_certificates=ca_pem),
+    )
+    started = s.check("listener.tls.process_answers_health_over_tls", tls.wait_ready)
+    if started:
+        s.check("listener.tls.grpcio_generate_token", lambda: expect_ok(wait_for_keys(tls, w.good_md())))
+
+        def plaintext_refused():
+            channel = grpc.insecure_channel(f"127.0.0.1:{tls.port}", options=CHANNEL_OPTIONS)
+            try:
+                outcome = generate_token(pb_grpc.DuoWorkflowStub(channel), w.good_md(), timeout=2.0)
+            finally:
+                channel.close()
+            expect(not outcome.ok, "a plaintext client was served by the TLS listener")
+
+        s.check("listener.tls.plaintext_client_refused", plaintext_refused)
+
+        def untrusted_refused():
+            other_ca, _, _ = test_pki(log_dir / "other")
+            credentials = grpc.ssl_channel_credentials(root_certificates=other_ca)
+            options = CHANNEL_OPTIONS + [("grpc.ssl_target_name_override", "localhost")]
+            channel = grpc.secure_channel(f"127.0.0.1:{tls.port}", credentials, options=options)
+            try:
+                outcome = generate_token(pb_grpc.DuoWorkflowStub(channel), w.good_md(), timeout=2.0)
+            finally:
+                channel.close()
+            expect(outcome.code == grpc.StatusCode.UNAVAILABLE, f"a client not trusting the CA got {outcome!r}")
+
+        (log_dir / "other").mkdir(exist_ok=True)
+        s.check("listener.tls.client_not_trusting_the_certificate_fails", untrusted_refused)
+
+        def metadata_limit():
+            padded = lambda n: w.good_md() + (("x-padding", "p" * n),)  # noqa: E731
+            expect_ok(generate_token(tls.stub, padded(22 * 1024)))
+            expect_status(generate_token(tls.stub, padded(30 * 1024)), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            expect_ok(generate_token(tls.stub, w.good_md()))
+
+        s.check("listener.metadata_24_kib_passes_30_kib_resource_exhausted", metadata_limit)
+
+    if not ipv6_loopback():
+        print("# no IPv6 loopback on this machine: listener.ipv6 checks skipped", flush=True)
+        return
+    v6 = w.spawn("ipv6", binary, log_dir, common, listen="::1")
+    if s.check("listener.ipv6.process_answers_health_on_ipv6_loopback", v6.wait_ready):
+        s.check("listener.ipv6.grpcio_generate_token", lambda: expect_ok(wait_for_keys(v6, w.good_md())))
+
+
 def scenarios_still_serving(s: Suite, w: World) -> None:
     for p in w.processes:
         s.check(f"final.{p.name}.process_alive", lambda p=p: expect(p.alive(), f"exited with {p.proc.returncode}"))
@@ -2137,6 +2274,7 @@ def main(argv) -> int:
                 scenarios_discovery_issuer(suite, world)
                 scenarios_strict_booleans(suite, str(binary.resolve()))
                 scenarios_empty_provider_url(suite, world)
+                scenarios_listener(suite, world, str(binary.resolve()), tmp)
                 scenarios_still_serving(suite, world)
         except Exception as e:
             suite.fail("setup", f"{type(e).__name__}: {e}")

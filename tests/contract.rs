@@ -237,7 +237,7 @@ async fn serve_with(mode: AuthMode, o: Options) -> Harness {
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(transport::serve(
-        listener,
+        transport::Acceptor::new(listener, limits.connections, None),
         ObserveLayer::default(),
         admission,
         routes,

@@ -819,23 +819,9 @@ async fn a_compressed_first_message_is_read_for_its_flow_and_passed_on_unchanged
     );
 }
 
-/// A CA, and a certificate it signed for `localhost`: (CA PEM, certificate PEM, key PEM).
-fn test_pki() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
-}
-
 #[tokio::test]
 async fn an_https_executor_is_reached_when_its_ca_is_configured() {
-    let (ca, cert, key_pem) = test_pki();
+    let (ca, cert, key_pem) = support::pki::localhost();
     let executor = support::executor::start_tls(&cert, &key_pem).await;
     let dir = TempDir::new();
     let instance = key("rs256-instance");

@@ -5,10 +5,15 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use duo_workflow_adapters::jose::keys::KeyPolicy;
 use duo_workflow_adapters::sources::fetch::{check_scheme, FetchPolicy, Shown};
 use duo_workflow_adapters::sources::{IssuerSetting, Locator, RefreshPolicy, RemoteSourceConfig};
+use duo_workflow_adapters::transport::tls::TlsFile;
+use duo_workflow_adapters::transport::{
+    ConnectionLimits, Limits, OpenLimits, ReloadableTls, TlsFiles,
+};
 use duo_workflow_adapters::verified_cache::{CacheLimits, RefusedLimits};
 use duo_workflow_domain::keys::{Algorithm, DEFAULT_KIDLESS_CANDIDATES, MAX_KEYS_PER_SOURCE};
 use duo_workflow_domain::policy::{ClaimChecks, Delegation};
@@ -59,6 +64,14 @@ pub const ENV_LOG_LEVEL: &str = "DUO_WORKFLOW_LOGGING__LEVEL";
 pub const ENV_LOG_JSON: &str = "DUO_WORKFLOW_LOGGING__JSON_FORMAT";
 /// `development` (the default) logs text lines unless JSON is asked for; anything else, JSON.
 pub const ENV_ENVIRONMENT: &str = "DUO_WORKFLOW_SERVICE_ENVIRONMENT";
+pub const ENV_SHUTDOWN_GRACE_PERIOD: &str = "DUO_WORKFLOW_SHUTDOWN_GRACE_PERIOD_S";
+pub const ENV_TLS_ENABLED: &str = "DUO_WORKFLOW_TLS__ENABLED";
+pub const ENV_TLS_CERT_FILE: &str = "DUO_WORKFLOW_TLS__CERT_FILE";
+pub const ENV_TLS_KEY_FILE: &str = "DUO_WORKFLOW_TLS__KEY_FILE";
+/// Client certificates must chain to this CA bundle (mutual TLS); ours, not GitLab's.
+pub const ENV_TLS_CLIENT_CA_FILE: &str = "DUO_WORKFLOW_TLS__CLIENT_CA_FILE";
+/// The published-keys listener serves TLS too, with the same certificate; ours.
+pub const ENV_HTTP_TLS_ENABLED: &str = "DUO_WORKFLOW_HTTP__TLS_ENABLED";
 
 /// The names of the two built-in OIDC sources, in logs and readiness.
 pub const SOURCE_GITLAB: &str = "gitlab";
@@ -101,6 +114,8 @@ pub struct FileConfig {
     /// `development` (default), `production`, ...: decides the log format when it is not set.
     pub environment: Option<String>,
     #[serde(default)]
+    pub tls: TlsSection,
+    #[serde(default)]
     pub key_sources: Vec<KeySourceConfig>,
 }
 
@@ -120,6 +135,19 @@ pub struct LoggingSection {
     pub level: Option<String>,
     /// One JSON object per line; default: JSON unless the environment is `development`.
     pub json_format: Option<bool>,
+}
+
+/// gRPC over TLS (and, with `http.tls_enabled`, the published keys).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub enabled: Option<bool>,
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates; when set, gRPC clients must present a certificate chaining to one.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +189,8 @@ pub struct HttpSection {
     /// The URL under which the published keys are reachable, e.g. `https://dws.example.com`;
     /// by default derived from each request's `Host`.
     pub public_url: Option<String>,
+    /// Serve the published keys over TLS, with the `[tls]` certificate (no client certificates).
+    pub tls_enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +233,20 @@ pub struct LimitsSection {
     pub max_header_list_bytes: Option<u32>,
     pub max_concurrent_streams: Option<u32>,
     pub shutdown_grace_seconds: Option<u64>,
+    /// Open connections per listener.
+    pub max_connections: Option<usize>,
+    /// Time to complete the TLS handshake and send the HTTP/2 preface (or, for the published
+    /// keys, a request's headers).
+    pub handshake_timeout_seconds: Option<u64>,
+    pub keepalive_interval_seconds: Option<u64>,
+    pub keepalive_timeout_seconds: Option<u64>,
+    /// Streams reset because of the peer's malformed frames before the connection is closed.
+    pub max_reset_streams_per_connection: Option<usize>,
+    /// Calls without a token (health, reflection) open at once, per connection and in all.
+    pub unauthenticated_streams_per_connection: Option<usize>,
+    pub unauthenticated_streams: Option<usize>,
+    /// Request bytes one call without a token may send.
+    pub unauthenticated_max_message_bytes: Option<usize>,
     /// Verified-token cache bounds; 0 disables the cache.
     pub verified_token_cache_entries: Option<usize>,
     pub verified_token_cache_bytes: Option<usize>,
@@ -381,12 +425,17 @@ pub struct Settings {
     pub delegation: Delegation,
     pub static_sources: Vec<StaticSource>,
     pub max_token_bytes: usize,
-    pub max_header_list_bytes: u32,
-    pub max_concurrent_streams: u32,
-    pub shutdown_grace_seconds: u64,
+    /// The transport's limits: metadata, streams, messages, connections, timeouts.
+    pub transport: Limits,
+    /// How long in-flight calls may go on at shutdown.
+    pub shutdown_grace: Duration,
     pub verified_token_cache: CacheLimits,
     pub max_kidless_candidates: usize,
     pub refused_token_cache: RefusedLimits,
+    /// gRPC over TLS, when enabled (its files read and checked).
+    pub tls: Option<Arc<ReloadableTls>>,
+    /// The published-keys listener serves TLS too.
+    pub http_tls: bool,
 }
 
 impl Settings {
@@ -641,7 +690,7 @@ impl Settings {
                 "must be between 512 and 65536",
             ));
         }
-        let max_header_list_bytes = limits.max_header_list_bytes.unwrap_or(16 * 1024);
+        let max_header_list_bytes = limits.max_header_list_bytes.unwrap_or(24 * 1024);
         if !(4 * 1024..=1024 * 1024).contains(&max_header_list_bytes) {
             return Err(bad(
                 "limits.max_header_list_bytes",
@@ -654,10 +703,35 @@ impl Settings {
                 "must leave room for a token of limits.max_token_bytes",
             ));
         }
-        let max_concurrent_streams = limits.max_concurrent_streams.unwrap_or(1024);
-        if max_concurrent_streams == 0 {
-            return Err(bad("limits.max_concurrent_streams", "must be positive"));
-        }
+        let transport = transport_limits(&limits, max_header_list_bytes)?;
+        let shutdown_grace = match get(ENV_SHUTDOWN_GRACE_PERIOD) {
+            Some(v) => grace_period(ENV_SHUTDOWN_GRACE_PERIOD, v)?,
+            None => match limits.shutdown_grace_seconds {
+                Some(s) if s > MAX_GRACE_SECONDS => {
+                    return Err(bad(
+                        "limits.shutdown_grace_seconds",
+                        format!("must be at most {MAX_GRACE_SECONDS}"),
+                    ))
+                }
+                Some(s) => Duration::from_secs(s),
+                None => Duration::from_secs(30),
+            },
+        };
+        let tls = tls(&file.tls, env)?;
+        let http_tls = match get(ENV_HTTP_TLS_ENABLED) {
+            Some(v) => Some((ENV_HTTP_TLS_ENABLED, parse_bool(ENV_HTTP_TLS_ENABLED, v)?)),
+            None => file.http.tls_enabled.map(|b| ("http.tls_enabled", b)),
+        };
+        let http_tls = match http_tls {
+            Some((field, true)) if tls.is_none() => {
+                return Err(bad(
+                    field,
+                    format!("needs TLS configured ({ENV_TLS_ENABLED} and its files)"),
+                ))
+            }
+            Some((_, enabled)) => enabled,
+            None => false,
+        };
 
         let (verified_token_cache, max_kidless_candidates, refused_token_cache) =
             token_judging_limits(&limits)?;
@@ -681,9 +755,10 @@ impl Settings {
             delegation,
             static_sources,
             max_token_bytes,
-            max_header_list_bytes,
-            max_concurrent_streams,
-            shutdown_grace_seconds: limits.shutdown_grace_seconds.unwrap_or(30),
+            transport,
+            shutdown_grace,
+            tls,
+            http_tls,
             verified_token_cache,
             max_kidless_candidates,
             refused_token_cache,
@@ -749,6 +824,167 @@ fn token_judging_limits(
         )?),
     };
     Ok((verified, candidates, refused))
+}
+
+/// The longest shutdown grace period accepted.
+const MAX_GRACE_SECONDS: u64 = 3600;
+
+/// `DUO_WORKFLOW_SHUTDOWN_GRACE_PERIOD_S`: seconds, whole or decimal, from 0 to an hour.
+fn grace_period(field: &str, v: &str) -> Result<Duration, ConfigError> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=MAX_GRACE_SECONDS as f64).contains(&s) => {
+            Ok(Duration::from_secs_f64(s))
+        }
+        _ => Err(bad(
+            field,
+            format!("{v:?} is not a number of seconds from 0 to {MAX_GRACE_SECONDS}"),
+        )),
+    }
+}
+
+/// The transport's limits from `[limits]`: each has a default, and a value that would disable
+/// the protection (zero, or beyond any sane bound) stops start-up naming its key.
+fn transport_limits(
+    limits: &LimitsSection,
+    max_header_list_bytes: u32,
+) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    fn within<T: PartialOrd + std::fmt::Display + Copy>(
+        key: &str,
+        value: Option<T>,
+        default: T,
+        (min, max): (T, T),
+    ) -> Result<T, ConfigError> {
+        let v = value.unwrap_or(default);
+        if v < min || v > max {
+            return Err(bad(
+                format!("limits.{key}"),
+                format!("must be between {min} and {max}"),
+            ));
+        }
+        Ok(v)
+    }
+    let max_concurrent_streams = within(
+        "max_concurrent_streams",
+        limits.max_concurrent_streams,
+        d.max_concurrent_streams,
+        (1, 100_000),
+    )?;
+    let secs = |key: &str, value: Option<u64>, default: Duration, range: (u64, u64)| {
+        within(key, value, default.as_secs(), range).map(Duration::from_secs)
+    };
+    let per_connection = within(
+        "unauthenticated_streams_per_connection",
+        limits.unauthenticated_streams_per_connection,
+        d.open.per_connection,
+        (1, (max_concurrent_streams as usize).min(1024)),
+    )?;
+    let open = OpenLimits {
+        per_connection,
+        total: within(
+            "unauthenticated_streams",
+            limits.unauthenticated_streams,
+            d.open.total.max(per_connection),
+            (per_connection, 65_536),
+        )?,
+        max_request_bytes: within(
+            "unauthenticated_max_message_bytes",
+            limits.unauthenticated_max_message_bytes,
+            d.open.max_request_bytes,
+            (64, 65_536),
+        )?,
+    };
+    Ok(Limits {
+        max_header_list_bytes,
+        max_concurrent_streams,
+        max_message_bytes: d.max_message_bytes,
+        connections: ConnectionLimits {
+            max_connections: within(
+                "max_connections",
+                limits.max_connections,
+                d.connections.max_connections,
+                (1, 1_000_000),
+            )?,
+            handshake_timeout: secs(
+                "handshake_timeout_seconds",
+                limits.handshake_timeout_seconds,
+                d.connections.handshake_timeout,
+                (1, 300),
+            )?,
+        },
+        keepalive_interval: secs(
+            "keepalive_interval_seconds",
+            limits.keepalive_interval_seconds,
+            d.keepalive_interval,
+            (1, 3600),
+        )?,
+        keepalive_timeout: secs(
+            "keepalive_timeout_seconds",
+            limits.keepalive_timeout_seconds,
+            d.keepalive_timeout,
+            (1, 600),
+        )?,
+        max_reset_streams: within(
+            "max_reset_streams_per_connection",
+            limits.max_reset_streams_per_connection,
+            d.max_reset_streams,
+            (1, 10_000),
+        )?,
+        open,
+    })
+}
+
+/// TLS: `DUO_WORKFLOW_TLS__*` or `[tls]`; each file named by the variable or key it came from.
+fn tls(
+    file: &TlsSection,
+    env: &HashMap<String, String>,
+) -> Result<Option<Arc<ReloadableTls>>, ConfigError> {
+    let get = |name: &str| env.get(name).map(String::as_str);
+    let enabled = match get(ENV_TLS_ENABLED) {
+        Some(v) => parse_bool(ENV_TLS_ENABLED, v)?,
+        None => file.enabled.unwrap_or(false),
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    // A path from the environment (set and not blank) wins over the file's key.
+    let path = |var: &'static str, key: &'static str, value: &Option<PathBuf>| match get(var) {
+        Some(v) if !v.trim().is_empty() => Some((var, PathBuf::from(v.trim()))),
+        Some(_) => None,
+        None => value.clone().map(|p| (key, p)),
+    };
+    let required = |var: &'static str, key: &'static str, value: &Option<PathBuf>| {
+        path(var, key, value).ok_or_else(|| {
+            let field = if get(ENV_TLS_ENABLED).is_some() {
+                var
+            } else {
+                key
+            };
+            bad(field, "is required when TLS is enabled")
+        })
+    };
+    let cert = required(ENV_TLS_CERT_FILE, "tls.cert_file", &file.cert_file)?;
+    let key = required(ENV_TLS_KEY_FILE, "tls.key_file", &file.key_file)?;
+    let client_ca = path(
+        ENV_TLS_CLIENT_CA_FILE,
+        "tls.client_ca_file",
+        &file.client_ca_file,
+    );
+    let files = TlsFiles {
+        cert: cert.1.clone(),
+        key: key.1.clone(),
+        client_ca: client_ca.as_ref().map(|(_, p)| p.clone()),
+    };
+    ReloadableTls::load(files)
+        .map(|t| Some(Arc::new(t)))
+        .map_err(|e| {
+            let field = match e.file {
+                TlsFile::Cert => cert.0,
+                TlsFile::Key => key.0,
+                TlsFile::ClientCa => client_ca.map_or(ENV_TLS_CLIENT_CA_FILE, |(f, _)| f),
+            };
+            bad(field, e.problem)
+        })
 }
 
 /// A comma-separated environment list; blanks around items are ignored, and so are empty items.
@@ -1733,6 +1969,171 @@ mod tests {
             s.signing_key.unwrap().field,
             "self_signed_jwt.signing_key_file"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn transport_limits_default_to_gitlabs_and_refuse_values_that_disable_a_protection() {
+        let s = Settings::from_env(&env(&[])).unwrap();
+        let l = s.transport;
+        assert_eq!(l.max_header_list_bytes, 24 * 1024);
+        assert_eq!(l.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(l.keepalive_interval, Duration::from_secs(20));
+        assert_eq!(l.connections.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(l.open, OpenLimits::default());
+        assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+        assert!(s.tls.is_none() && !s.http_tls);
+
+        let dir = std::env::temp_dir().join(format!("dws-config-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        for (key, value) in [
+            ("max_connections", "0"),
+            ("max_connections", "1000001"),
+            ("handshake_timeout_seconds", "0"),
+            ("keepalive_interval_seconds", "0"),
+            ("keepalive_timeout_seconds", "0"),
+            ("max_reset_streams_per_connection", "0"),
+            ("max_concurrent_streams", "0"),
+            ("max_concurrent_streams", "4294967295"),
+            ("unauthenticated_streams_per_connection", "0"),
+            ("unauthenticated_streams_per_connection", "2000"),
+            ("unauthenticated_streams", "0"),
+            ("unauthenticated_max_message_bytes", "0"),
+            ("unauthenticated_max_message_bytes", "4194304"),
+            ("shutdown_grace_seconds", "86400"),
+        ] {
+            std::fs::write(&path, format!("[limits]\n{key} = {value}\n")).unwrap();
+            let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+            assert_eq!(e.field, format!("limits.{key}"), "{key} = {value}: {e}");
+        }
+        // The total of calls without a token cannot be below one connection's share.
+        std::fs::write(
+            &path,
+            "[limits]\nunauthenticated_streams_per_connection = 8\nunauthenticated_streams = 4\n",
+        )
+        .unwrap();
+        let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "limits.unauthenticated_streams");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_connections = 5\nhandshake_timeout_seconds = 2\nunauthenticated_streams_per_connection = 3\nshutdown_grace_seconds = 7\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path), &env(&[])).unwrap();
+        assert_eq!(s.transport.connections.max_connections, 5);
+        assert_eq!(
+            s.transport.connections.handshake_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(s.transport.open.per_connection, 3);
+        assert_eq!(s.shutdown_grace, Duration::from_secs(7));
+        // DUO_WORKFLOW_SHUTDOWN_GRACE_PERIOD_S wins over the file.
+        let s = Settings::load(Some(&path), &env(&[(ENV_SHUTDOWN_GRACE_PERIOD, "2.5")])).unwrap();
+        assert_eq!(s.shutdown_grace, Duration::from_millis(2500));
+        for bad_value in ["", "-1", "ten", "NaN", "inf", "3601"] {
+            let e =
+                Settings::from_env(&env(&[(ENV_SHUTDOWN_GRACE_PERIOD, bad_value)])).unwrap_err();
+            assert_eq!(e.field, ENV_SHUTDOWN_GRACE_PERIOD, "{bad_value:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_is_configured_by_its_variables_or_keys_and_each_problem_names_the_field() {
+        let dir = std::env::temp_dir().join(format!("dws-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.to_str().unwrap().to_owned()
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_file, key_file) = (
+            write("c.pem", &cert.pem()),
+            write("k.pem", &key.serialize_pem()),
+        );
+        let junk = write("junk.pem", "junk");
+        let other_key = write(
+            "other.pem",
+            &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        );
+        let tls_env = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                (ENV_TLS_ENABLED, "true"),
+                (ENV_TLS_CERT_FILE, cert_file.as_str()),
+                (ENV_TLS_KEY_FILE, key_file.as_str()),
+            ];
+            pairs.extend_from_slice(extra);
+            env(&pairs)
+        };
+        let s = Settings::from_env(&tls_env(&[])).unwrap();
+        assert!(s.tls.as_ref().is_some_and(|t| !t.mutual()));
+        let s = Settings::from_env(&tls_env(&[
+            (ENV_TLS_CLIENT_CA_FILE, cert_file.as_str()),
+            (ENV_HTTP_TLS_ENABLED, "true"),
+        ]))
+        .unwrap();
+        assert!(s.tls.as_ref().is_some_and(|t| t.mutual()) && s.http_tls);
+        // Off (or unset): the files are not read.
+        let s = Settings::from_env(&env(&[
+            (ENV_TLS_ENABLED, "FALSE"),
+            (ENV_TLS_CERT_FILE, "/nowhere"),
+        ]))
+        .unwrap();
+        assert!(s.tls.is_none());
+        for (vars, field) in [
+            (vec![(ENV_TLS_ENABLED, "yes")], ENV_TLS_ENABLED),
+            (vec![(ENV_TLS_ENABLED, "true")], ENV_TLS_CERT_FILE),
+            (
+                vec![
+                    (ENV_TLS_ENABLED, "true"),
+                    (ENV_TLS_CERT_FILE, cert_file.as_str()),
+                ],
+                ENV_TLS_KEY_FILE,
+            ),
+            (vec![(ENV_HTTP_TLS_ENABLED, "true")], ENV_HTTP_TLS_ENABLED),
+            (vec![(ENV_HTTP_TLS_ENABLED, "1")], ENV_HTTP_TLS_ENABLED),
+        ] {
+            let e = Settings::from_env(&env(&vars)).unwrap_err();
+            assert_eq!(e.field, field, "{vars:?}: {e}");
+        }
+        for (extra, field) in [
+            ((ENV_TLS_CERT_FILE, junk.as_str()), ENV_TLS_CERT_FILE),
+            ((ENV_TLS_CERT_FILE, "/nowhere/c.pem"), ENV_TLS_CERT_FILE),
+            ((ENV_TLS_KEY_FILE, junk.as_str()), ENV_TLS_KEY_FILE),
+            ((ENV_TLS_KEY_FILE, other_key.as_str()), ENV_TLS_KEY_FILE),
+            (
+                (ENV_TLS_CLIENT_CA_FILE, junk.as_str()),
+                ENV_TLS_CLIENT_CA_FILE,
+            ),
+        ] {
+            let e = Settings::from_env(&tls_env(&[extra])).unwrap_err();
+            assert_eq!(e.field, field, "{extra:?}: {e}");
+        }
+        // From the file, named by its keys.
+        let config = dir.join("c.toml");
+        std::fs::write(
+            &config,
+            format!("[tls]\nenabled = true\ncert_file = \"{cert_file}\"\nkey_file = \"{junk}\"\n"),
+        )
+        .unwrap();
+        let e = Settings::load(Some(&config), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "tls.key_file", "{e}");
+        std::fs::write(&config, "[tls]\nenabled = true\n").unwrap();
+        let e = Settings::load(Some(&config), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "tls.cert_file", "{e}");
+        std::fs::write(
+            &config,
+            format!("[tls]\nenabled = true\ncert_file = \"{cert_file}\"\nkey_file = \"{key_file}\"\n[http]\ntls_enabled = true\n"),
+        )
+        .unwrap();
+        let s = Settings::load(Some(&config), &env(&[])).unwrap();
+        assert!(s.tls.is_some() && s.http_tls);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,7 @@
 //! `duo-workflow-service`: the Duo Workflow Service's Cloud Connector auth core.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,9 +32,10 @@ enum Command {
         /// A TOML configuration file; environment variables override it.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The address to listen on.
-        #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
-        listen: IpAddr,
+        /// The address to listen on (default `::`, IPv4 and IPv6; `0.0.0.0` on a machine
+        /// without IPv6).
+        #[arg(long)]
+        listen: Option<IpAddr>,
     },
     /// GenerateToken with an instance token, then ExecuteWorkflow with the user token.
     Client(ClientArgs),
@@ -240,18 +241,30 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Option<PathBuf>, listen: IpAddr) -> Result<(), String> {
+async fn serve(config: Option<PathBuf>, listen: Option<IpAddr>) -> Result<(), String> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let settings = Settings::load(config.as_deref(), &env).map_err(|e| e.to_string())?;
     // Held until `serve` returns: dropping it writes out the buffered lines.
     let _log = logging::init_service(&settings.logging);
     let service = server::build(&settings).map_err(|e| e.to_string())?;
-    let listeners = server::Listeners::bind(
-        SocketAddr::new(listen, settings.port),
-        SocketAddr::new(listen, settings.http_port),
-        settings.metrics_addr,
-    )
-    .await
+    let bind = |ip: IpAddr| {
+        server::Listeners::bind(
+            SocketAddr::new(ip, settings.port),
+            SocketAddr::new(ip, settings.http_port),
+            settings.metrics_addr,
+        )
+    };
+    let listeners = match listen {
+        Some(ip) => bind(ip).await,
+        // `[::]` takes IPv4 and IPv6, like GitLab's server; a machine without IPv6 gets IPv4.
+        None => match bind(IpAddr::V6(Ipv6Addr::UNSPECIFIED)).await {
+            Err(server::StartError::Bind { source, .. }) if no_ipv6(&source) => {
+                tracing::warn!("no IPv6 on this machine ({source}): listening on 0.0.0.0");
+                bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED)).await
+            }
+            other => other,
+        },
+    }
     .map_err(|e| e.to_string())?;
     let local =
         |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -265,6 +278,9 @@ async fn serve(config: Option<PathBuf>, listen: IpAddr) -> Result<(), String> {
         grpc = %local(&listeners.grpc),
         published_keys = %local(&listeners.http),
         operator = %local(&listeners.operator),
+        tls = settings.tls.is_some(),
+        mutual_tls = settings.tls.as_ref().is_some_and(|t| t.mutual()),
+        published_keys_tls = settings.http_tls,
         "serving"
     );
     server::serve(service, listeners, shutdown_signal())
@@ -272,6 +288,26 @@ async fn serve(config: Option<PathBuf>, listen: IpAddr) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// An error binding `[::]` that means the machine has no IPv6.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_codes::EAFNOSUPPORT | libc_codes::EADDRNOTAVAIL)
+    )
+}
+
+/// The two errno values of [`no_ipv6`] (Linux and the BSDs share neither, so by platform).
+mod libc_codes {
+    #[cfg(target_os = "linux")]
+    pub const EAFNOSUPPORT: i32 = 97;
+    #[cfg(target_os = "linux")]
+    pub const EADDRNOTAVAIL: i32 = 99;
+    #[cfg(not(target_os = "linux"))]
+    pub const EAFNOSUPPORT: i32 = 47;
+    #[cfg(not(target_os = "linux"))]
+    pub const EADDRNOTAVAIL: i32 = 49;
 }
 
 /// SIGTERM or SIGINT.

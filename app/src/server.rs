@@ -15,8 +15,8 @@ use duo_workflow_adapters::transport::capabilities::LearningPolicy;
 use duo_workflow_adapters::transport::operator::OperatorPages;
 use duo_workflow_adapters::transport::published_keys::PublishedKeys;
 use duo_workflow_adapters::transport::{
-    self, AdmissionLayer, GenerateTokenEndpoint, LearnedCapabilities, Limits, Minting,
-    ObserveLayer, Relay, Routes, ServerCapabilities,
+    self, Acceptor, AdmissionLayer, GenerateTokenEndpoint, LearnedCapabilities, Limits, Minting,
+    ObserveLayer, Protocol, Relay, ReloadableTls, Routes, ServerCapabilities,
 };
 use duo_workflow_domain::gatekeeper::{AuthMode, Gatekeeper, UnitPrimitiveAuthorizer};
 use duo_workflow_domain::issuers::{IssuerClaims, SourceIssuer};
@@ -39,8 +39,6 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("the gRPC server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
 }
 
 fn config_error(field: &str, problem: impl Into<String>) -> StartError {
@@ -72,6 +70,10 @@ pub struct Service {
     pub observe: ObserveLayer,
     pub limits: Limits,
     pub grace: Duration,
+    /// gRPC over TLS, reloaded on SIGHUP.
+    pub tls: Option<Arc<ReloadableTls>>,
+    /// The published keys over TLS too.
+    pub http_tls: bool,
 }
 
 /// The local authority from the configured keys, or an ephemeral key when none is configured.
@@ -210,11 +212,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         settings.service_name.clone(),
     ));
 
-    let limits = Limits {
-        max_header_list_bytes: settings.max_header_list_bytes,
-        max_concurrent_streams: settings.max_concurrent_streams,
-        ..Limits::default()
-    };
+    let limits = settings.transport;
     let relay = settings
         .upstream
         .as_ref()
@@ -231,15 +229,17 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         )),
         (None, None) => ServerCapabilities::Unknown,
     };
-    let published_keys = Arc::new(PublishedKeys::new(
-        authority.clone(),
-        settings.http_public_url.clone(),
-    ));
+    let mut published_keys =
+        PublishedKeys::new(authority.clone(), settings.http_public_url.clone());
     let operator = Arc::new(OperatorPages::new(
         metrics.clone(),
         readiness_sources.clone(),
         clock.clone(),
     ));
+    if settings.http_tls {
+        published_keys = published_keys.over_https();
+    }
+    let published_keys = Arc::new(published_keys);
     let generate_token = GenerateTokenEndpoint::new(Minting {
         service: settings.service_name.clone(),
         issuer: authority.clone(),
@@ -266,7 +266,9 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         sources: readiness_sources,
         remote,
         limits,
-        grace: Duration::from_secs(settings.shutdown_grace_seconds),
+        grace: settings.shutdown_grace,
+        tls: settings.tls.clone(),
+        http_tls: settings.http_tls,
     })
 }
 
@@ -313,24 +315,54 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// Binds all three; an unspecified IPv6 address (`[::]`) accepts IPv4 too.
     pub async fn bind(
         grpc: SocketAddr,
         http: SocketAddr,
         operator: SocketAddr,
     ) -> Result<Self, StartError> {
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: addr.to_string(),
-                    source,
-                })
+        let bind = |addr: SocketAddr| {
+            transport::listener::bind(addr).map_err(|source| StartError::Bind {
+                addr: addr.to_string(),
+                source,
+            })
         };
         Ok(Self {
-            grpc: bind(grpc).await?,
-            http: bind(http).await?,
-            operator: bind(operator).await?,
+            grpc: bind(grpc)?,
+            http: bind(http)?,
+            operator: bind(operator)?,
         })
+    }
+}
+
+/// Reads the TLS files again on every SIGHUP: new connections get the new certificate, open
+/// ones keep theirs; files that do not load leave the previous configuration in place.
+#[cfg(unix)]
+async fn reload_on_sighup(tls: Arc<ReloadableTls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP; TLS certificates will not reload: {e}");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        reload_tls(&tls);
+    }
+}
+
+/// Reads the TLS files again, logging the outcome.
+pub fn reload_tls(tls: &ReloadableTls) {
+    match tls.reload() {
+        Ok(()) => tracing::info!(
+            cert_file = %tls.files().cert.display(),
+            "TLS certificates reloaded: new connections use them"
+        ),
+        Err(e) => tracing::error!(
+            file = ?e.file,
+            "TLS certificates not reloaded, the previous ones stay in use: {e}"
+        ),
     }
 }
 
@@ -398,18 +430,28 @@ pub async fn serve(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let http = tokio::spawn(
-        service
-            .published_keys
-            .clone()
-            .serve(listeners.http, stopped_http),
-    );
+    let acceptor = |listener, protocol, tls: bool| {
+        let tls = tls
+            .then(|| service.tls.clone().map(|t| (t, protocol)))
+            .flatten();
+        Acceptor::new(listener, service.limits.connections, tls)
+    };
+    let http = tokio::spawn(service.published_keys.clone().serve(
+        acceptor(listeners.http, Protocol::Http, service.http_tls),
+        stopped_http,
+    ));
+    // The operator pages never use the service's certificate: they are for the loopback.
     let operator = {
         let mut rx = stop.subscribe();
         let stopped = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        tokio::spawn(service.operator.clone().serve(listeners.operator, stopped))
+        tokio::spawn(
+            service
+                .operator
+                .clone()
+                .serve(acceptor(listeners.operator, Protocol::Http, false), stopped),
+        )
     };
     // The count of refusal lines the rate limit left out appears within a second or so.
     let flush = {
@@ -422,6 +464,11 @@ pub async fn serve(
             }
         })
     };
+    #[cfg(unix)]
+    let reloads = service
+        .tls
+        .clone()
+        .map(|tls| tokio::spawn(reload_on_sighup(tls)));
     if let ServerCapabilities::Learned(learned) = &service.capabilities {
         learned.learn_at_start();
     }
@@ -430,7 +477,7 @@ pub async fn serve(
         routes = routes.with_reflection();
     }
     let server = transport::serve(
-        listeners.grpc,
+        acceptor(listeners.grpc, Protocol::Grpc, true),
         service.observe.clone(),
         service.admission,
         routes,
@@ -441,37 +488,34 @@ pub async fn serve(
         },
     );
     tokio::pin!(server);
-    let result = tokio::select! {
-        result = &mut server => Some(result),
-        () = shutdown => None,
+    let stopped_early = tokio::select! {
+        () = &mut server => true,
+        () = shutdown => false,
     };
     readiness.abort();
-    let result = match result {
-        Some(result) => result,
-        None => {
-            tracing::info!(
-                grace_seconds = service.grace.as_secs(),
-                "shutting down: no new calls; in-flight calls may finish"
-            );
-            health_reporter
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-            let _ = stop.send(true);
-            match tokio::time::timeout(service.grace, server).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!("grace period over: remaining calls are cut off");
-                    Ok(())
-                }
-            }
+    #[cfg(unix)]
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
+    if !stopped_early {
+        tracing::info!(
+            grace_seconds = service.grace.as_secs(),
+            "shutting down: no new calls; in-flight calls may finish"
+        );
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let _ = stop.send(true);
+        if tokio::time::timeout(service.grace, server).await.is_err() {
+            tracing::warn!("grace period over: remaining calls are cut off");
         }
-    };
+    }
     let _ = stop.send(true);
     let _ = http.await;
     let _ = operator.await;
     flush.abort();
     service.observe.drain_suppressed();
-    Ok(result?)
+    Ok(())
 }
 
 /// A server running in the background (tests, embedding): its address and a way to stop it.
@@ -481,6 +525,8 @@ pub struct Running {
     /// `/metrics` and `/key-sources`.
     pub operator_addr: SocketAddr,
     pub authority: Arc<LocalAuthority>,
+    /// The TLS configuration, when enabled ([`reload_tls`] reads its files again).
+    pub tls: Option<Arc<ReloadableTls>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), StartError>>,
 }
@@ -521,6 +567,7 @@ pub async fn start(
     let (addr, http_addr) = (local(&listeners.grpc)?, local(&listeners.http)?);
     let operator_addr = local(&listeners.operator)?;
     let authority = service.authority.clone();
+    let tls = service.tls.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(service, listeners, async {
         stopped.await.ok();
@@ -530,6 +577,7 @@ pub async fn start(
         http_addr,
         operator_addr,
         authority,
+        tls,
         stop: Some(stop),
         task,
     })

@@ -5,6 +5,11 @@
 #[allow(dead_code)]
 #[path = "../../tests/support/executor.rs"]
 mod executor;
+#[path = "../../tests/support/pki.rs"]
+mod pki;
+#[allow(dead_code)]
+#[path = "../../tests/support/raw.rs"]
+mod raw;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -87,6 +92,16 @@ fn log_field(text: &str, name: &str) -> Option<String> {
 
 impl Server {
     fn start(dir: &Scratch, config: Option<&Path>, env: &[(&str, &str)]) -> Self {
+        Self::start_with(dir, config, env, |_| {})
+    }
+
+    /// [`Server::start`], with `customize` applied to the command before it is spawned.
+    fn start_with(
+        dir: &Scratch,
+        config: Option<&Path>,
+        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Self {
         let log = dir.path(&format!("serve-{}.log", rand_suffix()));
         let mut cmd = Command::new(BIN);
         cmd.arg("serve").args(["--listen", "127.0.0.1"]);
@@ -102,6 +117,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        customize(&mut cmd);
         // Built first, so that Drop kills the child if start-up fails below.
         let mut server = Self {
             child: cmd.spawn().unwrap(),
@@ -1164,4 +1180,399 @@ async fn three_thousand_refusals_with_an_unread_stderr_leave_good_calls_answerin
         "stderr never filled up: the test proves nothing"
     );
     println!("log lines dropped: {dropped}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attacks on the listener, replayed against the binary: what each costs the service's own
+// process (resident memory, CPU), and that it goes on serving.
+
+mod attacks {
+    use super::*;
+    use bytes::Bytes;
+    use hyper::body::Frame;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    type Send = hyper::client::conn::http2::SendRequest<raw::ChannelBody>;
+
+    const CHECK: &str = "/grpc.health.v1.Health/Check";
+    const WATCH: &str = "/grpc.health.v1.Health/Watch";
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+    fn socket_addr(server: &Server) -> std::net::SocketAddr {
+        server.addr.trim_start_matches("http://").parse().unwrap()
+    }
+
+    fn rss_kib(server: &Server) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// CPU time the process has used (user + system).
+    fn cpu(server: &Server) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.child.id())).unwrap();
+        // Fields after the command name (which may hold spaces), 1-based: utime 14, stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// The CPU the process uses over one second of wall time.
+    async fn cpu_over_a_second(server: &Server) -> Duration {
+        let before = cpu(server);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cpu(server) - before
+    }
+
+    /// An empty `HealthCheckRequest`, whole: one DATA frame that ends the stream.
+    fn health(path: &str) -> http::Request<raw::ChannelBody> {
+        raw::request(
+            path,
+            &[],
+            raw::frames_body(vec![Frame::data(raw::framed(&[]))]),
+        )
+    }
+
+    fn grpc_status(r: &http::Response<hyper::body::Incoming>) -> Option<&str> {
+        r.headers().get("grpc-status").map(|v| v.to_str().unwrap())
+    }
+
+    /// A health check on a new connection answers (trailers carry `grpc-status: 0`).
+    async fn health_check_answers(addr: std::net::SocketAddr) {
+        let mut send = raw::connect(addr).await;
+        check_on(&mut send).await;
+    }
+
+    async fn check_on(send: &mut Send) {
+        use http_body_util::BodyExt;
+        let response =
+            tokio::time::timeout(Duration::from_secs(10), send.send_request(health(CHECK)))
+                .await
+                .expect("the health check was not answered")
+                .unwrap();
+        assert_eq!(response.status(), 200);
+        let trailers = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .trailers()
+            .cloned();
+        assert_eq!(trailers.unwrap().get("grpc-status").unwrap(), "0");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn twenty_connections_of_a_thousand_watch_streams_without_a_token_add_under_48_mb() {
+        let dir = Scratch::new();
+        let server = Server::start(&dir, None, &[]);
+        let addr = socket_addr(&server);
+        health_check_answers(addr).await;
+        let before = rss_kib(&server);
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            tasks.push(tokio::spawn(async move {
+                let send = raw::connect(addr).await;
+                let calls = (0..1000).map(|_| {
+                    let mut send = send.clone();
+                    // Err: refused so fast that the stream was reset before the client
+                    // finished sending (the answer came first).
+                    async move { send.send_request(health(WATCH)).await }
+                });
+                // The connection stays open as long as its sender is kept.
+                (futures::future::join_all(calls).await, send)
+            }));
+        }
+        let (mut held, mut refused, mut reset, mut connections) = (Vec::new(), 0, 0, Vec::new());
+        for t in tasks {
+            let (responses, send) = t.await.unwrap();
+            connections.push(send);
+            for response in responses {
+                match response.as_ref().map(grpc_status) {
+                    Ok(None) => held.push(response),
+                    Ok(Some("8")) => refused += 1,
+                    Ok(Some(other)) => panic!("grpc-status {other}"),
+                    Err(_) => reset += 1,
+                }
+            }
+        }
+        let after = rss_kib(&server);
+        let added = after.saturating_sub(before);
+        println!(
+            "20 x 1000 Watch streams: {} held, {refused} RESOURCE_EXHAUSTED, {reset} reset; VmRSS {before} -> {after} KiB (+{added} KiB)",
+            held.len()
+        );
+        assert_eq!(held.len() + refused + reset, 20_000);
+        // Streams still open (their first message read, nothing more before a short wait).
+        let mut open = 0;
+        for response in &mut held {
+            use http_body_util::BodyExt;
+            let body = response.as_mut().unwrap().body_mut();
+            let first = tokio::time::timeout(Duration::from_millis(200), body.frame()).await;
+            let next = tokio::time::timeout(Duration::from_millis(5), body.frame()).await;
+            if matches!(first, Ok(Some(Ok(_)))) && next.is_err() {
+                open += 1;
+            }
+        }
+        println!("{open} of the {} held streams still open", held.len());
+        assert_eq!(held.len(), 256, "the default service-wide bound");
+        assert_eq!(
+            open, 256,
+            "held streams were closed (a connection was sent away?)"
+        );
+        assert!(added < 48 * 1024, "+{added} KiB");
+        // Probes still get their answer.
+        health_check_answers(addr).await;
+        drop((held, connections));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sixteen_half_sent_4_mb_health_requests_add_under_16_mb_and_are_refused() {
+        let dir = Scratch::new();
+        let server = Server::start(&dir, None, &[]);
+        let addr = socket_addr(&server);
+        health_check_answers(addr).await;
+        let before = rss_kib(&server);
+        let mut senders = Vec::new();
+        let mut answers = Vec::new();
+        for _ in 0..16 {
+            let (tx, body) = raw::channel_body(4);
+            let req = raw::request(CHECK, &[], body);
+            // Announces a 4 MB message and sends it in 64 KiB pieces for as long as the
+            // server reads; the last piece never comes.
+            senders.push(tokio::spawn(async move {
+                let mut prefix = vec![0u8];
+                prefix.extend_from_slice(&4_000_000u32.to_be_bytes());
+                let _ = tx.send(Ok(Frame::data(Bytes::from(prefix)))).await;
+                for _ in 0..60 {
+                    if tx
+                        .send(Ok(Frame::data(Bytes::from(vec![7u8; 64 * 1024]))))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                // Half-sent: hold the stream open.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(tx);
+            }));
+            let mut send = raw::connect(addr).await;
+            answers.push(tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+                    .await
+                    .expect("not answered while half-sent")
+                    .map(|r| grpc_status(&r).map(str::to_owned))
+            }));
+        }
+        for a in answers {
+            // Refused at once (trailers-only RESOURCE_EXHAUSTED), or the stream reset.
+            match a.await.unwrap() {
+                Ok(status) => assert_eq!(status.as_deref(), Some("8")),
+                Err(e) => println!("stream reset: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = rss_kib(&server);
+        let added = after.saturating_sub(before);
+        println!("16 half-sent 4 MB health requests: VmRSS {before} -> {after} KiB (+{added} KiB)");
+        assert!(added < 16 * 1024, "+{added} KiB");
+        health_check_answers(addr).await;
+        for s in senders {
+            s.abort();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_connection_bound_new_connections_wait_without_spinning_and_open_ones_are_served(
+    ) {
+        let dir = Scratch::new();
+        let config = dir.path("config.toml");
+        std::fs::write(&config, "[limits]\nmax_connections = 8\n").unwrap();
+        let server = Server::start(&dir, Some(&config), &[]);
+        let addr = socket_addr(&server);
+        let mut open = Vec::new();
+        for _ in 0..8 {
+            let mut send = raw::connect(addr).await;
+            check_on(&mut send).await;
+            open.push(send);
+        }
+        // Twenty more, waiting in the backlog with their preface sent.
+        let mut waiting = Vec::new();
+        for _ in 0..20 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(PREFACE).await.unwrap();
+            waiting.push(s);
+        }
+        let spent = cpu_over_a_second(&server).await;
+        println!("at the bound: {spent:?} CPU over 1 s");
+        assert!(spent < Duration::from_millis(100), "{spent:?}");
+        for send in &mut open {
+            check_on(send).await;
+        }
+        // Not accepted: the server says nothing to them yet.
+        let mut buf = [0u8; 64];
+        let quiet =
+            tokio::time::timeout(Duration::from_millis(300), waiting[0].read(&mut buf)).await;
+        assert!(quiet.is_err(), "a connection beyond the bound was served");
+        // One closes; a waiting one is accepted (its SETTINGS arrive).
+        drop(open.pop());
+        let mut served = false;
+        for s in &mut waiting {
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await
+            {
+                served = n > 0;
+                break;
+            }
+        }
+        assert!(
+            served,
+            "no waiting connection was accepted after one closed"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn out_of_file_descriptors_accepting_pauses_instead_of_spinning_and_recovers() {
+        let dir = Scratch::new();
+        let config = dir.path("config.toml");
+        std::fs::write(&config, "[limits]\nhandshake_timeout_seconds = 2\n").unwrap();
+        let server = Server::start_with(&dir, Some(&config), &[], |cmd| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let limit = libc::rlimit {
+                        rlim_cur: 40,
+                        rlim_max: 40,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        });
+        let addr = socket_addr(&server);
+        health_check_answers(addr).await;
+        // More connections than the process has descriptors for.
+        let mut idle = Vec::new();
+        for _ in 0..60 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let spent = cpu_over_a_second(&server).await;
+        println!("out of descriptors: {spent:?} CPU over 1 s");
+        assert!(spent < Duration::from_millis(200), "{spent:?}");
+        assert!(
+            server.log().contains("accept failed"),
+            "EMFILE never happened: {}",
+            server.log()
+        );
+        drop(idle);
+        // The idle ones are closed by the handshake timeout; a new caller is served.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(3), health_check_answers(addr)).await;
+            if attempt.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never served again");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_connection_without_the_preface_is_closed_by_the_default_handshake_timeout() {
+        let dir = Scratch::new();
+        let server = Server::start(&dir, None, &[]);
+        let mut idle = TcpStream::connect(socket_addr(&server)).await.unwrap();
+        let started = Instant::now();
+        // The server's SETTINGS may come first; then the end.
+        let mut buf = [0u8; 64];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), idle.read(&mut buf))
+                .await
+                .expect("not closed within 30 s")
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        let took = started.elapsed();
+        println!("idle pre-preface connection closed after {took:?}");
+        assert!(
+            took >= Duration::from_secs(9) && took < Duration::from_secs(12),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sighup_reloads_the_certificate_and_open_connections_go_on() {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let ((ca1, cert1, key1), (ca2, cert2, key2)) = (pki::localhost(), pki::localhost());
+        let dir = Scratch::new();
+        let (cert_file, key_file) = (dir.path("cert.pem"), dir.path("key.pem"));
+        std::fs::write(&cert_file, cert1).unwrap();
+        std::fs::write(&key_file, key1).unwrap();
+        let server = Server::start(
+            &dir,
+            None,
+            &[
+                ("DUO_WORKFLOW_TLS__ENABLED", "true"),
+                ("DUO_WORKFLOW_TLS__CERT_FILE", cert_file.to_str().unwrap()),
+                ("DUO_WORKFLOW_TLS__KEY_FILE", key_file.to_str().unwrap()),
+            ],
+        );
+        let url = server.addr.replace("http://", "https://");
+        let channel = |ca: String| {
+            let url = url.clone();
+            async move {
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .domain_name("localhost");
+                let channel = Endpoint::from_shared(url)
+                    .unwrap()
+                    .tls_config(tls)
+                    .unwrap()
+                    .connect()
+                    .await?;
+                Ok::<_, tonic::transport::Error>(HealthClient::new(channel))
+            }
+        };
+        let mut open = channel(ca1.clone()).await.unwrap();
+        open.check(HealthCheckRequest::default()).await.unwrap();
+        std::fs::write(&cert_file, cert2).unwrap();
+        std::fs::write(&key_file, key2).unwrap();
+        server.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.log().contains("TLS certificates reloaded") {
+            assert!(
+                Instant::now() < deadline,
+                "no reload logged: {}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut new = channel(ca2).await.unwrap();
+        new.check(HealthCheckRequest::default()).await.unwrap();
+        assert!(
+            channel(ca1).await.is_err(),
+            "the old certificate is still served"
+        );
+        open.check(HealthCheckRequest::default())
+            .await
+            .expect("the connection opened before the reload was dropped");
+    }
 }

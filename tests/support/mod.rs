@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod executor;
+pub mod pki;
 pub mod provider;
 pub mod raw;
 
@@ -328,6 +329,16 @@ pub async fn start_service_unsetting(
     env: &[(&str, &str)],
     unset: &[&str],
 ) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
+    start_service_at("127.0.0.1:0".parse().unwrap(), file, env, unset).await
+}
+
+/// [`start_service_unsetting`] with both listeners on `addr` (e.g. `[::1]:0`).
+pub async fn start_service_at(
+    addr: SocketAddr,
+    file: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+    unset: &[&str],
+) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
     let mut vars: HashMap<String, String> = [
         (duo_workflow_service::config::ENV_OIDC_GITLAB_URL, ""),
         (
@@ -345,8 +356,7 @@ pub async fn start_service_unsetting(
         vars.remove(*name);
     }
     let settings = duo_workflow_service::config::Settings::load(file, &vars)?;
-    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    duo_workflow_service::server::start(&settings, loopback, loopback).await
+    duo_workflow_service::server::start(&settings, addr, addr).await
 }
 
 /// A configuration file with one static key source serving `keys` for `issuer`.

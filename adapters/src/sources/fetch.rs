@@ -109,6 +109,8 @@ impl Fetcher {
             .connect_timeout(policy.connect_timeout)
             .timeout(policy.total_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // reqwest's default too; said here so that no upgrade silently drops it.
+            .tcp_nodelay(true)
             .user_agent(concat!("duo-workflow-service/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;

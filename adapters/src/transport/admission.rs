@@ -4,7 +4,8 @@
 //! request message (SPEC C2: the flow of `ExecuteWorkflow` and of `GenerateToken`).
 //!
 //! In order: methods the table refuses get `UNIMPLEMENTED` and open ones (health, reflection) go
-//! straight through, without a token; everything else is authenticated (SPEC Part A steps 1–5),
+//! straight through, without a token (bounded in front of this layer, by
+//! [`OpenStreamsLayer`](super::open_streams::OpenStreamsLayer)); everything else is authenticated (SPEC Part A steps 1–5),
 //! then, if its rule needs it, its first message is read (the bytes are put back, unchanged),
 //! then authorized. A refused call gets SPEC's status and `details`; an admitted one goes on with
 //! the [`Caller`] in its extensions. Either way the response carries what the observe layer
@@ -57,6 +58,11 @@ impl AdmissionLayer {
             methods: Arc::new(methods),
             max_message_bytes,
         }
+    }
+
+    /// The method table: what is open, ours, allowed or refused.
+    pub fn methods(&self) -> Arc<MethodTable> {
+        self.methods.clone()
     }
 }
 

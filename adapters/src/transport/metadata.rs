@@ -1,7 +1,7 @@
 //! Reading the Cloud Connector metadata out of HTTP/2 headers.
 
 use duo_workflow_domain::{AuthorizationHeader, RequestMetadata};
-use http::HeaderMap;
+use http::{HeaderMap, Request};
 
 pub const AUTHORIZATION: &str = "authorization";
 pub const AUTHENTICATION_TYPE: &str = "x-gitlab-authentication-type";
@@ -10,6 +10,8 @@ pub const INSTANCE_ID: &str = "x-gitlab-instance-id";
 pub const GLOBAL_USER_ID: &str = "x-gitlab-global-user-id";
 pub const DUO_SEAT_COUNT: &str = "x-gitlab-duo-seat-count";
 pub const REQUEST_ID: &str = "x-request-id";
+/// GitLab's correlation id: the request id when `x-request-id` is absent.
+pub const CORRELATION_ID: &str = "x-gitlab-correlation-id";
 
 /// Metadata forwarded to the workflow executor: the caller's credentials and Cloud Connector
 /// headers, and the correlation id.
@@ -44,4 +46,32 @@ fn single(headers: &HeaderMap, name: &str) -> Option<String> {
         (Some(v), None) => v.to_str().ok().map(str::to_owned),
         _ => None,
     }
+}
+
+/// The size of a request's metadata as HPACK accounts for a header list (RFC 7541 §4.1, and
+/// how gRPC's C core, GitLab's grpcio, measures it against its limit): each field's name and
+/// value in bytes plus 32, the pseudo-header fields (`:method`, `:scheme`, `:authority`,
+/// `:path`) included.
+pub fn metadata_size<B>(req: &Request<B>) -> usize {
+    const ENTRY: usize = 32;
+    let uri = req.uri();
+    let pseudo = [
+        (":method", req.method().as_str().len()),
+        (":scheme", uri.scheme_str().map_or(0, str::len)),
+        (
+            ":authority",
+            uri.authority().map_or(0, |a| a.as_str().len()),
+        ),
+        (
+            ":path",
+            uri.path_and_query().map_or(0, |p| p.as_str().len()),
+        ),
+    ];
+    let pseudo: usize = pseudo.iter().map(|(n, v)| n.len() + v + ENTRY).sum();
+    pseudo
+        + req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + ENTRY)
+            .sum::<usize>()
 }

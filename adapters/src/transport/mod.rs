@@ -1,21 +1,26 @@
 //! The gRPC transport: cross-cutting concerns as tower layers ([`request_id`], [`observe`],
 //! [`admission`]), then [`Routes`], which sends each admitted call where it is served: gRPC health and
 //! reflection, `GenerateToken` ([`minting`]), and every other call to the workflow executor
-//! through the byte [`relay`].
+//! through the byte [`relay`]. [`serve`] is the one place gRPC is served: connections are
+//! accepted by [`listener`] (bounded, TLS by [`tls`]) and speak HTTP/2 through hyper.
 
 pub mod admission;
 pub mod capabilities;
 pub mod grpc_frames;
+pub mod listener;
 pub mod metadata;
 pub mod minting;
 pub mod observe;
+pub mod open_streams;
 pub mod operator;
 pub mod published_keys;
 pub mod relay;
 pub mod request_id;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use duo_workflow_domain::{AuthError, Rpc, StatusKind};
 use http::{Request, Response};
@@ -26,10 +31,13 @@ use tower::{Service, ServiceExt};
 
 pub use admission::{AdmissionLayer, Caller};
 pub use capabilities::{LearnedCapabilities, ServerCapabilities};
+pub use listener::{Acceptor, ConnectionLimits, Protocol};
 pub use minting::{GenerateTokenEndpoint, Minting};
 pub use observe::ObserveLayer;
+pub use open_streams::OpenLimits;
 pub use relay::Relay;
 pub use request_id::{RequestId, RequestIdLayer};
+pub use tls::{ReloadableTls, TlsFiles};
 
 /// The gRPC status for a refusal: SPEC's code, and its exact `details` as the message.
 pub fn status_of(error: &AuthError) -> Status {
@@ -45,24 +53,65 @@ pub fn status_of(error: &AuthError) -> Status {
 /// Transport limits, each bounded by configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// HTTP/2 header list size (all metadata of one request); larger requests are refused by the
-    /// HTTP/2 layer before the service allocates for them.
+    /// All metadata of one request, counted as HPACK does ([`metadata::metadata_size`]); a
+    /// larger request is refused with `RESOURCE_EXHAUSTED`. The HTTP/2 layer's own cap sits
+    /// above it ([`Limits::http2_max_header_list_bytes`]).
     pub max_header_list_bytes: u32,
     /// Concurrent streams one connection may open.
     pub max_concurrent_streams: u32,
     /// One gRPC message, each way (GitLab's 4 MiB).
     pub max_message_bytes: usize,
+    /// Open connections, and the time each gets to complete its TLS handshake and HTTP/2
+    /// preface.
+    pub connections: ConnectionLimits,
+    /// A PING is sent after this long without a frame from the peer...
+    pub keepalive_interval: Duration,
+    /// ...and the connection closed if its ACK does not come within this.
+    pub keepalive_timeout: Duration,
+    /// Streams the server resets because the peer's frames were malformed, per connection and
+    /// over its whole life; past it the connection is closed (GOAWAY `ENHANCE_YOUR_CALM`). h2
+    /// counts here too the `STREAM_CLOSED` resets it sends for late frames of streams already
+    /// answered and forgotten (a refused call whose body was still arriving), so a low value
+    /// closes busy, well-behaved connections that see many refusals.
+    pub max_reset_streams: usize,
+    /// Calls without a token (health, reflection).
+    pub open: OpenLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_header_list_bytes: 16 * 1024,
+            max_header_list_bytes: 24 * 1024,
             max_concurrent_streams: 1024,
             max_message_bytes: grpc_frames::MAX_MESSAGE_BYTES,
+            connections: ConnectionLimits {
+                max_connections: 10_000,
+                handshake_timeout: Duration::from_secs(10),
+            },
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(20),
+            // hyper's default.
+            max_reset_streams: 1024,
+            open: OpenLimits::default(),
         }
     }
 }
+
+impl Limits {
+    /// The HTTP/2 layer's hard cap on a header list: twice the gRPC-level limit, at least
+    /// 64 KiB. A request above it is refused by h2 itself (HTTP 431 and `REFUSED_STREAM`)
+    /// without decoding the rest; between the two it gets a gRPC status.
+    pub fn http2_max_header_list_bytes(&self) -> u32 {
+        self.max_header_list_bytes.saturating_mul(2).max(64 * 1024)
+    }
+}
+
+/// Client-initiated resets of streams not yet accepted, per connection (HTTP/2 "rapid reset").
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// The client's connection preface (24 bytes) and the 9-byte header of its SETTINGS frame: what
+/// must arrive within the handshake timeout.
+const PREFACE_AND_SETTINGS: usize = 24 + 9;
 
 type Endpoint = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
@@ -166,31 +215,100 @@ impl Service<Request<Body>> for Routes {
     }
 }
 
-/// Serves `routes` on `listener` until `shutdown` resolves, behind the request-id, observe and
-/// admission layers.
+/// `RESOURCE_EXHAUSTED` for a request whose metadata exceeds `max` bytes (counted by
+/// [`metadata::metadata_size`]), as a gRPC status rather than HTTP/2's 431.
+fn metadata_too_large<B>(req: &Request<B>, max: usize) -> Option<Status> {
+    let size = metadata::metadata_size(req);
+    (size > max).then(|| {
+        tracing::warn!(
+            size,
+            limit = max,
+            path = req.uri().path(),
+            "request refused: metadata too large"
+        );
+        Status::resource_exhausted(format!(
+            "request metadata of {size} bytes exceeds the limit of {max} bytes"
+        ))
+    })
+}
+
+/// Serves `routes` on the listener of `acceptor` until `shutdown` resolves, behind the
+/// open-stream bounds and the request-id, observe and admission layers; then stops accepting,
+/// asks every connection to finish (GOAWAY) and returns once they have. Dropping the returned
+/// future closes every connection.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    acceptor: Acceptor,
     observe: ObserveLayer,
     admission: AdmissionLayer,
     routes: Routes,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
     let service = tower::ServiceBuilder::new()
+        .layer(open_streams::OpenStreamsLayer::new(
+            admission.methods(),
+            limits.open,
+        ))
         .layer(RequestIdLayer)
         // Inside the request id (which it logs), outside admission (whose refusals it counts).
         .layer(observe)
         .layer(admission)
         .service(routes);
-    tonic::transport::Server::builder()
-        .http2_max_header_list_size(limits.max_header_list_bytes)
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.http2_max_header_list_bytes())
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .serve_with_incoming_shutdown(
-            service,
-            // tonic's own `tcp_nodelay` does not apply to an incoming stream: without it, a
-            // response written in two pieces waits for the peer's delayed ACK (~40 ms).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout)
+        .max_local_error_reset_streams(limits.max_reset_streams)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = listener::accept_until(acceptor, shutdown, |accepted, handshake| {
+        let (http2, service) = (http2.clone(), service.clone());
+        let watcher = graceful.watcher();
+        let streams = open_streams::ConnectionStreams::new(&limits.open);
+        async move {
+            let listener::Accepted {
+                stream,
+                peer,
+                permit: _permit,
+            } = accepted;
+            let started = tokio::time::Instant::now();
+            let Some(io) = handshake.secure(stream, peer).await else {
+                return;
+            };
+            let (io, read) = listener::Counted::new(io);
+            let max_metadata = limits.max_header_list_bytes as usize;
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(streams.clone());
+                let service = service.clone();
+                async move {
+                    // Before anything is added to the request (its id): what the client sent.
+                    match metadata_too_large(&req, max_metadata) {
+                        Some(status) => Ok(status.into_http()),
+                        None => service.oneshot(req).await,
+                    }
+                }
+            });
+            let connection = watcher.watch(http2.serve_connection(TokioIo::new(io), service));
+            // The peer's preface and SETTINGS must arrive within what is left of the timeout.
+            let deadline = started + handshake.limits().handshake_timeout;
+            match listener::expect_bytes_by(connection, &read, PREFACE_AND_SETTINGS, deadline).await
+            {
+                None => {
+                    tracing::debug!(%peer, "no HTTP/2 preface within the handshake timeout: closed")
+                }
+                Some(Err(e)) => tracing::debug!(%peer, "connection ended: {e}"),
+                Some(Ok(())) => {}
+            }
+        }
+    })
+    .await;
+    graceful.shutdown().await;
+    // Connections still in their handshake are not watched: they go with the set.
+    drop(connections);
 }

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use duo_workflow_domain::ports::{Clock, SourceState};
 
+use super::listener::Acceptor;
 use super::published_keys::{plain, serve_http1};
 use crate::authenticator::DynKeySource;
 use crate::metrics::{Metrics, CONTENT_TYPE};
@@ -91,12 +91,12 @@ impl OperatorPages {
         response
     }
 
-    /// Serves until `shutdown` resolves. Each connection is HTTP/1.1, with a header read timeout.
+    /// Serves until `shutdown` resolves: HTTP/1.1, within the acceptor's bounds.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        acceptor: Acceptor,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        serve_http1(listener, "operator", shutdown, move |req| self.respond(req)).await
+        serve_http1(acceptor, shutdown, move |req| self.respond(req)).await
     }
 }

@@ -10,16 +10,15 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
 
+use super::listener::{accept_until, expect_bytes_by, Acceptor, Counted};
 use crate::authority::LocalAuthority;
 
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
@@ -34,6 +33,8 @@ pub struct PublishedKeys {
     public_url: Option<String>,
     /// Rendered once: the keys never change while the process runs.
     jwks: Bytes,
+    /// The scheme of a `jwks_uri` derived from `Host`: `https` when this listener serves TLS.
+    scheme: &'static str,
 }
 
 impl PublishedKeys {
@@ -44,7 +45,14 @@ impl PublishedKeys {
             authority,
             public_url,
             jwks,
+            scheme: "http",
         }
+    }
+
+    /// This listener serves TLS: a `jwks_uri` derived from `Host` is `https://`.
+    pub fn over_https(mut self) -> Self {
+        self.scheme = "https";
+        self
     }
 
     /// Where the published keys are: the configured public URL, or, without one, what the
@@ -56,7 +64,7 @@ impl PublishedKeys {
             return Some((url.clone(), true));
         }
         let host = req.headers().get(header::HOST)?.to_str().ok()?;
-        well_formed_host(host).then(|| (format!("http://{host}"), false))
+        well_formed_host(host).then(|| (format!("{}://{host}", self.scheme), false))
     }
 
     pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
@@ -96,16 +104,15 @@ impl PublishedKeys {
         }
     }
 
-    /// Serves until `shutdown` resolves. Each connection is HTTP/1.1, with a header read timeout.
+    /// Serves until `shutdown` resolves. Each connection is HTTP/1.1 (over TLS when the acceptor
+    /// has it), within the acceptor's connection bound; its first byte and its request headers
+    /// must come within the handshake timeout.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        acceptor: Acceptor,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        serve_http1(listener, "published keys", shutdown, move |req| {
-            self.respond(req)
-        })
-        .await
+        serve_http1(acceptor, shutdown, move |req| self.respond(req)).await
     }
 }
 
@@ -154,44 +161,40 @@ fn well_formed_host(value: &str) -> bool {
     host_ok && port_ok
 }
 
-/// An HTTP/1.1 listener answering every request with `respond`, until `shutdown` resolves; a
-/// connection gets a header read timeout.
+/// An HTTP/1.1 listener answering every request with `respond`, until `shutdown` resolves: the
+/// published keys and the operator pages. Connections are accepted within the acceptor's bound
+/// (over TLS when it has it); the first byte must come within the handshake timeout and the
+/// request headers within it too. Open connections close when this returns (requests are short).
 pub(crate) async fn serve_http1(
-    listener: TcpListener,
-    name: &'static str,
+    acceptor: Acceptor,
     shutdown: impl std::future::Future<Output = ()>,
     respond: impl Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 ) {
     let respond = Arc::new(respond);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!("{name} listener: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
+    let _connections = accept_until(acceptor, shutdown, |accepted, handshake| {
         let respond = respond.clone();
-        tokio::spawn(async move {
+        async move {
+            let Some(io) = handshake.secure(accepted.stream, accepted.peer).await else {
+                return;
+            };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let response = respond(&req);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
+            let started = tokio::time::Instant::now();
+            let (io, read) = Counted::new(io);
+            let mut http1 = hyper::server::conn::http1::Builder::new();
+            http1
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+                .header_read_timeout(handshake.limits().handshake_timeout);
+            let connection = http1.serve_connection(TokioIo::new(io), service);
+            // A request line must have begun by then; the header read timeout does the rest.
+            let deadline = started + handshake.limits().handshake_timeout;
+            let _ = expect_bytes_by(connection, &read, 1, deadline).await;
+            drop(accepted.permit);
+        }
+    })
+    .await;
 }
 
 pub(crate) fn json_response(body: Bytes) -> Response<Full<Bytes>> {

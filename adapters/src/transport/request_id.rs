@@ -1,5 +1,5 @@
 //! The request-id layer: every request gets a correlation id (the caller's `x-request-id` when it
-//! is sane, else a new UUID), written back into the request and response metadata, and every log
+//! is sane, else its `x-gitlab-correlation-id` when that is, else a new UUID), written back into the request and response metadata, and every log
 //! line of the request carries it through a tracing span. It also notes when the request arrived.
 
 use std::task::{Context, Poll};
@@ -8,7 +8,7 @@ use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use super::metadata::REQUEST_ID;
+use super::metadata::{CORRELATION_ID, REQUEST_ID};
 
 /// The request's correlation id, in the request extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,9 +35,16 @@ pub struct RequestIdService<S> {
     inner: S,
 }
 
-/// The caller's id if it is short, printable and unambiguous (it goes into logs), else a new one.
+/// The caller's id if it is short, printable and unambiguous (it goes into logs): its
+/// `x-request-id`, else its `x-gitlab-correlation-id` (what GitLab's clients send); else a new one.
 fn request_id_of<B>(req: &Request<B>) -> String {
-    let mut values = req.headers().get_all(REQUEST_ID).iter();
+    sane_single(req, REQUEST_ID)
+        .or_else(|| sane_single(req, CORRELATION_ID))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn sane_single<B>(req: &Request<B>, name: &str) -> Option<String> {
+    let mut values = req.headers().get_all(name).iter();
     match (values.next(), values.next()) {
         (Some(v), None)
             if !v.is_empty()
@@ -46,9 +53,9 @@ fn request_id_of<B>(req: &Request<B>) -> String {
                     .iter()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b)) =>
         {
-            v.to_str().expect("checked ASCII").to_owned()
+            Some(v.to_str().expect("checked ASCII").to_owned())
         }
-        _ => uuid::Uuid::new_v4().to_string(),
+        _ => None,
     }
 }
 
@@ -84,5 +91,44 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(headers: &[(&str, &str)]) -> String {
+        let mut req = Request::new(());
+        for (name, value) in headers {
+            req.headers_mut().append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        request_id_of(&req)
+    }
+
+    #[test]
+    fn the_correlation_id_is_the_request_id_when_x_request_id_is_absent() {
+        assert_eq!(id(&[(CORRELATION_ID, "corr-1")]), "corr-1");
+        assert_eq!(
+            id(&[(REQUEST_ID, "req-1"), (CORRELATION_ID, "corr-1")]),
+            "req-1"
+        );
+        // An unusable x-request-id is as good as absent.
+        assert_eq!(
+            id(&[(REQUEST_ID, "a b"), (CORRELATION_ID, "corr-1")]),
+            "corr-1"
+        );
+        for unusable in [
+            vec![(CORRELATION_ID, "a\tb")],
+            vec![(CORRELATION_ID, "x"), (CORRELATION_ID, "y")],
+        ] {
+            let generated = id(&unusable);
+            assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+        }
+        let long = "c".repeat(MAX_REQUEST_ID_LEN + 1);
+        assert_ne!(id(&[(CORRELATION_ID, &long)]), long);
     }
 }
