@@ -766,61 +766,63 @@ impl Settings {
     }
 }
 
+/// `[limits] key`, or its default, within `min..=max`: a value that would switch a protection off
+/// (zero, or beyond any sane bound) stops start-up naming the key (checklist row 35).
+fn within<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    value: Option<T>,
+    default: T,
+    (min, max): (T, T),
+) -> Result<T, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(bad(
+            format!("limits.{key}"),
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(v)
+}
+
 /// The bounds of judging tokens: the two caches (0 entries disables one; no unbounded value is
 /// accepted) and how many keys a kid-less token may cost (checklist rows 23, 29, 35).
 fn token_judging_limits(
     limits: &LimitsSection,
 ) -> Result<(CacheLimits, usize, RefusedLimits), ConfigError> {
-    fn within<T: PartialOrd + std::fmt::Display + Copy>(
-        field: &str,
-        value: Option<T>,
-        default: T,
-        range: std::ops::RangeInclusive<T>,
-    ) -> Result<T, ConfigError> {
-        let v = value.unwrap_or(default);
-        if range.contains(&v) {
-            Ok(v)
-        } else {
-            Err(bad(
-                field,
-                format!("must be from {} to {}", range.start(), range.end()),
-            ))
-        }
-    }
     let cache = CacheLimits::default();
     let verified = CacheLimits {
         max_entries: within(
-            "limits.verified_token_cache_entries",
+            "verified_token_cache_entries",
             limits.verified_token_cache_entries,
             cache.max_entries,
-            0..=1_000_000,
+            (0, 1_000_000),
         )?,
         max_bytes: within(
-            "limits.verified_token_cache_bytes",
+            "verified_token_cache_bytes",
             limits.verified_token_cache_bytes,
             cache.max_bytes,
-            0..=1 << 30,
+            (0, 1 << 30),
         )?,
     };
     let candidates = within(
-        "limits.max_kidless_candidates",
+        "max_kidless_candidates",
         limits.max_kidless_candidates,
         DEFAULT_KIDLESS_CANDIDATES,
-        1..=MAX_KEYS_PER_SOURCE,
+        (1, MAX_KEYS_PER_SOURCE),
     )?;
     let refused_default = RefusedLimits::default();
     let refused = RefusedLimits {
         max_entries: within(
-            "limits.refused_token_cache_entries",
+            "refused_token_cache_entries",
             limits.refused_token_cache_entries,
             refused_default.max_entries,
-            0..=1_000_000,
+            (0, 1_000_000),
         )?,
         ttl: Duration::from_secs(within(
-            "limits.refused_token_cache_seconds",
+            "refused_token_cache_seconds",
             limits.refused_token_cache_seconds,
             refused_default.ttl.as_secs(),
-            1..=3600,
+            (1, 3600),
         )?),
     };
     Ok((verified, candidates, refused))
@@ -849,21 +851,6 @@ fn transport_limits(
     max_header_list_bytes: u32,
 ) -> Result<Limits, ConfigError> {
     let d = Limits::default();
-    fn within<T: PartialOrd + std::fmt::Display + Copy>(
-        key: &str,
-        value: Option<T>,
-        default: T,
-        (min, max): (T, T),
-    ) -> Result<T, ConfigError> {
-        let v = value.unwrap_or(default);
-        if v < min || v > max {
-            return Err(bad(
-                format!("limits.{key}"),
-                format!("must be between {min} and {max}"),
-            ));
-        }
-        Ok(v)
-    }
     let max_concurrent_streams = within(
         "max_concurrent_streams",
         limits.max_concurrent_streams,
