@@ -869,27 +869,14 @@ async fn the_published_discovery_document_and_jwks() {
 
 /// A minimal HTTP/1.1 GET over a TCP stream: status, body, Cache-Control.
 async fn reqwest_get(url: &str) -> (u16, Vec<u8>, Option<String>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let (status, head, body) = get_with_host(host.parse().unwrap(), path, host).await;
     let cache_control = head.lines().find_map(|l| {
-        l.to_ascii_lowercase()
-            .strip_prefix("cache-control:")
+        l.strip_prefix("cache-control:")
             .map(|v| v.trim().to_owned())
     });
-    (status, body.as_bytes().to_vec(), cache_control)
+    (status, body.into_bytes(), cache_control)
 }
 
 /// GET `path` from `addr` with exactly this `Host` (raw HTTP/1.1): status, lower-cased head, body.
