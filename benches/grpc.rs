@@ -195,7 +195,8 @@ async fn main() {
         .unwrap();
     let token = Arc::new(issuer.token(&["duo_workflow_execute_workflow"], None, true));
     let (median, best, rate) = generate_tokens(service.addr, token, budget).await;
-    let key = service.authority.signing_key();
+    let keys = service.authority.keys();
+    let key = keys.signing();
     let signing = bare_signing_rate(key, budget);
     println!(
         "GenerateToken on a warm connection: median {:.2} ms, best {:.2} ms",

@@ -5,6 +5,7 @@ mod support;
 
 use duo_workflow_adapters::authority::LocalAuthority;
 use duo_workflow_adapters::jose::token;
+use duo_workflow_adapters::reload::Reloaded;
 use duo_workflow_domain::user_token::UserTokenGrant;
 use duo_workflow_domain::Rpc;
 use duo_workflow_domain::{ServiceName, UnitPrimitive, UnixTime};
@@ -12,6 +13,7 @@ use duo_workflow_service::cli::mint;
 use duo_workflow_service::config::{
     ENV_AUTH_ENABLED, ENV_SIGNING_KEY, ENV_UPSTREAM_URL, ENV_VALIDATION_KEY,
 };
+use duo_workflow_service::reload::Trigger;
 use support::{
     assert_status, decode_segment, execute_workflow, generate_token, generate_token_for,
     instance_request, key, start_service, static_source_config, Headers, TempDir, AGENT_PLATFORM,
@@ -270,6 +272,70 @@ async fn a_key_serves_only_its_own_issuer() {
             Code::Unauthenticated,
             "Forbidden by auth provider",
         );
+    }
+}
+
+/// A static source's JWKS file replaced while serving: the new key verifies and the removed one
+/// does not, after one reload; a file that does not parse keeps the keys in use, and the source's
+/// state says why.
+#[tokio::test]
+async fn a_static_key_file_reloads_and_a_broken_one_keeps_the_previous_keys() {
+    let dir = TempDir::new();
+    let (old, new) = (key("rs256-instance"), key("es256-instance"));
+    let config = static_source_config(&dir, GITLAB, &[&old]);
+    let service = start_service(Some(&config), &[]).await.unwrap();
+    let token = |k: &support::SigningKeyPem| {
+        Headers::bearer(&mint(&k.key, &instance_request(GITLAB, &[GENERATE])))
+    };
+    let jwks_file = dir.path("instance.jwks");
+    let write_jwks = |keys: &[&support::SigningKeyPem]| {
+        let jwks = serde_json::json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() });
+        std::fs::write(&jwks_file, jwks.to_string()).unwrap();
+    };
+    let outcome_of_source = |outcome: Vec<(String, Reloaded)>| {
+        outcome
+            .into_iter()
+            .find(|(name, _)| name == "test-gitlab")
+            .unwrap()
+            .1
+    };
+    assert!(generate_token(service.addr, &token(&old)).await.is_ok());
+    assert!(generate_token(service.addr, &token(&new)).await.is_err());
+    // Nothing changed: nothing reloads (and the verified-token cache stays warm).
+    assert_eq!(
+        outcome_of_source(service.reloader.reload(Trigger::Poll).await),
+        Reloaded::Unchanged
+    );
+
+    write_jwks(&[&new]);
+    let outcome = outcome_of_source(service.reloader.reload(Trigger::Poll).await);
+    assert!(matches!(outcome, Reloaded::Changed(_)), "{outcome:?}");
+    assert!(generate_token(service.addr, &token(&new)).await.is_ok());
+    assert_status(
+        generate_token(service.addr, &token(&old)).await,
+        Code::Unauthenticated,
+        "Forbidden by auth provider",
+    );
+
+    std::fs::write(&jwks_file, "{\"keys\": [").unwrap();
+    let outcome = outcome_of_source(service.reloader.reload(Trigger::Signal).await);
+    assert!(matches!(outcome, Reloaded::Failed(_)), "{outcome:?}");
+    assert!(!service.reloader.healthy());
+    assert!(generate_token(service.addr, &token(&new)).await.is_ok());
+    let (_, _, page) =
+        support::get_with_host(service.operator_addr, "/key-sources", "localhost").await;
+    assert!(page.contains("reload failed"), "{page}");
+    // A file without a usable key is a failure too, not an empty key set.
+    std::fs::write(&jwks_file, "{\"keys\": []}").unwrap();
+    let outcome = outcome_of_source(service.reloader.reload(Trigger::Poll).await);
+    assert!(matches!(outcome, Reloaded::Failed(_)), "{outcome:?}");
+    assert!(generate_token(service.addr, &token(&new)).await.is_ok());
+
+    write_jwks(&[&old, &new]);
+    service.reloader.reload(Trigger::Poll).await;
+    assert!(service.reloader.healthy());
+    for k in [&old, &new] {
+        assert!(generate_token(service.addr, &token(k)).await.is_ok());
     }
 }
 

@@ -13,8 +13,8 @@ use duo_workflow_service::config::{
 use duo_workflow_service::server::{health_name, Running};
 use support::provider::{self, Mode, Provider};
 use support::{
-    assert_status, execute_workflow, generate_token, instance_request, key, start_service,
-    start_service_unsetting, Headers, TempDir, EXECUTE, SERVICE,
+    assert_status, execute_workflow, generate_token, get_with_host, instance_request, key,
+    start_service, start_service_unsetting, Headers, TempDir, EXECUTE, SERVICE,
 };
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -877,28 +877,6 @@ async fn reqwest_get(url: &str) -> (u16, Vec<u8>, Option<String>) {
             .map(|v| v.trim().to_owned())
     });
     (status, body.into_bytes(), cache_control)
-}
-
-/// GET `path` from `addr` with exactly this `Host` (raw HTTP/1.1): status, lower-cased head, body.
-async fn get_with_host(
-    addr: std::net::SocketAddr,
-    path: &str,
-    host: &str,
-) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
 /// Checklist row 32: a `Host` header chooses the published `jwks_uri` only in a document no shared

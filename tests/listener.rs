@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use duo_workflow_adapters::reload::Reloaded;
 use duo_workflow_adapters::transport::metadata::metadata_size;
 use duo_workflow_contract::duo_workflow_client::DuoWorkflowClient;
 use duo_workflow_contract::GenerateTokenRequest;
@@ -18,6 +19,7 @@ use duo_workflow_service::config::{
     ENV_AUTH_ENABLED, ENV_HTTP_TLS_ENABLED, ENV_TLS_CERT_FILE, ENV_TLS_CLIENT_CA_FILE,
     ENV_TLS_ENABLED, ENV_TLS_KEY_FILE, ENV_UPSTREAM_URL,
 };
+use duo_workflow_service::reload::Trigger;
 use hyper::body::Frame;
 use support::raw::{self, framed, frames_body};
 use support::*;
@@ -573,13 +575,23 @@ async fn certificates_reload_for_new_connections_while_open_ones_go_on() {
 
     // Files that do not load leave the running certificate alone.
     std::fs::write(&key_file, "not a key").unwrap();
-    let tls = service.tls.clone().expect("TLS is on");
-    assert!(tls.reload().is_err());
+    let tls_outcome = |outcome: Vec<(String, Reloaded)>| {
+        outcome
+            .into_iter()
+            .find(|(name, _)| name == "tls")
+            .expect("the TLS files are reloadable")
+            .1
+    };
+    let outcome = tls_outcome(service.reloader.reload(Trigger::Signal).await);
+    assert!(matches!(outcome, Reloaded::Failed(_)), "{outcome:?}");
+    assert!(!service.reloader.healthy());
     assert!(tls_channel(service.addr, &ca1, None).await.is_ok());
 
     std::fs::write(&cert_file, &cert2).unwrap();
     std::fs::write(&key_file, &key2).unwrap();
-    duo_workflow_service::server::reload_tls(&tls);
+    let outcome = tls_outcome(service.reloader.reload(Trigger::Signal).await);
+    assert!(matches!(outcome, Reloaded::Changed(_)), "{outcome:?}");
+    assert!(service.reloader.healthy());
     let new = tls_channel(service.addr, &ca2, None).await.unwrap();
     generate_over(new, &headers).await.unwrap();
     assert!(

@@ -1,27 +1,91 @@
 //! The local-key authority: signs user tokens with its signing key (SPEC "The user token minted by
 //! `GenerateToken`"), and provides the key source for its own issuer, the service name: a static
 //! source of the public halves of the signing key and of the optional validation key (the
-//! previous signing key, kept during rotation).
+//! previous signing key, kept during rotation). When the keys come from files, [`AuthorityFiles`]
+//! reads them again on reload and swaps the pair at once.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use duo_workflow_domain::ports::{IssueError, TokenIssuer};
+use bytes::Bytes;
+use duo_workflow_domain::keys::{Algorithm, IssuerKey};
+use duo_workflow_domain::ports::{Clock, IssueError, TokenIssuer};
 use duo_workflow_domain::user_token::{UserToken, UserTokenGrant};
 use duo_workflow_domain::{Issuer, ServiceName, UnixTime};
 use serde_json::{json, Map, Value};
 
+use crate::jose::keys::PublicKey;
 use crate::jose::signing::SigningKey;
 use crate::jose::token;
+use crate::reload::{FileContents, Reloadable, Reloaded, WatchedFiles};
 use crate::sources::StaticKeySource;
 
 /// The name of the authority's key source in logs and readiness.
 pub const KEY_SOURCE_NAME: &str = "local-authority";
 
+/// The authority's keys, replaced together: a token is signed with the signing key of one pair,
+/// and the published JWKS is always the one of the pair in use.
+pub struct AuthorityKeys {
+    signing: Arc<SigningKey>,
+    validation: Option<Arc<SigningKey>>,
+    /// The public halves as a JWKS document, rendered once per pair.
+    jwks: Bytes,
+}
+
+impl AuthorityKeys {
+    /// A validation key equal to the signing key is dropped (one key, listed once).
+    pub fn new(signing: Arc<SigningKey>, validation: Option<Arc<SigningKey>>) -> Self {
+        let validation = validation.filter(|v| v.kid() != signing.kid());
+        let keys: Vec<Value> = std::iter::once(&signing)
+            .chain(validation.iter())
+            .map(|k| k.public_key().to_jwk(k.kid()))
+            .collect();
+        let jwks = Bytes::from(serde_json::to_vec(&json!({ "keys": keys })).expect("JSON"));
+        Self {
+            signing,
+            validation,
+            jwks,
+        }
+    }
+
+    pub fn signing(&self) -> &SigningKey {
+        &self.signing
+    }
+
+    pub fn validation(&self) -> Option<&SigningKey> {
+        self.validation.as_deref()
+    }
+
+    /// The public keys as a JWKS document, for publishing.
+    pub fn jwks(&self) -> Bytes {
+        self.jwks.clone()
+    }
+
+    /// The algorithms of the keys, the signing key's first.
+    pub fn algorithms(&self) -> Vec<Algorithm> {
+        let mut algs = vec![self.signing.algorithm()];
+        if let Some(v) = &self.validation {
+            if !algs.contains(&v.algorithm()) {
+                algs.push(v.algorithm());
+            }
+        }
+        algs
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "signing kid {} ({}), validation kid {}",
+            self.signing.kid(),
+            self.signing.algorithm(),
+            self.validation.as_ref().map_or("none", |v| v.kid())
+        )
+    }
+}
+
 pub struct LocalAuthority {
     issuer: Issuer,
-    signing: SigningKey,
-    validation: Option<SigningKey>,
+    keys: RwLock<Arc<AuthorityKeys>>,
     key_source: Arc<StaticKeySource>,
 }
 
@@ -32,30 +96,20 @@ impl LocalAuthority {
         validation: Option<SigningKey>,
         loaded_at: UnixTime,
     ) -> Self {
-        let mut keys = vec![signing
-            .public_key()
-            .clone()
-            .into_issuer_key(Some(signing.kid().to_owned()))];
-        if let Some(v) = validation.as_ref().filter(|v| v.kid() != signing.kid()) {
-            keys.push(
-                v.public_key()
-                    .clone()
-                    .into_issuer_key(Some(v.kid().to_owned())),
-            );
-        }
-        // Allowed algorithms: those of the two keys.
+        let keys = AuthorityKeys::new(Arc::new(signing), validation.map(Arc::new));
+        // Every algorithm: a reload may bring a key of another one, and each key verifies
+        // only its own.
         let key_source = StaticKeySource::new(
             KEY_SOURCE_NAME,
             service.as_issuer(),
             vec![],
-            keys,
+            public_keys(&keys),
             loaded_at,
         )
         .expect("the signing key is a usable key");
         Self {
             issuer: service.as_issuer(),
-            signing,
-            validation,
+            keys: RwLock::new(Arc::new(keys)),
             key_source: Arc::new(key_source),
         }
     }
@@ -70,21 +124,19 @@ impl LocalAuthority {
         self.issuer.as_str()
     }
 
-    pub fn signing_key(&self) -> &SigningKey {
-        &self.signing
+    /// The keys in use now.
+    pub fn keys(&self) -> Arc<AuthorityKeys> {
+        self.keys.read().expect("not poisoned").clone()
     }
 
-    pub fn validation_key(&self) -> Option<&SigningKey> {
-        self.validation.as_ref()
-    }
-
-    /// The public keys as a JWKS document, for publishing.
-    pub fn jwks(&self) -> Value {
-        let keys: Vec<Value> = std::iter::once(&self.signing)
-            .chain(self.validation.iter())
-            .map(|k| k.public_key().to_jwk(k.kid()))
-            .collect();
-        json!({ "keys": keys })
+    /// Swaps in a new pair: tokens are signed with the new signing key from now on, and tokens
+    /// of either new key verify. Calls under way finish with the pair they started with.
+    pub fn replace(&self, keys: AuthorityKeys, at: UnixTime) {
+        let mut current = self.keys.write().expect("not poisoned");
+        self.key_source
+            .replace(public_keys(&keys), at)
+            .expect("a signing key is a usable key");
+        *current = Arc::new(keys);
     }
 
     /// The claims of a user token (SPEC): `iss` = `aud` = service name, `iat` = `nbf` = now.
@@ -130,8 +182,124 @@ impl TokenIssuer for LocalAuthority {
         let jti = uuid::Uuid::new_v4().to_string();
         let claims = Self::user_token_claims(grant, &jti);
         Ok(UserToken {
-            token: token::sign(&self.signing, &claims, true),
+            token: token::sign(self.keys().signing(), &claims, true),
             expires_at: grant.expires_at,
         })
+    }
+}
+
+/// The public halves of the pair, for the authority's key source.
+fn public_keys(keys: &AuthorityKeys) -> Vec<IssuerKey<PublicKey>> {
+    std::iter::once(keys.signing())
+        .chain(keys.validation())
+        .map(|k| {
+            k.public_key()
+                .clone()
+                .into_issuer_key(Some(k.kid().to_owned()))
+        })
+        .collect()
+}
+
+/// The authority's key files, read again on reload. A key given any other way (a variable,
+/// inline in the configuration, generated) stays as it is.
+///
+/// The signing key file must always hold a key. A validation key file that does not exist means
+/// "no validation key" (the last step of a rotation removes it, e.g. from a Kubernetes Secret);
+/// one that exists must hold a key.
+pub struct AuthorityFiles {
+    authority: Arc<LocalAuthority>,
+    signing: Option<PathBuf>,
+    validation: Option<PathBuf>,
+    files: WatchedFiles,
+    clock: Arc<dyn Clock>,
+}
+
+impl AuthorityFiles {
+    /// `signing` and `validation`: each key's file, with what it held when the authority was
+    /// built (`None` for a validation key file that did not exist). `None` when neither key
+    /// comes from a file.
+    pub fn new(
+        authority: Arc<LocalAuthority>,
+        signing: Option<(PathBuf, &str)>,
+        validation: Option<(PathBuf, Option<&str>)>,
+        clock: Arc<dyn Clock>,
+    ) -> Option<Self> {
+        if signing.is_none() && validation.is_none() {
+            return None;
+        }
+        let mut seen = Vec::new();
+        if let Some((_, pem)) = &signing {
+            seen.push(FileContents::Read(pem.as_bytes().to_vec()));
+        }
+        if let Some((_, pem)) = &validation {
+            seen.push(pem.map_or(FileContents::Missing, |p| {
+                FileContents::Read(p.as_bytes().to_vec())
+            }));
+        }
+        let signing = signing.map(|(path, _)| path);
+        let validation = validation.map(|(path, _)| path);
+        let files = WatchedFiles::new(signing.iter().chain(validation.iter()).cloned().collect());
+        files.seen(&seen);
+        Some(Self {
+            authority,
+            signing,
+            validation,
+            files,
+            clock,
+        })
+    }
+
+    /// The pair the files hold now, the keys not from files as they are.
+    fn load(&self, contents: &[FileContents]) -> Result<AuthorityKeys, String> {
+        let current = self.authority.keys();
+        let mut contents = contents.iter();
+        let signing = match &self.signing {
+            Some(path) => {
+                let pem = contents.next().expect("one read per file").bytes(path)?;
+                Arc::new(private_key(path, pem)?)
+            }
+            None => current.signing.clone(),
+        };
+        let validation = match &self.validation {
+            Some(path) => match contents.next().expect("one read per file") {
+                FileContents::Missing => None,
+                read => Some(Arc::new(private_key(path, read.bytes(path)?)?)),
+            },
+            None => current.validation.clone(),
+        };
+        Ok(AuthorityKeys::new(signing, validation))
+    }
+}
+
+/// A private key from a file's bytes; a file of only whitespace is refused, not read as "none".
+fn private_key(path: &std::path::Path, pem: &[u8]) -> Result<SigningKey, String> {
+    let text = std::str::from_utf8(pem)
+        .map_err(|_| format!("{} is not UTF-8 PEM text", path.display()))?;
+    if text.trim().is_empty() {
+        return Err(format!("{} holds no key", path.display()));
+    }
+    SigningKey::from_pem(text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl Reloadable for AuthorityFiles {
+    fn name(&self) -> &str {
+        KEY_SOURCE_NAME
+    }
+
+    fn reload(&self) -> Reloaded {
+        let Some(contents) = self.files.read_if_changed() else {
+            return Reloaded::Unchanged;
+        };
+        match self.load(&contents) {
+            Ok(keys) => {
+                let described = keys.describe();
+                self.authority.replace(keys, self.clock.now());
+                Reloaded::Changed(described)
+            }
+            Err(why) => {
+                self.authority.key_source.keep_after_failure(why.clone());
+                Reloaded::Failed(why)
+            }
+        }
     }
 }

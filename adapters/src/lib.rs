@@ -13,6 +13,7 @@ pub mod authority;
 pub mod clock;
 pub mod jose;
 pub mod metrics;
+pub mod reload;
 pub mod sources;
 pub mod transport;
 pub mod verified_cache;

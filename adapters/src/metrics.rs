@@ -496,11 +496,49 @@ impl Drop for OpenStream {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    /// `tls`, `local-authority`, or a static key source's configured name.
+    files: LabelText,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FilesLabel {
+    files: LabelText,
+}
+
+/// What reloading files records. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct ReloadMetrics {
+    reloads: Family<ReloadLabels, Counter>,
+    failing: Family<FilesLabel, Gauge>,
+}
+
+impl ReloadMetrics {
+    /// A reload of `files` that swapped new contents in (`failed`: that found new contents
+    /// which did not load). While the last one failed, `reload_failing` is 1.
+    pub fn reloaded(&self, files: &str, failed: bool) {
+        let files = LabelText::Shared(files.into());
+        let result = if failed { "failed" } else { "changed" };
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                files: files.clone(),
+                result,
+            })
+            .inc();
+        self.failing
+            .get_or_create(&FilesLabel { files })
+            .set(i64::from(failed));
+    }
+}
+
 /// The service's metrics: the registry `/metrics` renders, and the handles that record.
 pub struct Metrics {
     registry: RwLock<Registry>,
     calls: CallMetrics,
     relay: RelayMetrics,
+    reloads: ReloadMetrics,
 }
 
 impl Default for Metrics {
@@ -513,6 +551,7 @@ impl Metrics {
     pub fn new() -> Self {
         let calls = CallMetrics::default();
         let relay = RelayMetrics::default();
+        let reloads = ReloadMetrics::default();
         let mut registry = Registry::default();
         registry.register(
             "grpc_server_handled",
@@ -545,6 +584,16 @@ impl Metrics {
             relay.open.clone(),
         );
         registry.register(
+            format!("{PREFIX}reloads"),
+            "Reloads of files (TLS, the local authority's keys, static key sources) that found new contents, by result (changed: in use; failed: the previous contents stay).",
+            reloads.reloads.clone(),
+        );
+        registry.register(
+            format!("{PREFIX}reload_failing"),
+            "1 while the last contents read from these files did not load (the previous ones are in use).",
+            reloads.failing.clone(),
+        );
+        registry.register(
             format!("{PREFIX}build"),
             "The running build.",
             Info::new([("version", env!("CARGO_PKG_VERSION"))]),
@@ -553,6 +602,7 @@ impl Metrics {
             registry: RwLock::new(registry),
             calls,
             relay,
+            reloads,
         }
     }
 
@@ -562,6 +612,10 @@ impl Metrics {
 
     pub fn relay(&self) -> RelayMetrics {
         self.relay.clone()
+    }
+
+    pub fn reloads(&self) -> ReloadMetrics {
+        self.reloads.clone()
     }
 
     /// Adds metrics read when scraped.

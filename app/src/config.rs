@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use duo_workflow_adapters::jose::keys::KeyPolicy;
 use duo_workflow_adapters::sources::fetch::{check_scheme, FetchPolicy, Shown};
-use duo_workflow_adapters::sources::{IssuerSetting, Locator, RefreshPolicy, RemoteSourceConfig};
+use duo_workflow_adapters::sources::{
+    IssuerSetting, KeyFile, KeyFormat, Locator, RefreshPolicy, RemoteSourceConfig,
+};
 use duo_workflow_adapters::transport::tls::TlsFile;
 use duo_workflow_adapters::transport::{
     ConnectionLimits, Limits, OpenLimits, ReloadableTls, TlsFiles,
@@ -72,6 +74,8 @@ pub const ENV_TLS_KEY_FILE: &str = "DUO_WORKFLOW_TLS__KEY_FILE";
 pub const ENV_TLS_CLIENT_CA_FILE: &str = "DUO_WORKFLOW_TLS__CLIENT_CA_FILE";
 /// The published-keys listener serves TLS too, with the same certificate; ours.
 pub const ENV_HTTP_TLS_ENABLED: &str = "DUO_WORKFLOW_HTTP__TLS_ENABLED";
+/// How often key and certificate files are checked for new contents; 0: only on SIGHUP. Ours.
+pub const ENV_RELOAD_POLL_SECONDS: &str = "DUO_WORKFLOW_RELOAD__POLL_SECONDS";
 
 /// The names of the two built-in OIDC sources, in logs and readiness.
 pub const SOURCE_GITLAB: &str = "gitlab";
@@ -83,6 +87,9 @@ pub const DEFAULT_HTTP_PORT: u16 = 50053;
 pub const DEFAULT_METRICS_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 pub const DEFAULT_METRICS_PORT: u16 = 50054;
 pub const DEFAULT_ENVIRONMENT: &str = "development";
+/// A Kubernetes Secret update reaches a pod's files within about a minute; ten seconds more
+/// is little next to that, and reading a few small files that often costs nothing.
+pub const DEFAULT_RELOAD_POLL_SECONDS: u64 = 10;
 pub const DEFAULT_GITLAB_URL: &str = "https://gitlab.com";
 pub const DEFAULT_CUSTOMER_PORTAL_URL: &str = "https://customers.gitlab.com";
 
@@ -116,7 +123,17 @@ pub struct FileConfig {
     #[serde(default)]
     pub tls: TlsSection,
     #[serde(default)]
+    pub reload: ReloadSection,
+    #[serde(default)]
     pub key_sources: Vec<KeySourceConfig>,
+}
+
+/// Reading key and certificate files again while serving (always on SIGHUP).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadSection {
+    /// How often the files are checked for new contents; 0: only on SIGHUP. Default 10.
+    pub poll_seconds: Option<u64>,
 }
 
 /// The operator listener: `/metrics` and `/key-sources`.
@@ -317,6 +334,9 @@ pub struct SecretPem {
     /// The field it came from (a variable or a file key), for errors about it.
     pub field: String,
     pub pem: String,
+    /// The file it was read from, read again on reload; `None` for a variable or inline text,
+    /// which cannot change while the process runs.
+    pub file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SecretPem {
@@ -338,15 +358,11 @@ pub struct Upstream {
 pub struct StaticSource {
     pub name: String,
     pub issuer: String,
-    pub keys: StaticKeys,
+    /// Where the keys are, read again on reload.
+    pub file: KeyFile,
+    /// What the file held when the configuration was read.
+    pub contents: Vec<u8>,
     pub algorithms: Vec<Algorithm>,
-    pub key_policy: KeyPolicy,
-}
-
-#[derive(Debug, Clone)]
-pub enum StaticKeys {
-    Jwks(Vec<u8>),
-    Pem(String),
 }
 
 /// The most verbose level logged (`RUST_LOG`, when set, overrides it with a full filter).
@@ -417,6 +433,11 @@ pub struct Settings {
     pub claim_checks: ClaimChecks,
     pub signing_key: Option<SecretPem>,
     pub validation_key: Option<SecretPem>,
+    /// A validation key file that is named but does not exist: no validation key until one
+    /// appears there (the last step of a rotation removes it).
+    pub absent_validation_key_file: Option<PathBuf>,
+    /// How often files are checked for new contents (`None`: only on SIGHUP).
+    pub reload_poll: Option<Duration>,
     pub upstream: Option<Upstream>,
     /// `None`: learned from the executor.
     pub server_capabilities: Option<Vec<String>>,
@@ -588,7 +609,7 @@ impl Settings {
             claim_checks.max_lifetime = duo_workflow_domain::Seconds::new(l);
         }
 
-        let signing_key = secret(
+        let signing_key = match secret(
             (ENV_SIGNING_KEY, get(ENV_SIGNING_KEY)),
             (
                 "self_signed_jwt.signing_key",
@@ -598,7 +619,11 @@ impl Settings {
                 "self_signed_jwt.signing_key_file",
                 file.self_signed_jwt.signing_key_file,
             ),
-        )?;
+            AbsentFile::Refused,
+        )? {
+            Secret::Key(key) => Some(key),
+            Secret::None | Secret::AbsentFile(_) => None,
+        };
         let validation_key = secret(
             (ENV_VALIDATION_KEY, get(ENV_VALIDATION_KEY)),
             (
@@ -609,7 +634,33 @@ impl Settings {
                 "self_signed_jwt.validation_key_file",
                 file.self_signed_jwt.validation_key_file,
             ),
+            AbsentFile::NoKey,
         )?;
+        let (validation_key, absent_validation_key_file) = match validation_key {
+            Secret::Key(key) => (Some(key), None),
+            Secret::None => (None, None),
+            Secret::AbsentFile(path) => (None, Some(path)),
+        };
+        let reload_poll = match get(ENV_RELOAD_POLL_SECONDS) {
+            Some(v) => Some((
+                ENV_RELOAD_POLL_SECONDS,
+                v.trim().parse::<u64>().map_err(|_| {
+                    bad(
+                        ENV_RELOAD_POLL_SECONDS,
+                        format!("{v:?} is not a whole number of seconds"),
+                    )
+                })?,
+            )),
+            None => file.reload.poll_seconds.map(|s| ("reload.poll_seconds", s)),
+        };
+        let reload_poll = match reload_poll {
+            Some((field, s)) if s > 3600 => {
+                return Err(bad(field, "must be at most 3600 (0: only on SIGHUP)"))
+            }
+            Some((_, 0)) => None,
+            Some((_, s)) => Some(Duration::from_secs(s)),
+            None => Some(Duration::from_secs(DEFAULT_RELOAD_POLL_SECONDS)),
+        };
 
         let upstream = upstream(&file.upstream, env)?;
         let server_capabilities = match get(ENV_UPSTREAM_SERVER_CAPABILITIES) {
@@ -749,6 +800,8 @@ impl Settings {
             claim_checks,
             signing_key,
             validation_key,
+            absent_validation_key_file,
+            reload_poll,
             upstream,
             server_capabilities,
             methods,
@@ -1290,6 +1343,21 @@ fn remote_source(
     })
 }
 
+/// Where a private key may be missing: a validation key file that does not exist is "no
+/// validation key" (the last step of a rotation removes it), a signing key file never is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AbsentFile {
+    Refused,
+    NoKey,
+}
+
+/// What [`secret`] found: a key, or nothing, or a file named that does not exist (yet).
+enum Secret {
+    Key(SecretPem),
+    None,
+    AbsentFile(PathBuf),
+}
+
 /// A private key from the variable (`env`: its name and value), the inline file key or the file
 /// the file key names. An empty variable counts as unset; a value of only whitespace is refused
 /// rather than read as "no key" (which would silently mean an ephemeral one; checklist row 35).
@@ -1297,34 +1365,52 @@ fn secret(
     (env_field, env_value): (&str, Option<&str>),
     (inline_field, inline): (&str, Option<String>),
     (file_field, file): (&str, Option<PathBuf>),
-) -> Result<Option<SecretPem>, ConfigError> {
-    let checked = |field: &str, pem: String| {
+    absent: AbsentFile,
+) -> Result<Secret, ConfigError> {
+    let checked = |field: &str, pem: String, file: Option<PathBuf>| {
         if !pem.is_empty() && pem.trim().is_empty() {
             return Err(bad(field, "holds only whitespace, no key"));
         }
-        Ok((!pem.is_empty()).then(|| SecretPem {
-            field: field.to_owned(),
-            pem,
-        }))
+        Ok(if pem.is_empty() {
+            Secret::None
+        } else {
+            Secret::Key(SecretPem {
+                field: field.to_owned(),
+                pem,
+                file,
+            })
+        })
     };
     if let Some(v) = env_value {
-        return checked(env_field, v.to_owned());
+        return checked(env_field, v.to_owned(), None);
     }
     match (inline, file) {
         (Some(_), Some(_)) => Err(bad(
             inline_field,
             format!("give either {inline_field} or {file_field}, not both"),
         )),
-        (Some(v), None) => checked(inline_field, v),
+        (Some(v), None) => checked(inline_field, v, None),
         (None, Some(path)) => {
-            let pem = std::fs::read_to_string(&path)
-                .map_err(|e| bad(file_field, format!("cannot read {}: {e}", path.display())))?;
+            let pem = match std::fs::read_to_string(&path) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound && absent == AbsentFile::NoKey =>
+                {
+                    return Ok(Secret::AbsentFile(path))
+                }
+                Err(e) => {
+                    return Err(bad(
+                        file_field,
+                        format!("cannot read {}: {e}", path.display()),
+                    ))
+                }
+                Ok(pem) => pem,
+            };
             if pem.trim().is_empty() {
                 return Err(bad(file_field, format!("{} holds no key", path.display())));
             }
-            checked(file_field, pem)
+            checked(file_field, pem, Some(path))
         }
-        (None, None) => Ok(None),
+        (None, None) => Ok(Secret::None),
     }
 }
 
@@ -1346,15 +1432,9 @@ fn static_source(i: usize, s: StaticSourceConfig) -> Result<StaticSource, Config
     if s.issuer.is_empty() {
         return Err(bad(field("issuer"), "must not be empty"));
     }
-    let read = |k: &str, p: &Path| {
-        std::fs::read(p).map_err(|e| bad(field(k), format!("cannot read {}: {e}", p.display())))
-    };
-    let keys = match (&s.jwks_file, &s.pem_file) {
-        (Some(p), None) => StaticKeys::Jwks(read("jwks_file", p)?),
-        (None, Some(p)) => StaticKeys::Pem(
-            String::from_utf8(read("pem_file", p)?)
-                .map_err(|_| bad(field("pem_file"), "is not UTF-8 text"))?,
-        ),
+    let (key, path, format) = match (s.jwks_file, s.pem_file) {
+        (Some(p), None) => ("jwks_file", p, KeyFormat::Jwks),
+        (None, Some(p)) => ("pem_file", p, KeyFormat::Pem),
         _ => {
             return Err(bad(
                 field("jwks_file"),
@@ -1362,15 +1442,24 @@ fn static_source(i: usize, s: StaticSourceConfig) -> Result<StaticSource, Config
             ))
         }
     };
+    let contents = std::fs::read(&path)
+        .map_err(|e| bad(field(key), format!("cannot read {}: {e}", path.display())))?;
+    if format == KeyFormat::Pem && std::str::from_utf8(&contents).is_err() {
+        return Err(bad(field(key), "is not UTF-8 text"));
+    }
     let algorithms = parse_algorithms(&field("algorithms"), &s.algorithms)?;
     Ok(StaticSource {
         name: s.name,
         issuer: s.issuer,
-        keys,
-        algorithms,
-        key_policy: KeyPolicy {
-            any_rsa_exponent: s.allow_any_rsa_exponent,
+        file: KeyFile {
+            path,
+            format,
+            policy: KeyPolicy {
+                any_rsa_exponent: s.allow_any_rsa_exponent,
+            },
         },
+        contents,
+        algorithms,
     })
 }
 
@@ -1956,6 +2045,80 @@ mod tests {
             s.signing_key.unwrap().field,
             "self_signed_jwt.signing_key_file"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn key_files_are_remembered_for_reload_and_an_absent_validation_key_file_means_no_key_yet() {
+        let dir = std::env::temp_dir().join(format!("dws-config-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let signing = dir.join("signing.pem");
+        let validation = dir.join("validation.pem");
+        std::fs::write(
+            &signing,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let files = format!(
+            "[self_signed_jwt]\nsigning_key_file = \"{}\"\nvalidation_key_file = \"{}\"\n",
+            signing.display(),
+            validation.display()
+        );
+        std::fs::write(&path, &files).unwrap();
+        let s = Settings::load(Some(&path), &env(&[])).unwrap();
+        assert_eq!(
+            s.signing_key.unwrap().file.as_deref(),
+            Some(signing.as_path())
+        );
+        assert!(s.validation_key.is_none());
+        assert_eq!(
+            s.absent_validation_key_file.as_deref(),
+            Some(validation.as_path())
+        );
+        assert_eq!(
+            s.reload_poll,
+            Some(Duration::from_secs(DEFAULT_RELOAD_POLL_SECONDS))
+        );
+        // A validation key file that exists must hold a key.
+        std::fs::write(&validation, "\n \n").unwrap();
+        let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "self_signed_jwt.validation_key_file");
+        // A signing key file must exist.
+        std::fs::remove_file(&signing).unwrap();
+        std::fs::remove_file(&validation).unwrap();
+        let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
+        assert_eq!(e.field, "self_signed_jwt.signing_key_file");
+        // A key from a variable has no file: it cannot change while the process runs.
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let s = Settings::from_env(&env(&[(ENV_SIGNING_KEY, key)])).unwrap();
+        assert!(s.signing_key.unwrap().file.is_none());
+
+        for (text, env_value, want) in [
+            ("[reload]\npoll_seconds = 0\n", None, Ok(None)),
+            ("[reload]\npoll_seconds = 60\n", None, Ok(Some(60))),
+            ("[reload]\npoll_seconds = 60\n", Some("5"), Ok(Some(5))),
+            (
+                "[reload]\npoll_seconds = 3601\n",
+                None,
+                Err("reload.poll_seconds"),
+            ),
+            ("", Some("ten"), Err(ENV_RELOAD_POLL_SECONDS)),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let vars: Vec<(&str, &str)> = env_value
+                .map(|v| vec![(ENV_RELOAD_POLL_SECONDS, v)])
+                .unwrap_or_default();
+            let got = Settings::load(Some(&path), &env(&vars));
+            match want {
+                Ok(secs) => assert_eq!(
+                    got.unwrap().reload_poll,
+                    secs.map(Duration::from_secs),
+                    "{text} {env_value:?}"
+                ),
+                Err(field) => assert_eq!(got.unwrap_err().field, field, "{text} {env_value:?}"),
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,9 +1,11 @@
-//! The application: configuration ([`config`]), logging ([`logging`]), wiring and serving
-//! ([`server`]), and the command-line tools ([`cli`]). `main.rs` only parses arguments and dispatches.
+//! The application: configuration ([`config`]), logging ([`logging`]), reading files again
+//! ([`reload`]), wiring and serving ([`server`]), and the command-line tools ([`cli`]).
+//! `main.rs` only parses arguments and dispatches.
 
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod reload;
 pub mod server;
 
 /// Text logs on stderr, filtered by `RUST_LOG` (default `info`), for the command-line tools and

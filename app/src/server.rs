@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duo_workflow_adapters::authenticator::{DynKeySource, JwtAuthenticator};
-use duo_workflow_adapters::authority::LocalAuthority;
+use duo_workflow_adapters::authority::{AuthorityFiles, LocalAuthority};
 use duo_workflow_adapters::clock::SystemClock;
 use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
 use duo_workflow_adapters::metrics::{CacheCollector, KeySourceCollector, Metrics};
+use duo_workflow_adapters::reload::Reloadable;
 use duo_workflow_adapters::sources::{RemoteKeySource, StaticKeySource};
 use duo_workflow_adapters::transport::capabilities::LearningPolicy;
 use duo_workflow_adapters::transport::operator::OperatorPages;
@@ -28,7 +29,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::config::{Settings, StaticKeys, Upstream, ENV_SIGNING_KEY};
+use crate::config::{Settings, Upstream, ENV_SIGNING_KEY};
+use crate::reload::Reloader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -70,8 +72,11 @@ pub struct Service {
     pub observe: ObserveLayer,
     pub limits: Limits,
     pub grace: Duration,
-    /// gRPC over TLS, reloaded on SIGHUP.
+    /// gRPC over TLS.
     pub tls: Option<Arc<ReloadableTls>>,
+    /// Reads the TLS and key files again, on SIGHUP and every `reload_poll`.
+    pub reloader: Arc<Reloader>,
+    pub reload_poll: Option<Duration>,
     /// The published keys over TLS too.
     pub http_tls: bool,
 }
@@ -94,6 +99,12 @@ fn authority(settings: &Settings, clock: &dyn Clock) -> Result<LocalAuthority, S
         Some(key) => Some(SigningKey::from_pem(&key.pem).map_err(|e| config_error(&key.field, e))?),
         None => None,
     };
+    if let Some(path) = &settings.absent_validation_key_file {
+        tracing::warn!(
+            path = %path.display(),
+            "the validation key file does not exist: no validation key until one appears there"
+        );
+    }
     tracing::info!(
         issuer = %settings.service_name,
         signing_kid = signing.kid(),
@@ -109,35 +120,55 @@ fn authority(settings: &Settings, clock: &dyn Clock) -> Result<LocalAuthority, S
     ))
 }
 
+/// The authority's key files, to read again on reload; `None` when no key came from a file.
+fn authority_files(
+    settings: &Settings,
+    authority: Arc<LocalAuthority>,
+    clock: Arc<dyn Clock>,
+) -> Option<AuthorityFiles> {
+    let signing = settings
+        .signing_key
+        .as_ref()
+        .and_then(|k| Some((k.file.clone()?, k.pem.as_str())));
+    let validation = match (
+        &settings.validation_key,
+        &settings.absent_validation_key_file,
+    ) {
+        (Some(k), _) => k.file.clone().map(|f| (f, Some(k.pem.as_str()))),
+        (None, Some(path)) => Some((path.clone(), None)),
+        (None, None) => None,
+    };
+    AuthorityFiles::new(authority, signing, validation, clock)
+}
+
 /// Builds every component from validated settings.
 pub fn build(settings: &Settings) -> Result<Service, StartError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let authority = Arc::new(authority(settings, clock.as_ref())?);
 
+    let mut reloadable: Vec<Arc<dyn Reloadable>> = Vec::new();
+    if let Some(tls) = &settings.tls {
+        reloadable.push(tls.clone());
+    }
+    if let Some(files) = authority_files(settings, authority.clone(), clock.clone()) {
+        reloadable.push(Arc::new(files));
+    }
     let mut sources: Vec<DynKeySource> = vec![authority.key_source()];
     for s in &settings.static_sources {
-        let issuer = Issuer::new(s.issuer.clone());
-        let source = match &s.keys {
-            StaticKeys::Jwks(bytes) => StaticKeySource::from_jwks(
+        let source = Arc::new(
+            StaticKeySource::from_file(
                 &s.name,
-                issuer,
+                Issuer::new(s.issuer.clone()),
                 s.algorithms.clone(),
-                bytes,
-                s.key_policy,
-                clock.now(),
-            ),
-            StaticKeys::Pem(text) => StaticKeySource::from_pem(
-                &s.name,
-                issuer,
-                s.algorithms.clone(),
-                text,
-                s.key_policy,
-                clock.now(),
-            ),
-        }
-        .map_err(|e| config_error(&format!("key source {:?}", s.name), e))?;
+                s.file.clone(),
+                &s.contents,
+                clock.clone(),
+            )
+            .map_err(|e| config_error(&format!("key source {:?}", s.name), e))?,
+        );
         tracing::info!(source = %s.name, issuer = %s.issuer, kids = ?source.current_kids(), "static key source loaded");
-        sources.push(Arc::new(source));
+        reloadable.push(source.clone());
+        sources.push(source);
     }
     // Who serves which issuer: the configured issuers are taken; the built-in sources claim the
     // issuer their discovery document names, if it is free.
@@ -182,6 +213,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         remote.clone(),
         clock.clone(),
     ));
+    let reloader = Arc::new(Reloader::new(reloadable, metrics.reloads()));
     metrics.counter_fn(
         "duo_workflow_auth_log_lines_dropped",
         "Log lines dropped because stderr did not keep up (calls never wait for it).",
@@ -268,6 +300,8 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         limits,
         grace: settings.shutdown_grace,
         tls: settings.tls.clone(),
+        reloader,
+        reload_poll: settings.reload_poll,
         http_tls: settings.http_tls,
     })
 }
@@ -335,47 +369,22 @@ impl Listeners {
     }
 }
 
-/// Reads the TLS files again on every SIGHUP: new connections get the new certificate, open
-/// ones keep theirs; files that do not load leave the previous configuration in place.
-#[cfg(unix)]
-async fn reload_on_sighup(tls: Arc<ReloadableTls>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGHUP; TLS certificates will not reload: {e}");
-            return;
-        }
-    };
-    while hangups.recv().await.is_some() {
-        reload_tls(&tls);
-    }
-}
-
-/// Reads the TLS files again, logging the outcome.
-pub fn reload_tls(tls: &ReloadableTls) {
-    match tls.reload() {
-        Ok(()) => tracing::info!(
-            cert_file = %tls.files().cert.display(),
-            "TLS certificates reloaded: new connections use them"
-        ),
-        Err(e) => tracing::error!(
-            file = ?e.file,
-            "TLS certificates not reloaded, the previous ones stay in use: {e}"
-        ),
-    }
-}
-
 /// The name under which readiness reports a key source.
 pub fn health_name(source: &str) -> String {
     format!("key-source/{source}")
 }
 
+/// The readiness entry that is not serving while some key or certificate files hold contents
+/// that do not load (the previous ones are in use; the service itself stays ready).
+pub const RELOAD_HEALTH_NAME: &str = "reload";
+
 /// Keeps the health service in step with the key sources: one entry per source (serving when it
-/// has keys), and the overall state and `DuoWorkflow` serving once every required source has keys.
+/// has keys), the overall state and `DuoWorkflow` serving once every required source has keys,
+/// and the `reload` entry.
 async fn report_readiness(
     reporter: tonic_health::server::HealthReporter,
     sources: Vec<DynKeySource>,
+    reloader: Arc<Reloader>,
 ) {
     use tonic_health::ServingStatus;
     let status = |ok: bool| {
@@ -386,7 +395,15 @@ async fn report_readiness(
         }
     };
     let mut last: Option<Vec<bool>> = None;
+    let mut last_reload: Option<bool> = None;
     loop {
+        let reload_ok = reloader.healthy();
+        if last_reload != Some(reload_ok) {
+            reporter
+                .set_service_status(RELOAD_HEALTH_NAME, status(reload_ok))
+                .await;
+            last_reload = Some(reload_ok);
+        }
         let states: Vec<bool> = sources.iter().map(|s| s.state().has_keys()).collect();
         if last.as_ref() != Some(&states) {
             for (source, ok) in sources.iter().zip(&states) {
@@ -422,6 +439,7 @@ pub async fn serve(
     let readiness = tokio::spawn(report_readiness(
         health_reporter.clone(),
         service.sources.clone(),
+        service.reloader.clone(),
     ));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stopped_http = {
@@ -464,11 +482,7 @@ pub async fn serve(
             }
         })
     };
-    #[cfg(unix)]
-    let reloads = service
-        .tls
-        .clone()
-        .map(|tls| tokio::spawn(reload_on_sighup(tls)));
+    let reloads = tokio::spawn(service.reloader.clone().run(service.reload_poll));
     if let ServerCapabilities::Learned(learned) = &service.capabilities {
         learned.learn_at_start();
     }
@@ -493,10 +507,7 @@ pub async fn serve(
         () = shutdown => false,
     };
     readiness.abort();
-    #[cfg(unix)]
-    if let Some(reloads) = reloads {
-        reloads.abort();
-    }
+    reloads.abort();
     if !stopped_early {
         tracing::info!(
             grace_seconds = service.grace.as_secs(),
@@ -525,8 +536,8 @@ pub struct Running {
     /// `/metrics` and `/key-sources`.
     pub operator_addr: SocketAddr,
     pub authority: Arc<LocalAuthority>,
-    /// The TLS configuration, when enabled ([`reload_tls`] reads its files again).
-    pub tls: Option<Arc<ReloadableTls>>,
+    /// Reads the TLS and key files again, as SIGHUP does.
+    pub reloader: Arc<Reloader>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), StartError>>,
 }
@@ -567,7 +578,7 @@ pub async fn start(
     let (addr, http_addr) = (local(&listeners.grpc)?, local(&listeners.http)?);
     let operator_addr = local(&listeners.operator)?;
     let authority = service.authority.clone();
-    let tls = service.tls.clone();
+    let reloader = service.reloader.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(service, listeners, async {
         stopped.await.ok();
@@ -577,7 +588,7 @@ pub async fn start(
         http_addr,
         operator_addr,
         authority,
-        tls,
+        reloader,
         stop: Some(stop),
         task,
     })

@@ -264,6 +264,18 @@ async fn execute(
     Ok(n)
 }
 
+/// Waits until an `ExecuteWorkflow` stream is held at the executor.
+async fn stream_reached(upstream: &executor::RunningExecutor) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !upstream.executor.rpcs().contains(&"ExecuteWorkflow") {
+        assert!(
+            Instant::now() < deadline,
+            "the stream never reached the executor"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A debug-mode server relaying to an executor that holds each stream for `hold`, with one
 /// `ExecuteWorkflow` stream already held there when this returns.
 async fn serve_with_stream_in_flight(
@@ -288,14 +300,7 @@ async fn serve_with_stream_in_flight(
     );
     let addr = server.addr.clone();
     let in_flight = tokio::spawn(async move { execute(&addr, None, None).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !upstream.executor.rpcs().contains(&"ExecuteWorkflow") {
-        assert!(
-            Instant::now() < deadline,
-            "the stream never reached the executor"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    stream_reached(&upstream).await;
     (server, in_flight, upstream)
 }
 
@@ -938,23 +943,29 @@ fn the_client_refuses_contradictory_flow_options_before_any_call() {
     }
 }
 
-/// The operator listener's `/metrics` (`host:port`): each series' value, summed over the series
-/// of `name` whose labels contain `labels`.
-async fn metric(operator: &str, name: &str, labels: &str) -> f64 {
+/// A page of the operator listener (`host:port`), the whole HTTP/1.1 response.
+async fn operator_page(operator: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let read = async {
         let mut stream = tokio::net::TcpStream::connect(operator).await.unwrap();
         let request =
-            format!("GET /metrics HTTP/1.1\r\nHost: {operator}\r\nConnection: close\r\n\r\n");
+            format!("GET {path} HTTP/1.1\r\nHost: {operator}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut raw = String::new();
         stream.read_to_string(&mut raw).await.unwrap();
         raw
     };
-    let raw = tokio::time::timeout(Duration::from_secs(5), read)
+    tokio::time::timeout(Duration::from_secs(5), read)
         .await
-        .expect("/metrics answered within 5 s");
-    raw.lines()
+        .unwrap_or_else(|_| panic!("{path} answered within 5 s"))
+}
+
+/// The operator listener's `/metrics` (`host:port`): each series' value, summed over the series
+/// of `name` whose labels contain `labels`.
+async fn metric(operator: &str, name: &str, labels: &str) -> f64 {
+    operator_page(operator, "/metrics")
+        .await
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' '))
         .filter(|(series, _)| {
@@ -1557,7 +1568,7 @@ mod attacks {
         std::fs::write(&key_file, key2).unwrap();
         server.signal(libc::SIGHUP);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !server.log().contains("TLS certificates reloaded") {
+        while !server.log().contains("reloaded: certificate") {
             assert!(
                 Instant::now() < deadline,
                 "no reload logged: {}",
@@ -1574,5 +1585,244 @@ mod attacks {
         open.check(HealthCheckRequest::default())
             .await
             .expect("the connection opened before the reload was dropped");
+    }
+}
+
+/// The `kid` in a JWT's header.
+fn kid_of(jwt: &str) -> String {
+    use base64::Engine as _;
+    let header = jwt.split('.').next().unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+/// The `kid` the service gives the key in `pem_file` (from `keys public --jwks`).
+fn kid_of_key(pem_file: &Path) -> String {
+    let jwks = run(&[
+        "keys",
+        "public",
+        "--key",
+        pem_file.to_str().unwrap(),
+        "--jwks",
+    ]);
+    let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    jwks["keys"][0]["kid"].as_str().unwrap().to_owned()
+}
+
+/// Replaces `path` the way a careful operator (or a Kubernetes Secret) does: the new contents
+/// appear at once, never half-written.
+fn replace_file(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// GitLab's rotation of the authority key, on one running binary, by SIGHUP: the new key as
+/// validation key, then as signing key with the old one as validation key, then the old one
+/// removed; a garbage file on the way changes nothing. Every step is checked through gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_authority_key_and_a_garbage_file_keeps_the_previous_keys() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+    let dir = Scratch::new();
+    let (instance_key, config) = local_gitlab(&dir);
+    let (old_key, new_key) = (dir.path("old.pem"), dir.path("new.pem"));
+    run(&["keys", "generate", "--out", old_key.to_str().unwrap()]);
+    run(&[
+        "keys",
+        "generate",
+        "--out",
+        new_key.to_str().unwrap(),
+        "--alg",
+        "es256",
+    ]);
+    let (old_kid, new_kid) = (kid_of_key(&old_key), kid_of_key(&new_key));
+    let (old_pem, new_pem) = (
+        std::fs::read(&old_key).unwrap(),
+        std::fs::read(&new_key).unwrap(),
+    );
+    let (signing, validation) = (dir.path("signing.pem"), dir.path("validation.pem"));
+    std::fs::write(&signing, &old_pem).unwrap();
+    // No validation key yet: the file named does not exist.
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml = format!(
+        "[self_signed_jwt]\nsigning_key_file = \"{}\"\nvalidation_key_file = \"{}\"\n\n[reload]\npoll_seconds = 0\n\n{toml}",
+        signing.display(),
+        validation.display()
+    );
+    std::fs::write(&config, toml).unwrap();
+
+    let upstream = executor::start().await;
+    let upstream_url = format!("http://{}", upstream.addr);
+    let server = Server::start(
+        &dir,
+        Some(&config),
+        &[("DUO_WORKFLOW_UPSTREAM__URL", upstream_url.as_str())],
+    );
+    let instance_token = mint(&instance_key, "duo_workflow_generate_token", &[]);
+    let client = DuoWorkflowClient::connect(server.addr.clone())
+        .await
+        .unwrap();
+    let generate = || {
+        let request = with_metadata(
+            GenerateTokenRequest {
+                workflow_definition: None,
+            },
+            Some(&instance_token),
+            Some("42"),
+        );
+        let mut client = client.clone();
+        async move {
+            client
+                .generate_token(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .token
+        }
+    };
+    let health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(server.addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let entry = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status()
+        }
+    };
+    // Readiness follows within a poll of its own (a quarter of a second).
+    let reload_entry_becomes = |want: ServingStatus| {
+        let entry = &entry;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while entry("reload").await != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "the reload entry is not {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let accepted = |token: String| {
+        let addr = server.addr.clone();
+        async move { execute(&addr, Some(&token), Some("42")).await }
+    };
+    let log_lines = |needle: &str| server.log().matches(needle).count();
+    // Sends SIGHUP and waits until the log says one more reload of the authority's files was
+    // done (`outcome`: "reloaded" or "do not load").
+    let sighup = |outcome: &'static str| {
+        let before = log_lines(outcome);
+        server.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log_lines(outcome) == before {
+            assert!(
+                Instant::now() < deadline,
+                "no {outcome:?} in {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let old_token = generate().await;
+    assert_eq!(kid_of(&old_token), old_kid);
+    assert_eq!(accepted(old_token.clone()).await.unwrap(), 2);
+    reload_entry_becomes(ServingStatus::Serving).await;
+
+    // A workflow stream held open across every reload below.
+    *upstream.executor.delay.lock().unwrap() = Some(Duration::from_secs(4));
+    let in_flight = tokio::spawn(accepted(old_token.clone()));
+    stream_reached(&upstream).await;
+    *upstream.executor.delay.lock().unwrap() = None;
+
+    // Step 1: the new key as validation key. Still signing with the old one.
+    replace_file(&validation, &new_pem);
+    sighup("reloaded");
+    assert_eq!(kid_of(&generate().await), old_kid);
+
+    // Step 2: the new key signs; the old one validates.
+    replace_file(&signing, &new_pem);
+    replace_file(&validation, &old_pem);
+    sighup("reloaded");
+    let new_token = generate().await;
+    assert_eq!(
+        kid_of(&new_token),
+        new_kid,
+        "the next token carries the new kid"
+    );
+    assert_eq!(accepted(new_token.clone()).await.unwrap(), 2);
+    assert_eq!(
+        accepted(old_token.clone()).await.unwrap(),
+        2,
+        "a token of the previous key verifies while it is the validation key"
+    );
+
+    // A garbage signing key file: nothing changes, and readiness and metrics say so.
+    replace_file(
+        &signing,
+        b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n",
+    );
+    sighup("do not load");
+    assert_eq!(kid_of(&generate().await), new_kid);
+    assert_eq!(accepted(old_token.clone()).await.unwrap(), 2);
+    assert_eq!(accepted(new_token.clone()).await.unwrap(), 2);
+    reload_entry_becomes(ServingStatus::NotServing).await;
+    assert_eq!(
+        metric(
+            &server.operator,
+            "duo_workflow_auth_reload_failing",
+            "files=\"local-authority\""
+        )
+        .await,
+        1.0
+    );
+    let page = operator_page(&server.operator, "/key-sources").await;
+    assert!(page.contains("reload failed"), "{page}");
+    assert_eq!(
+        entry("").await,
+        ServingStatus::Serving,
+        "the service itself stays ready on its previous keys"
+    );
+
+    // Step 3: the old key removed.
+    replace_file(&signing, &new_pem);
+    std::fs::remove_file(&validation).unwrap();
+    sighup("reloaded");
+    reload_entry_becomes(ServingStatus::Serving).await;
+    assert_eq!(
+        accepted(old_token.clone()).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated,
+        "the removed key still verifies"
+    );
+    assert_eq!(accepted(new_token).await.unwrap(), 2);
+
+    assert_eq!(
+        in_flight
+            .await
+            .unwrap()
+            .expect("the stream opened before the reloads was cut"),
+        2
+    );
+    let log = server.log();
+    for secret in [&old_pem, &new_pem] {
+        let body = String::from_utf8_lossy(secret);
+        let line = body.lines().nth(1).unwrap();
+        assert!(!log.contains(line), "key material in the log");
     }
 }

@@ -299,8 +299,12 @@ impl TempDir {
         Self(dir)
     }
 
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+
     pub fn write(&self, name: &str, contents: &str) -> std::path::PathBuf {
-        let path = self.0.join(name);
+        let path = self.path(name);
         std::fs::write(&path, contents).unwrap();
         path
     }
@@ -400,4 +404,26 @@ pub fn good_claims(issuer: &str) -> serde_json::Value {
         "iat": now, "nbf": now - 5, "exp": now + 3600, "jti": "j-1",
         "scopes": [EXECUTE], "gitlab_realm": "self-managed", "gitlab_instance_id": "instance-1",
     })
+}
+
+/// GET `path` from `addr` with exactly this `Host` (raw HTTP/1.1): status, lower-cased head, body.
+pub async fn get_with_host(
+    addr: std::net::SocketAddr,
+    path: &str,
+    host: &str,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
 }

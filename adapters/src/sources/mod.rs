@@ -6,7 +6,7 @@ pub mod remote;
 pub mod static_keys;
 
 pub use remote::{IssuerSetting, Locator, RefreshPolicy, RemoteKeySource, RemoteSourceConfig};
-pub use static_keys::StaticKeySource;
+pub use static_keys::{KeyFile, KeyFormat, StaticKeySource};
 
 use duo_workflow_domain::keys::LoadReport;
 

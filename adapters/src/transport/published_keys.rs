@@ -24,27 +24,23 @@ use crate::authority::LocalAuthority;
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const JWKS_PATH: &str = "/oauth/discovery/keys";
 
-/// Peers should notice a rotation within minutes; the keys change only on restart.
+/// Peers should notice a rotation within minutes (the keys change on reload).
 const CACHE_CONTROL: &str = "public, max-age=300";
 
 pub struct PublishedKeys {
     authority: Arc<LocalAuthority>,
     /// e.g. `https://duo-workflow.example.com`; no trailing slash.
     public_url: Option<String>,
-    /// Rendered once: the keys never change while the process runs.
-    jwks: Bytes,
     /// The scheme of a `jwks_uri` derived from `Host`: `https` when this listener serves TLS.
     scheme: &'static str,
 }
 
 impl PublishedKeys {
     pub fn new(authority: Arc<LocalAuthority>, public_url: Option<String>) -> Self {
-        let jwks = Bytes::from(serde_json::to_vec(&authority.jwks()).expect("JSON"));
         let public_url = public_url.map(|u| u.trim_end_matches('/').to_owned());
         Self {
             authority,
             public_url,
-            jwks,
             scheme: "http",
         }
     }
@@ -72,14 +68,17 @@ impl PublishedKeys {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET");
         }
         match req.uri().path() {
-            JWKS_PATH => json_response(self.jwks.clone()),
+            JWKS_PATH => json_response(self.authority.keys().jwks()),
             DISCOVERY_PATH => {
                 let Some((base, configured)) = self.base_url(req) else {
                     return plain(StatusCode::BAD_REQUEST, "no usable Host header");
                 };
-                let algs: Vec<&str> = std::iter::once(self.authority.signing_key())
-                    .chain(self.authority.validation_key())
-                    .map(|k| k.algorithm().jose_name())
+                let algs: Vec<&str> = self
+                    .authority
+                    .keys()
+                    .algorithms()
+                    .into_iter()
+                    .map(|a| a.jose_name())
                     .collect();
                 let doc = json!({
                     "issuer": self.authority.issuer_name(),

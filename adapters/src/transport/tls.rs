@@ -1,7 +1,7 @@
 //! TLS for the listeners, with rustls (ring): a PEM certificate chain and key, optionally a CA
 //! bundle that client certificates must chain to (mutual TLS between Workhorse and the
-//! service). The files can be read again while serving ([`ReloadableTls::reload`], on SIGHUP):
-//! new connections get the new configuration, open ones keep the session they have.
+//! service). The files can be read again while serving (it is [`Reloadable`]): new connections
+//! get the new configuration, open ones keep the session they have.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -13,6 +13,7 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use super::listener::Protocol;
+use crate::reload::{FileContents, Reloadable, Reloaded, WatchedFiles};
 
 /// Where the certificate, its key and the client CA bundle are read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,17 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// When set, every gRPC client must present a certificate that chains to these.
     pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The certificate, the key, and the client CA bundle when there is one, in that order.
+    fn paths(&self) -> Vec<PathBuf> {
+        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
 }
 
 /// Which of the [`TlsFiles`] a problem is with.
@@ -55,6 +67,7 @@ struct Configs {
 pub struct ReloadableTls {
     files: TlsFiles,
     configs: RwLock<Configs>,
+    watched: WatchedFiles,
 }
 
 impl std::fmt::Debug for ReloadableTls {
@@ -68,10 +81,18 @@ impl std::fmt::Debug for ReloadableTls {
 impl ReloadableTls {
     /// Reads and checks the files.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
-        let configs = build(&files)?;
+        let watched = WatchedFiles::new(files.paths());
+        let contents: Vec<FileContents> = watched
+            .paths()
+            .iter()
+            .map(|p| FileContents::read(p))
+            .collect();
+        let configs = build(&files, &contents)?;
+        watched.seen(&contents);
         Ok(Self {
             files,
             configs: RwLock::new(configs),
+            watched,
         })
     }
 
@@ -81,14 +102,6 @@ impl ReloadableTls {
 
     pub fn mutual(&self) -> bool {
         self.files.client_ca.is_some()
-    }
-
-    /// Reads the files again; on success new connections use them, on failure the previous
-    /// configuration stays (and the error says why).
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let configs = build(&self.files)?;
-        *self.configs.write().expect("not poisoned") = configs;
-        Ok(())
     }
 
     /// An acceptor with the current configuration for a listener.
@@ -101,9 +114,42 @@ impl ReloadableTls {
     }
 }
 
-fn build(files: &TlsFiles) -> Result<Configs, TlsError> {
+/// Reading the files again: new connections get the new certificate, open ones keep theirs;
+/// files that do not load leave the previous configuration in place.
+impl Reloadable for ReloadableTls {
+    fn name(&self) -> &str {
+        "tls"
+    }
+
+    fn reload(&self) -> Reloaded {
+        let Some(contents) = self.watched.read_if_changed() else {
+            return Reloaded::Unchanged;
+        };
+        match build(&self.files, &contents) {
+            Ok(configs) => {
+                *self.configs.write().expect("not poisoned") = configs;
+                Reloaded::Changed(format!(
+                    "certificate {} in use for new connections",
+                    self.files.cert.display()
+                ))
+            }
+            Err(e) => Reloaded::Failed(format!("{:?} file: {e}", e.file)),
+        }
+    }
+}
+
+/// The configurations from the files' contents (`contents`: one per [`TlsFiles::paths`]).
+fn build(files: &TlsFiles, contents: &[FileContents]) -> Result<Configs, TlsError> {
     let read = |file: TlsFile, path: &PathBuf| {
-        std::fs::read(path).map_err(|e| error(file, format!("cannot read {}: {e}", path.display())))
+        let i = match file {
+            TlsFile::Cert => 0,
+            TlsFile::Key => 1,
+            TlsFile::ClientCa => 2,
+        };
+        contents[i]
+            .bytes(path)
+            .map(<[u8]>::to_vec)
+            .map_err(|e| error(file, e))
     };
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(&read(TlsFile::Cert, &files.cert)?)

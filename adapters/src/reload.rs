@@ -1,0 +1,228 @@
+//! Files read again while the service runs: the local authority's keys, static key sources'
+//! files, the TLS certificate. Each is a [`Reloadable`]; the application calls them on SIGHUP
+//! and on a poll. A reload swaps the new contents in atomically, or, when they do not load,
+//! keeps the previous ones and says why.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ring::digest::{Context, Digest, SHA256};
+
+/// What one reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The files hold what was last read (or are being written right now): nothing swapped.
+    Unchanged,
+    /// New contents are in use; the text says what is in use now (key ids, never key material).
+    Changed(String),
+    /// New contents that do not load: the previous ones stay in use; the text says why.
+    Failed(String),
+}
+
+/// Something configured from files that can be read again while serving.
+pub trait Reloadable: Send + Sync {
+    /// What the files are for, in logs, metrics and readiness: `tls`, `local-authority`, or a
+    /// static key source's name.
+    fn name(&self) -> &str;
+
+    /// Reads the files again and swaps in what they hold, when it changed and loads. Blocking
+    /// (file reads, key parsing): call it off the async workers.
+    fn reload(&self) -> Reloaded;
+}
+
+/// What one file held when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileContents {
+    Missing,
+    /// Exists but cannot be read (permissions, a directory, ...): the error's text.
+    Unreadable(String),
+    Read(Vec<u8>),
+}
+
+impl FileContents {
+    pub fn read(path: &Path) -> Self {
+        match std::fs::read(path) {
+            Ok(bytes) => FileContents::Read(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileContents::Missing,
+            Err(e) => FileContents::Unreadable(e.to_string()),
+        }
+    }
+
+    /// The bytes, or why there are none (naming the file).
+    pub fn bytes(&self, path: &Path) -> Result<&[u8], String> {
+        match self {
+            FileContents::Read(b) => Ok(b),
+            FileContents::Missing => Err(format!("{} does not exist", path.display())),
+            FileContents::Unreadable(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+/// A group of files read together, which remembers a digest of what it last handed out so that
+/// a poll only reloads what changed (and a file that fails to load is not retried, and logged,
+/// on every poll). Only the digest is kept, never a copy of a private key.
+pub struct WatchedFiles {
+    paths: Vec<PathBuf>,
+    last: Mutex<Option<Digest>>,
+    /// How long the files must stay the same before they are used: a writer that replaces them
+    /// one after the other is not caught half-way.
+    settle: Duration,
+}
+
+/// The usual settle time: long enough to see a `cp` of a few files through, short enough that
+/// a SIGHUP takes effect at once for a person watching.
+pub const SETTLE: Duration = Duration::from_millis(200);
+
+impl WatchedFiles {
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        Self {
+            paths,
+            last: Mutex::new(None),
+            settle: SETTLE,
+        }
+    }
+
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Records what was loaded at start-up, so that the first poll does not load it again.
+    pub fn seen(&self, contents: &[FileContents]) {
+        *self.last.lock().expect("not poisoned") = Some(digest(contents));
+    }
+
+    /// The files' contents, one per path, when they differ from the last contents handed out
+    /// and stayed the same over the settle time; `None` otherwise. Contents handed out count as
+    /// seen whether or not they then load.
+    pub fn read_if_changed(&self) -> Option<Vec<FileContents>> {
+        let read =
+            || -> Vec<FileContents> { self.paths.iter().map(|p| FileContents::read(p)).collect() };
+        let first = read();
+        let first_digest = digest(&first);
+        if self
+            .last
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map(Digest::as_ref)
+            == Some(first_digest.as_ref())
+        {
+            return None;
+        }
+        if !self.settle.is_zero() {
+            std::thread::sleep(self.settle);
+            let second = read();
+            if digest(&second).as_ref() != first_digest.as_ref() {
+                // Being written: the next reload sees it finished.
+                return None;
+            }
+        }
+        *self.last.lock().expect("not poisoned") = Some(first_digest);
+        Some(first)
+    }
+}
+
+fn digest(contents: &[FileContents]) -> Digest {
+    let mut ctx = Context::new(&SHA256);
+    for c in contents {
+        let (tag, bytes): (u8, &[u8]) = match c {
+            FileContents::Missing => (0, &[]),
+            FileContents::Unreadable(e) => (1, e.as_bytes()),
+            FileContents::Read(b) => (2, b),
+        };
+        ctx.update(&[tag]);
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(bytes);
+    }
+    ctx.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("reload-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn only_changed_contents_are_handed_out() {
+        let d = dir();
+        let (a, b) = (d.join("a"), d.join("b"));
+        std::fs::write(&a, "one").unwrap();
+        let files = WatchedFiles::new(vec![a.clone(), b.clone()]).with_settle(Duration::ZERO);
+        files.seen(&[FileContents::Read(b"one".to_vec()), FileContents::Missing]);
+        assert_eq!(files.read_if_changed(), None, "as loaded at start");
+        std::fs::write(&b, "two").unwrap();
+        assert_eq!(
+            files.read_if_changed(),
+            Some(vec![
+                FileContents::Read(b"one".to_vec()),
+                FileContents::Read(b"two".to_vec())
+            ])
+        );
+        assert_eq!(files.read_if_changed(), None, "handed out once");
+        std::fs::remove_file(&a).unwrap();
+        assert_eq!(
+            files.read_if_changed().unwrap()[0],
+            FileContents::Missing,
+            "a file removed is a change"
+        );
+        // Same length, other bytes.
+        std::fs::write(&a, "uno").unwrap();
+        files.read_if_changed().unwrap();
+        std::fs::write(&a, "one").unwrap();
+        assert!(files.read_if_changed().is_some());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn files_being_written_wait_for_the_next_reload() {
+        let d = dir();
+        let a = d.join("a");
+        std::fs::write(&a, "old").unwrap();
+        let files = WatchedFiles::new(vec![a.clone()]).with_settle(Duration::from_millis(300));
+        files.seen(&[FileContents::Read(b"old".to_vec())]);
+        let writer = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                std::fs::write(&a, "half").unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+                std::fs::write(&a, "new").unwrap();
+            })
+        };
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            files.read_if_changed(),
+            None,
+            "changed during the settle time"
+        );
+        writer.join().unwrap();
+        assert_eq!(
+            files.read_if_changed(),
+            Some(vec![FileContents::Read(b"new".to_vec())])
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_file_is_reported_once() {
+        let d = dir();
+        let sub = d.join("a-directory");
+        std::fs::create_dir_all(&sub).unwrap();
+        let files = WatchedFiles::new(vec![sub.clone()]).with_settle(Duration::ZERO);
+        let first = files.read_if_changed().expect("first read is a change");
+        assert!(matches!(first[0], FileContents::Unreadable(_)));
+        assert!(first[0].bytes(&sub).unwrap_err().contains("a-directory"));
+        assert_eq!(files.read_if_changed(), None);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
