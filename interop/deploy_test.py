@@ -137,7 +137,7 @@ class Code:
 
     def health_names(self, static_sources: list, remote_sources: list) -> set:
         """The entries server.rs sets in the health service, resolved to names: string literals,
-        `Rpc::SERVICE` (domain/src/method.rs) and `health_name(source)` for every key source the
+        server.rs's own `&str` constants, `Rpc::SERVICE` (domain/src/method.rs) and `health_name(source)` for every key source the
         configuration can have (the local authority, the two built-in ones, the file's)."""
         server = SERVER_RS.read_text()
         args = re.findall(r"set_service_status\(\s*([^,]+?)\s*,", server)
@@ -158,6 +158,10 @@ class Code:
                 names.add(service.group(1))
             elif arg.startswith("health_name("):
                 names.update(prefix.group(1) + s for s in sources)
+            elif re.fullmatch(r"[A-Z][A-Z0-9_]*", arg):
+                const = re.search(rf'pub const {arg}: &str = "([^"]*)";', server)
+                self.h.expect(const is not None, f"server.rs has no const {arg}")
+                names.add(const.group(1))
             else:
                 raise self.h.Failure(f"server.rs sets a health entry deploy_test.py cannot resolve: {arg}")
         self.authority_entry = prefix.group(1) + authority.group(1)
