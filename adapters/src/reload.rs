@@ -40,10 +40,31 @@ pub enum FileContents {
     Read(Vec<u8>),
 }
 
+/// Key, certificate and JWKS files are a few KiB; a path that names something larger (a log, a
+/// device) is refused rather than read into memory.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 impl FileContents {
+    /// Reads a regular file (through links) of at most [`MAX_FILE_BYTES`]; a FIFO or a device
+    /// is refused without being opened for reading, so a reload never blocks on one.
     pub fn read(path: &Path) -> Self {
-        match std::fs::read(path) {
-            Ok(bytes) => FileContents::Read(bytes),
+        use std::io::Read as _;
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileContents::Missing,
+            Err(e) => return FileContents::Unreadable(e.to_string()),
+        };
+        if !meta.is_file() {
+            return FileContents::Unreadable("not a regular file".into());
+        }
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
+        match read {
+            Ok(_) if bytes.len() as u64 > MAX_FILE_BYTES => FileContents::Unreadable(format!(
+                "larger than {MAX_FILE_BYTES} bytes: not a key or certificate file"
+            )),
+            Ok(_) => FileContents::Read(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileContents::Missing,
             Err(e) => FileContents::Unreadable(e.to_string()),
         }
@@ -210,6 +231,35 @@ mod tests {
             files.read_if_changed(),
             Some(vec![FileContents::Read(b"new".to_vec())])
         );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn oversized_files_and_fifos_are_refused_without_blocking() {
+        let d = dir();
+        let big = d.join("big");
+        std::fs::write(&big, vec![b'x'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        assert!(
+            matches!(FileContents::read(&big), FileContents::Unreadable(e) if e.contains("larger"))
+        );
+        std::fs::write(&big, vec![b'x'; MAX_FILE_BYTES as usize]).unwrap();
+        assert!(
+            matches!(FileContents::read(&big), FileContents::Read(b) if b.len() == MAX_FILE_BYTES as usize)
+        );
+        #[cfg(unix)]
+        {
+            let fifo = d.join("fifo");
+            let status = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            // Reading a FIFO without a writer would block forever.
+            assert!(matches!(
+                FileContents::read(&fifo),
+                FileContents::Unreadable(_)
+            ));
+        }
         std::fs::remove_dir_all(d).unwrap();
     }
 

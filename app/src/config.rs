@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use duo_workflow_adapters::jose::keys::KeyPolicy;
+use duo_workflow_adapters::reload::FileContents;
 use duo_workflow_adapters::sources::fetch::{check_scheme, FetchPolicy, Shown};
 use duo_workflow_adapters::sources::{
     IssuerSetting, KeyFile, KeyFormat, Locator, RefreshPolicy, RemoteSourceConfig,
@@ -1391,19 +1392,17 @@ fn secret(
         )),
         (Some(v), None) => checked(inline_field, v, None),
         (None, Some(path)) => {
-            let pem = match std::fs::read_to_string(&path) {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::NotFound && absent == AbsentFile::NoKey =>
-                {
+            let pem = match FileContents::read(&path) {
+                FileContents::Missing if absent == AbsentFile::NoKey => {
                     return Ok(Secret::AbsentFile(path))
                 }
-                Err(e) => {
-                    return Err(bad(
-                        file_field,
-                        format!("cannot read {}: {e}", path.display()),
-                    ))
-                }
-                Ok(pem) => pem,
+                contents => String::from_utf8(
+                    contents
+                        .bytes(&path)
+                        .map_err(|e| bad(file_field, e))?
+                        .to_vec(),
+                )
+                .map_err(|_| bad(file_field, format!("{} is not UTF-8 text", path.display())))?,
             };
             if pem.trim().is_empty() {
                 return Err(bad(file_field, format!("{} holds no key", path.display())));
@@ -1442,8 +1441,10 @@ fn static_source(i: usize, s: StaticSourceConfig) -> Result<StaticSource, Config
             ))
         }
     };
-    let contents = std::fs::read(&path)
-        .map_err(|e| bad(field(key), format!("cannot read {}: {e}", path.display())))?;
+    let contents = FileContents::read(&path)
+        .bytes(&path)
+        .map_err(|e| bad(field(key), e))?
+        .to_vec();
     if format == KeyFormat::Pem && std::str::from_utf8(&contents).is_err() {
         return Err(bad(field(key), "is not UTF-8 text"));
     }
