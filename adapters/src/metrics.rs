@@ -516,6 +516,19 @@ pub struct ReloadMetrics {
 }
 
 impl ReloadMetrics {
+    /// Makes the series of a file group exist from the start (at zero), so that a dashboard
+    /// shows the group before its first reload.
+    pub fn watching(&self, files: &str) {
+        let files = LabelText::Shared(files.into());
+        for result in ["changed", "failed"] {
+            self.reloads.get_or_create(&ReloadLabels {
+                files: files.clone(),
+                result,
+            });
+        }
+        self.failing.get_or_create(&FilesLabel { files });
+    }
+
     /// A reload of `files` that swapped new contents in (`failed`: that found new contents
     /// which did not load). While the last one failed, `reload_failing` is 1.
     pub fn reloaded(&self, files: &str, failed: bool) {

@@ -32,6 +32,9 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(files: Vec<Arc<dyn Reloadable>>, metrics: ReloadMetrics) -> Self {
+        for f in &files {
+            metrics.watching(f.name());
+        }
         Self {
             files,
             failing: Mutex::new(BTreeMap::new()),
