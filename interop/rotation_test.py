@@ -57,6 +57,7 @@ DWELL = 0.5  # seconds at least between two replicas' changes: the client goes o
 INSTANCE_ISSUER = "http://gitlab.local"
 INSTANCE_SOURCE = "gitlab-local"
 GARBAGE = b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n"
+ROUTINE_LOG_LINES = ("call finished", "user token minted")
 RELOAD_FAILING = 'duo_workflow_auth_reload_failing{files="local-authority"}'
 
 
@@ -674,9 +675,12 @@ def run(s, h, binary: str, log_dir) -> None:
             if rotation.replicas and all(r.process is not None for r in rotation.replicas):
                 rotation.log_checks()
             if s.failed > failed_before:
+                # The last lines of each log but the ordinary ones of every call.
                 for r in rotation.replicas:
                     if r.process is not None:
-                        for line in r.process.log_text().splitlines()[-8:]:
+                        lines = [line for line in r.process.log_text().splitlines()
+                                 if not any(n in line for n in ROUTINE_LOG_LINES)]
+                        for line in lines[-8:]:
                             print(f"# {r.name} | {line}", flush=True)
             rotation.figures(time.monotonic() - started)
     print(f"# rotation scenario: {time.monotonic() - started:.1f}s", flush=True)
