@@ -259,12 +259,28 @@ def parse_serving(line: str):
 
 
 def write_atomic(path: Path, content: bytes) -> None:
-    """The new contents appear at once, as a Secret update does: a file beside, then a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(content)
-    os.rename(tmp, path)
+    replace_files({path: content})
+
+
+def replace_files(files: dict) -> None:
+    """Each file's new contents appear at once, as a Secret update does: written beside, then
+    renamed over it (`None`: the file is removed). All are written first, then renamed one
+    right after the other, so that a poll finds at most a few microseconds between two of them
+    (and the service's 200 ms settle time covers that)."""
+    staged = []
+    for path, content in files.items():
+        tmp = None
+        if content is not None:
+            tmp = path.with_name(f".{path.name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+        staged.append((path, tmp))
+    for path, tmp in staged:
+        if tmp is None:
+            path.unlink(missing_ok=True)
+        else:
+            os.rename(tmp, path)
 
 
 def kid_of(token: str):
@@ -436,11 +452,7 @@ class Rotation:
         self.dwell()
         r.ledger.begin(set(kids), {kids[0]})
         started = time.monotonic()
-        write_atomic(r.signing, signing_pem)
-        if validation_pem is None:
-            r.validation.unlink(missing_ok=True)
-        else:
-            write_atomic(r.validation, validation_pem)
+        replace_files({r.signing: signing_pem, r.validation: validation_pem})
         r.reload()
         deadline = started + (POLL_EFFECT_TIMEOUT if r.polling else SIGNAL_EFFECT_TIMEOUT)
         while True:
