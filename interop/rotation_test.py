@@ -294,6 +294,8 @@ def ms_figures(values: list) -> str:
 
 
 class Rotation:
+    """The keys, the executor, the replicas, the client and the steps of the scenario."""
+
     def __init__(self, s, h, binary: str, work: Path):
         self.s = s
         self.h = h
