@@ -21,9 +21,11 @@ user token and `server_capabilities` of C3, and the relay of C4 (every message v
 fields byte-identical both ways, metadata, headers, trailers and rich statuses, deadlines,
 cancellation, the 4 MiB limit, an unreachable executor), health, reflection and unknown methods.
 
-Then the hostile-input battery of hostile_test.py runs against a process of its own, and
+Then the hostile-input battery of hostile_test.py runs against a process of its own,
 deploy_test.py checks the deployment files (deploy/Dockerfile, deploy/kubernetes/) against the code
-and starts the binary with the Kubernetes configuration.
+and starts the binary with the Kubernetes configuration, and rotation_test.py rotates the local
+authority's key across three replicas one at a time (SIGHUP and the poll, RSA to Ed25519) while a
+client mints and uses user tokens across them: no good call may be refused.
 
 Usage: interop_test.py BINARY.  Prints `PASS name` / `FAIL name: why` per check and ends with
 `N passed, N failed`; exits non-zero on any failure.
@@ -61,6 +63,7 @@ from grpc_tools import protoc
 import contract_test  # noqa: E402 (interop/contract_test.py, beside this file)
 import hostile_test  # noqa: E402 (interop/hostile_test.py, beside this file)
 import deploy_test  # noqa: E402 (interop/deploy_test.py, beside this file)
+import rotation_test  # noqa: E402 (interop/rotation_test.py, beside this file)
 
 REPO = Path(__file__).resolve().parent.parent
 CONTRACT_PROTO = REPO / "proto" / "contract.proto"
@@ -2295,6 +2298,8 @@ def main(argv) -> int:
         hostile_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
         # The deployment files (deploy/) against the code and the binary, offline.
         deploy_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
+        # GitLab's key rotation, one replica at a time, under a client's load.
+        rotation_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
     print(f"# {time.monotonic() - started:.1f}s", flush=True)
     print(f"{suite.passed} passed, {suite.failed} failed", flush=True)
     return 0 if suite.failed == 0 else 1
