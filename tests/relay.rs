@@ -583,6 +583,54 @@ async fn the_callers_deadline_reaches_the_executor_and_is_enforced() {
     drop(events);
 }
 
+/// An executor that gives up at the deadline it was given, the way grpcio does (its stream reset
+/// exactly then): the caller learns its deadline passed, never that the executor is unavailable,
+/// however the relay's own timer and the executor's reset race.
+#[tokio::test]
+async fn an_executor_giving_up_at_the_forwarded_deadline_is_a_deadline_exceeded() {
+    let executor = RawExecutor::start(|req| async move {
+        let received = tokio::time::Instant::now();
+        let ms: u64 = req.headers()["grpc-timeout"]
+            .to_str()
+            .unwrap()
+            .trim_end_matches('m')
+            .parse()
+            .unwrap();
+        let (tx, body) = raw::channel_body(1);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(received + Duration::from_millis(ms)).await;
+            let _ = tx
+                .send(Err(std::io::Error::other("deadline: stream reset")))
+                .await;
+        });
+        raw::response(&[], body)
+    })
+    .await;
+    let (service, headers, _dir) = service_before(&executor, &[AGENT_PLATFORM], &[]).await;
+    let mut h = pairs(&headers);
+    h.push(("grpc-timeout", "30m"));
+    for attempt in 0..20 {
+        let (events, body) = raw::channel_body(4);
+        events
+            .send(Ok(Frame::data(raw::framed(
+                &support::start_event("go").encode_to_vec(),
+            ))))
+            .await
+            .unwrap();
+        let response = raw::call(
+            service.addr,
+            raw::request("/DuoWorkflow/ExecuteWorkflow", &h, body),
+        )
+        .await;
+        assert_eq!(
+            (response.grpc_status(), response.grpc_message().as_deref()),
+            (Some("4"), Some("Deadline Exceeded")),
+            "attempt {attempt}: {response:?}"
+        );
+        drop(events);
+    }
+}
+
 /// An executor that reads the request whole and answers with one message of `answer_len` bytes.
 async fn echoing_executor(
     received: Record<Result<usize, String>>,

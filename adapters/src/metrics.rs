@@ -521,12 +521,12 @@ impl ReloadMetrics {
     pub fn watching(&self, files: &str) {
         let files = LabelText::Shared(files.into());
         for result in ["changed", "failed"] {
-            self.reloads.get_or_create(&ReloadLabels {
+            drop(self.reloads.get_or_create(&ReloadLabels {
                 files: files.clone(),
                 result,
-            });
+            }));
         }
-        self.failing.get_or_create(&FilesLabel { files });
+        drop(self.failing.get_or_create(&FilesLabel { files }));
     }
 
     /// A reload of `files` that swapped new contents in (`failed`: that found new contents

@@ -115,7 +115,7 @@ impl Relay {
                     boundaries: MessageBoundaries::default(),
                     limit: self.max_message_bytes,
                     end,
-                    deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                    deadline: deadline.map(|d| (d, Box::pin(tokio::time::sleep_until(d)))),
                     metrics: self.metrics.clone(),
                     status_seen: status.is_some(),
                     _open: open,
@@ -124,6 +124,7 @@ impl Relay {
             }
             Err(error) => match end.status() {
                 Some(status) => self.failed(status),
+                None if past(deadline) => self.failed(deadline_exceeded()),
                 None => {
                     tracing::warn!(error = %error_chain(&error), "workflow executor unreachable");
                     self.failed(Status::unavailable(EXECUTOR_UNAVAILABLE))
@@ -135,6 +136,11 @@ impl Relay {
 
 fn deadline_exceeded() -> Status {
     Status::deadline_exceeded("Deadline Exceeded")
+}
+
+/// Whether the caller's deadline has passed: a failure from then on is the deadline's.
+fn past(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -170,9 +176,14 @@ fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
     })
 }
 
-/// What remains of a deadline, in gRPC's notation (milliseconds, at least one).
+/// What remains of a deadline, in gRPC's notation (milliseconds, at least one), rounded up: the
+/// executor's deadline never falls before this service's, so the caller learns of an expired
+/// deadline from the relay (`DEADLINE_EXCEEDED`), not from the executor resetting its stream.
 fn grpc_timeout(remaining: Duration) -> HeaderValue {
-    let ms = remaining.as_millis().clamp(1, 99_999_999);
+    let ms = remaining
+        .as_nanos()
+        .div_ceil(1_000_000)
+        .clamp(1, 99_999_999);
     HeaderValue::from_str(&format!("{ms}m")).expect("digits and a unit")
 }
 
@@ -302,7 +313,7 @@ struct ResponseBody {
     boundaries: MessageBoundaries,
     limit: usize,
     end: Arc<CallEnd>,
-    deadline: Option<Pin<Box<Sleep>>>,
+    deadline: Option<(Instant, Pin<Box<Sleep>>)>,
     metrics: RelayMetrics,
     /// Whether the call's status has been seen (and, if an error, counted).
     status_seen: bool,
@@ -345,8 +356,8 @@ impl HttpBody for ResponseBody {
         if let Poll::Ready(status) = this.end.poll_failed(cx) {
             return this.end_with(status);
         }
-        if let Some(deadline) = this.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
+        if let Some((_, timer)) = this.deadline.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
                 return this.end_with(deadline_exceeded());
             }
         }
@@ -378,6 +389,10 @@ impl HttpBody for ResponseBody {
             }
             Poll::Ready(Some(Err(error))) => {
                 let status = this.end.status().unwrap_or_else(|| {
+                    // The executor gave up on the call at its deadline, a moment before ours.
+                    if past(this.deadline.as_ref().map(|(at, _)| *at)) {
+                        return deadline_exceeded();
+                    }
                     tracing::warn!(error = %error, "the workflow executor's stream broke");
                     Status::unavailable(EXECUTOR_UNAVAILABLE)
                 });
@@ -423,6 +438,7 @@ mod tests {
     #[test]
     fn the_remaining_deadline_is_written_in_milliseconds() {
         assert_eq!(grpc_timeout(Duration::from_millis(1500)), "1500m");
+        assert_eq!(grpc_timeout(Duration::from_micros(1_499_001)), "1500m");
         assert_eq!(grpc_timeout(Duration::ZERO), "1m");
         assert_eq!(grpc_timeout(Duration::from_secs(u64::MAX)), "99999999m");
     }
