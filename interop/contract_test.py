@@ -1706,7 +1706,6 @@ class Checks:
     def unreachable(self):
         s = self.s
         p = self.w.configured
-        h = self.h
 
         def check(method):
             def body():

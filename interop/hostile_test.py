@@ -22,7 +22,6 @@ import datetime
 import hashlib
 import hmac
 import json
-import socket
 import time
 import urllib.parse
 import uuid

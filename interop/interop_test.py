@@ -41,6 +41,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -657,6 +658,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def parse_serving(line: str):
+    """grpc, published_keys and operator addresses of the start-up line (text or JSON logs)."""
+    fields = {}
+    for name in ("grpc", "published_keys", "operator"):
+        m = re.search(rf'\b{name}=([^\s,]+)', line) or re.search(rf'"{name}"\s*:\s*"([^"]+)"', line)
+        if m is None:
+            return None
+        fields[name] = m.group(1)
+    return fields
+
+
 def clean_environment() -> dict:
     """The parent's environment less anything that configures the service."""
     env = {
@@ -677,18 +689,14 @@ class ServiceProcess:
         self.name = name
         self.listen = listen  # the address to serve on, and to call
         self.credentials = credentials  # grpc.ssl_channel_credentials for a TLS process
-        self.port = free_port()
-        self.http_port = free_port()
+        # Every listener on port 0 unless `settings` say otherwise: the ports are read from the
+        # start-up line in wait_ready (a port picked here and bound later could be taken meanwhile).
+        self.port = None
+        self.http_port = None
         # The operator listener (/metrics, /key-sources): loopback, a port of its own.
-        self.metrics_port = free_port()
+        self.metrics_port = None
         env = clean_environment()
-        env.update(
-            {
-                "PORT": str(self.port),
-                "DUO_WORKFLOW_HTTP__PORT": str(self.http_port),
-                "PROMETHEUS_METRICS__PORT": str(self.metrics_port),
-            }
-        )
+        env.update({"PORT": "0", "DUO_WORKFLOW_HTTP__PORT": "0", "PROMETHEUS_METRICS__PORT": "0"})
         env.update(settings)
         self.log_path = log_dir / f"{name}.log"
         self.log = open(self.log_path, "wb")
@@ -703,8 +711,21 @@ class ServiceProcess:
         self.stub = None
 
     def wait_ready(self) -> None:
-        """Until the port accepts and gRPC health answers (any status)."""
+        """Until the start-up line names the ports, the port accepts and gRPC health answers (any
+        status)."""
         deadline = time.monotonic() + STARTUP_TIMEOUT
+        while self.port is None:
+            line = next((l for l in self.log_text().splitlines() if "serving" in l), None)
+            fields = parse_serving(line) if line else None
+            if fields:
+                port = lambda name: int(fields[name].rsplit(":", 1)[1])  # noqa: E731
+                self.port, self.http_port, self.metrics_port = port("grpc"), port("published_keys"), port("operator")
+                break
+            if self.proc.poll() is not None:
+                raise Failure(f"{self.name} exited with {self.proc.returncode}: {self.log_tail(5)}")
+            if time.monotonic() > deadline:
+                raise Failure(f"{self.name} logged no `serving` line within {STARTUP_TIMEOUT:.0f}s: {self.log_tail(5)}")
+            time.sleep(0.05)
         while True:
             if self.proc.poll() is not None:
                 raise Failure(f"{self.name} exited with {self.proc.returncode}: {self.log_tail(5)}")
@@ -2300,6 +2321,11 @@ def main(argv) -> int:
         deploy_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
         # GitLab's key rotation, one replica at a time, under a client's load.
         rotation_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
+        keep = os.environ.get("INTEROP_KEEP_LOGS")
+        if keep:  # every process's whole log, for a failure that the last lines do not explain
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for log in tmp.rglob("*.log"):
+                shutil.copy(log, Path(keep) / log.relative_to(tmp).as_posix().replace("/", "_"))
     print(f"# {time.monotonic() - started:.1f}s", flush=True)
     print(f"{suite.passed} passed, {suite.failed} failed", flush=True)
     return 0 if suite.failed == 0 else 1
