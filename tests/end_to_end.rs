@@ -216,22 +216,7 @@ async fn the_validation_key_keeps_previous_user_tokens_valid() {
     )
     .await
     .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let grant = UserTokenGrant {
-        service: ServiceName::new(SERVICE),
-        subject: "user-77".into(),
-        realm: Some("self-managed".into()),
-        instance_id: Some("instance-1".into()),
-        scopes: vec![UnitPrimitive::execute_workflow()],
-        duo_seat_count: None,
-        copied: vec![],
-        issued_at: UnixTime::from_secs(now).unwrap(),
-        expires_at: UnixTime::from_secs(now + 3600).unwrap(),
-    };
-    let claims = LocalAuthority::user_token_claims(&grant, "jti-1");
+    let claims = user_token_claims();
     for (signer, with_kid) in [(&previous, true), (&previous, false)] {
         let user_token = token::sign(&signer.key, &claims, with_kid);
         assert_status(
@@ -248,6 +233,143 @@ async fn the_validation_key_keeps_previous_user_tokens_valid() {
             "Forbidden by auth provider",
         );
     }
+}
+
+/// The claims of a user token the authority would mint for an execute-workflow grant.
+fn user_token_claims() -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let grant = UserTokenGrant {
+        service: ServiceName::new(SERVICE),
+        subject: "user-77".into(),
+        realm: Some("self-managed".into()),
+        instance_id: Some("instance-1".into()),
+        scopes: vec![UnitPrimitive::execute_workflow()],
+        duo_seat_count: None,
+        copied: vec![],
+        issued_at: UnixTime::from_secs(now).unwrap(),
+        expires_at: UnixTime::from_secs(now + 3600).unwrap(),
+    };
+    LocalAuthority::user_token_claims(&grant, "jti-1")
+}
+
+/// The authority's two key files replaced one at a time and found half-way by a poll (outside
+/// a Kubernetes Secret nothing swaps two files at once): a pair that would remove a key in use
+/// waits for the next poll, so no token signed with the key being replaced is refused meanwhile;
+/// adding keys is never held; a SIGHUP applies a removal at once.
+#[tokio::test]
+async fn an_authority_pair_replaced_one_file_at_a_time_refuses_no_good_token() {
+    let dir = TempDir::new();
+    let instance_key = key("rs256-instance");
+    let (old, new) = (key("rs256-authority"), key("eddsa-authority-next"));
+    let config = static_source_config(&dir, GITLAB, &[&instance_key]);
+    let signing = dir.write("signing.pem", &old.pem);
+    let validation = dir.write("validation.pem", &new.pem); // step 1 of a rotation, done
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!(
+        "\n[self_signed_jwt]\nsigning_key_file = \"{}\"\nvalidation_key_file = \"{}\"\n\n[reload]\npoll_seconds = 0\n",
+        signing.display(),
+        validation.display()
+    ));
+    std::fs::write(&config, toml).unwrap();
+    let service = start_service(Some(&config), &[]).await.unwrap();
+
+    let claims = user_token_claims();
+    let accepted = |k: &support::SigningKeyPem| {
+        let user_token = token::sign(&k.key, &claims, true);
+        async move {
+            match execute_workflow(service.addr, &Headers::bearer(&user_token)).await {
+                Err(s) if s.code() == Code::Unimplemented => true, // past authentication
+                Err(s) if s.code() == Code::Unauthenticated => false,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let minted_kid = || async {
+        let instance = mint(&instance_key.key, &instance_request(GITLAB, &[GENERATE]));
+        let response = generate_token(service.addr, &Headers::bearer(&instance))
+            .await
+            .unwrap();
+        decode_segment(&response.token, 0)["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let poll = || async {
+        let outcome = service.reloader.reload(Trigger::Poll).await;
+        outcome
+            .into_iter()
+            .find(|(name, _)| name == "local-authority")
+            .unwrap()
+            .1
+    };
+    let (old_kid, new_kid) = (old.key.kid().to_owned(), new.key.kid().to_owned());
+    assert_eq!(minted_kid().await, old_kid);
+
+    // Step 2, the signing file first: the pair {new, new} would drop the old key, with which
+    // this replica signed a moment ago (and the others still sign). Held.
+    std::fs::write(&signing, &new.pem).unwrap();
+    let outcome = poll().await;
+    assert!(
+        matches!(&outcome, Reloaded::Held(why) if why.contains(&old_kid)),
+        "{outcome:?}"
+    );
+    assert!(service.reloader.healthy(), "held is not failing");
+    assert_eq!(
+        minted_kid().await,
+        old_kid,
+        "the previous pair stays in use"
+    );
+    assert!(accepted(&old).await && accepted(&new).await);
+    // The validation file follows: a pair that removes nothing is used at once.
+    std::fs::write(&validation, &old.pem).unwrap();
+    let outcome = poll().await;
+    assert!(matches!(outcome, Reloaded::Changed(_)), "{outcome:?}");
+    assert_eq!(minted_kid().await, new_kid);
+    assert!(accepted(&old).await && accepted(&new).await);
+
+    // Step 3, the validation file removed: held for one poll, then applied.
+    std::fs::remove_file(&validation).unwrap();
+    let outcome = poll().await;
+    assert!(matches!(outcome, Reloaded::Held(_)), "{outcome:?}");
+    assert!(accepted(&old).await, "still configured until the next poll");
+    let outcome = poll().await;
+    assert!(matches!(outcome, Reloaded::Changed(_)), "{outcome:?}");
+    assert!(!accepted(&old).await, "removed");
+    assert!(accepted(&new).await);
+    assert_eq!(poll().await, Reloaded::Unchanged);
+
+    // A held pair that the files leave again is forgotten: the old key back as validation key
+    // is a change that removes nothing.
+    std::fs::write(&signing, &old.pem).unwrap();
+    assert!(matches!(poll().await, Reloaded::Held(_)));
+    std::fs::write(&signing, &new.pem).unwrap();
+    std::fs::write(&validation, &old.pem).unwrap();
+    assert!(matches!(poll().await, Reloaded::Changed(_)));
+    assert_eq!(minted_kid().await, new_kid);
+    assert!(accepted(&old).await && accepted(&new).await);
+
+    // The operator's SIGHUP (an emergency: the old key must go now) is not held.
+    std::fs::remove_file(&validation).unwrap();
+    let outcome = service.reloader.reload(Trigger::Signal).await;
+    assert!(
+        outcome
+            .iter()
+            .any(|(name, o)| name == "local-authority" && matches!(o, Reloaded::Changed(_))),
+        "{outcome:?}"
+    );
+    assert!(!accepted(&old).await);
+
+    let (_, _, metrics) =
+        support::get_with_host(service.operator_addr, "/metrics", "localhost").await;
+    assert!(
+        metrics.contains(
+            "duo_workflow_auth_reloads_total{files=\"local-authority\",result=\"held\"} 3"
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 //! reads them again on reload and swaps the pair at once.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::jose::keys::PublicKey;
 use crate::jose::signing::SigningKey;
 use crate::jose::token;
-use crate::reload::{FileContents, Reloadable, Reloaded, WatchedFiles};
+use crate::reload::{FileContents, Reading, Reloadable, Reloaded, Trigger, WatchedFiles};
 use crate::sources::StaticKeySource;
 
 /// The name of the authority's key source in logs and readiness.
@@ -71,6 +71,13 @@ impl AuthorityKeys {
             }
         }
         algs
+    }
+
+    /// The key ids of the pair, the signing key's first.
+    fn kids(&self) -> Vec<&str> {
+        std::iter::once(self.signing.kid())
+            .chain(self.validation.as_ref().map(|v| v.kid()))
+            .collect()
     }
 
     fn describe(&self) -> String {
@@ -206,11 +213,20 @@ fn public_keys(keys: &AuthorityKeys) -> Vec<IssuerKey<PublicKey>> {
 /// The signing key file must always hold a key. A validation key file that does not exist means
 /// "no validation key" (the last step of a rotation removes it, e.g. from a Kubernetes Secret);
 /// one that exists must hold a key.
+///
+/// Two files cannot be replaced at once outside a Kubernetes Secret: a poll can find the new
+/// signing key beside the old validation file (or the reverse), a pair that drops a key the
+/// other replicas still sign with, so good tokens would be refused until the second file
+/// arrives. A change a poll notices that removes a key in use therefore waits: it is applied
+/// when the next poll finds the files the same, or at once on SIGHUP. Adding keys (steps 1 and 2
+/// of a rotation) is never held; removing the old one (step 3) takes one poll interval more.
 pub struct AuthorityFiles {
     authority: Arc<LocalAuthority>,
     signing: Option<PathBuf>,
     validation: Option<PathBuf>,
     files: WatchedFiles,
+    /// A pair read by a poll that removes keys in use, waiting for the next poll.
+    held: Mutex<Option<AuthorityKeys>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -245,8 +261,15 @@ impl AuthorityFiles {
             signing,
             validation,
             files,
+            held: Mutex::new(None),
             clock,
         })
+    }
+
+    fn apply(&self, keys: AuthorityKeys) -> Reloaded {
+        let described = keys.describe();
+        self.authority.replace(keys, self.clock.now());
+        Reloaded::Changed(described)
     }
 
     /// The pair the files hold now, the keys not from files as they are.
@@ -286,15 +309,41 @@ impl Reloadable for AuthorityFiles {
         KEY_SOURCE_NAME
     }
 
-    fn reload(&self) -> Reloaded {
-        let Some(contents) = self.files.read_if_changed() else {
-            return Reloaded::Unchanged;
+    fn reload(&self, trigger: Trigger) -> Reloaded {
+        let mut held = self.held.lock().expect("not poisoned");
+        let contents = match self.files.read() {
+            // The files still hold the pair a poll held back: now it is what they mean.
+            Reading::Same => {
+                return match held.take() {
+                    Some(keys) => self.apply(keys),
+                    None => Reloaded::Unchanged,
+                }
+            }
+            Reading::Settling => return Reloaded::Unchanged,
+            Reading::Changed(contents) => contents,
         };
+        *held = None; // the files moved on since
         match self.load(&contents) {
             Ok(keys) => {
-                let described = keys.describe();
-                self.authority.replace(keys, self.clock.now());
-                Reloaded::Changed(described)
+                let in_use = self.authority.keys();
+                let next = keys.kids();
+                let removed: Vec<&str> = in_use
+                    .kids()
+                    .into_iter()
+                    .filter(|kid| !next.contains(kid))
+                    .collect();
+                if trigger == Trigger::Poll && !removed.is_empty() {
+                    let why = format!(
+                        "the files now hold {} and would remove kid {}: held until the next poll \
+                         finds them the same, or a SIGHUP (a pair replaced one file at a time \
+                         must not refuse tokens signed with the key it replaces)",
+                        keys.describe(),
+                        removed.join(", ")
+                    );
+                    *held = Some(keys);
+                    return Reloaded::Held(why);
+                }
+                self.apply(keys)
             }
             Err(why) => {
                 self.authority.key_source.keep_after_failure(why.clone());

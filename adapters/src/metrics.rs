@@ -520,13 +520,24 @@ impl ReloadMetrics {
     /// shows the group before its first reload.
     pub fn watching(&self, files: &str) {
         let files = LabelText::Shared(files.into());
-        for result in ["changed", "failed"] {
+        for result in ["changed", "held", "failed"] {
             drop(self.reloads.get_or_create(&ReloadLabels {
                 files: files.clone(),
                 result,
             }));
         }
         drop(self.failing.get_or_create(&FilesLabel { files }));
+    }
+
+    /// New contents of `files` that a poll held back until the next one (they remove keys in
+    /// use); not a failure.
+    pub fn held(&self, files: &str) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                files: LabelText::Shared(files.into()),
+                result: "held",
+            })
+            .inc();
     }
 
     /// A reload of `files` that swapped new contents in (`failed`: that found new contents
@@ -598,7 +609,7 @@ impl Metrics {
         );
         registry.register(
             format!("{PREFIX}reloads"),
-            "Reloads of files (TLS, the local authority's keys, static key sources) that found new contents, by result (changed: in use; failed: the previous contents stay).",
+            "Reloads of files (TLS, the local authority's keys, static key sources) that found new contents, by result (changed: in use; held: removing keys in use, waiting for the next poll; failed: the previous contents stay).",
             reloads.reloads.clone(),
         );
         registry.register(

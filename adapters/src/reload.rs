@@ -9,6 +9,15 @@ use std::time::Duration;
 
 use ring::digest::{Context, Digest, SHA256};
 
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The operator (SIGHUP): what the files hold now is what they mean, use it.
+    Signal,
+    /// The poll noticed the files changed: they may still be half-way through an update.
+    Poll,
+}
+
 /// What one reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reloaded {
@@ -16,6 +25,10 @@ pub enum Reloaded {
     Unchanged,
     /// New contents are in use; the text says what is in use now (key ids, never key material).
     Changed(String),
+    /// New contents that load but remove keys in use, noticed by a poll: the previous ones
+    /// stay in use until the next poll finds the files the same (or a SIGHUP); the text says
+    /// what would be removed.
+    Held(String),
     /// New contents that do not load: the previous ones stay in use; the text says why.
     Failed(String),
 }
@@ -28,7 +41,7 @@ pub trait Reloadable: Send + Sync {
 
     /// Reads the files again and swaps in what they hold, when it changed and loads. Blocking
     /// (file reads, key parsing): call it off the async workers.
-    fn reload(&self) -> Reloaded;
+    fn reload(&self, trigger: Trigger) -> Reloaded;
 }
 
 /// What one file held when read.
@@ -122,6 +135,15 @@ impl WatchedFiles {
     /// and stayed the same over the settle time; `None` otherwise. Contents handed out count as
     /// seen whether or not they then load.
     pub fn read_if_changed(&self) -> Option<Vec<FileContents>> {
+        match self.read() {
+            Reading::Changed(contents) => Some(contents),
+            Reading::Same | Reading::Settling => None,
+        }
+    }
+
+    /// What the files hold compared with the last contents handed out (see
+    /// [`read_if_changed`](Self::read_if_changed)).
+    pub fn read(&self) -> Reading {
         let read =
             || -> Vec<FileContents> { self.paths.iter().map(|p| FileContents::read(p)).collect() };
         let first = read();
@@ -134,19 +156,30 @@ impl WatchedFiles {
             .map(Digest::as_ref)
             == Some(first_digest.as_ref())
         {
-            return None;
+            return Reading::Same;
         }
         if !self.settle.is_zero() {
             std::thread::sleep(self.settle);
             let second = read();
             if digest(&second).as_ref() != first_digest.as_ref() {
                 // Being written: the next reload sees it finished.
-                return None;
+                return Reading::Settling;
             }
         }
         *self.last.lock().expect("not poisoned") = Some(first_digest);
-        Some(first)
+        Reading::Changed(first)
     }
+}
+
+/// What [`WatchedFiles::read`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// What was last handed out.
+    Same,
+    /// Other contents, still changing over the settle time.
+    Settling,
+    /// Other contents, stable: handed out (and from now on what `Same` compares with).
+    Changed(Vec<FileContents>),
 }
 
 fn digest(contents: &[FileContents]) -> Digest {

@@ -12,14 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use duo_workflow_adapters::metrics::ReloadMetrics;
+pub use duo_workflow_adapters::reload::Trigger;
 use duo_workflow_adapters::reload::{Reloadable, Reloaded};
-
-/// What asked for a reload, for the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Signal,
-    Poll,
-}
 
 pub struct Reloader {
     files: Vec<Arc<dyn Reloadable>>,
@@ -65,7 +59,7 @@ impl Reloader {
         let outcomes: Vec<(String, Reloaded)> = self
             .files
             .iter()
-            .map(|f| (f.name().to_owned(), f.reload()))
+            .map(|f| (f.name().to_owned(), f.reload(trigger)))
             .collect();
         for (name, outcome) in &outcomes {
             match outcome {
@@ -74,6 +68,10 @@ impl Reloader {
                     self.failing.lock().expect("not poisoned").remove(name);
                     self.metrics.reloaded(name, false);
                     tracing::info!(files = %name, ?trigger, "reloaded: {what}");
+                }
+                Reloaded::Held(why) => {
+                    self.metrics.held(name);
+                    tracing::warn!(files = %name, ?trigger, "new contents held back: {why}");
                 }
                 Reloaded::Failed(why) => {
                     self.failing
@@ -177,7 +175,7 @@ mod tests {
         fn name(&self) -> &str {
             self.name
         }
-        fn reload(&self) -> Reloaded {
+        fn reload(&self, _: Trigger) -> Reloaded {
             self.next
                 .lock()
                 .unwrap()

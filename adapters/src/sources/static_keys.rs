@@ -11,7 +11,7 @@ use duo_workflow_domain::{Issuer, UnixTime};
 
 use crate::jose::jwk::parse_jwks;
 use crate::jose::keys::{KeyPolicy, PublicKey};
-use crate::reload::{FileContents, Reloadable, Reloaded, WatchedFiles};
+use crate::reload::{FileContents, Reloadable, Reloaded, Trigger, WatchedFiles};
 
 /// How a key file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +223,7 @@ impl Reloadable for StaticKeySource {
         &self.name
     }
 
-    fn reload(&self) -> Reloaded {
+    fn reload(&self, _: Trigger) -> Reloaded {
         let Some(watch) = &self.watch else {
             return Reloaded::Unchanged;
         };

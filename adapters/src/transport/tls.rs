@@ -13,7 +13,7 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use super::listener::Protocol;
-use crate::reload::{FileContents, Reloadable, Reloaded, WatchedFiles};
+use crate::reload::{FileContents, Reloadable, Reloaded, Trigger, WatchedFiles};
 
 /// Where the certificate, its key and the client CA bundle are read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +121,7 @@ impl Reloadable for ReloadableTls {
         "tls"
     }
 
-    fn reload(&self) -> Reloaded {
+    fn reload(&self, _: Trigger) -> Reloaded {
         let Some(contents) = self.watched.read_if_changed() else {
             return Reloaded::Unchanged;
         };
