@@ -1,7 +1,8 @@
 //! Files read again while the service runs: the local authority's keys, static key sources'
 //! files, the TLS certificate. Each is a [`Reloadable`]; the application calls them on SIGHUP
 //! and on a poll. A reload swaps the new contents in atomically, or, when they do not load,
-//! keeps the previous ones and says why.
+//! keeps the previous ones and says why (the authority's key files may also be held for one
+//! poll, see [`crate::authority::AuthorityFiles`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
