@@ -235,6 +235,15 @@ async fn the_validation_key_keeps_previous_user_tokens_valid() {
     }
 }
 
+/// What a reload did to the file group `name`.
+fn outcome_of(outcomes: Vec<(String, Reloaded)>, name: &str) -> Reloaded {
+    outcomes
+        .into_iter()
+        .find(|(group, _)| group == name)
+        .unwrap_or_else(|| panic!("no file group {name}"))
+        .1
+}
+
 /// The claims of a user token the authority would mint for an execute-workflow grant.
 fn user_token_claims() -> serde_json::Value {
     let now = std::time::SystemTime::now()
@@ -298,12 +307,10 @@ async fn an_authority_pair_replaced_one_file_at_a_time_refuses_no_good_token() {
             .to_owned()
     };
     let poll = || async {
-        let outcome = service.reloader.reload(Trigger::Poll).await;
-        outcome
-            .into_iter()
-            .find(|(name, _)| name == "local-authority")
-            .unwrap()
-            .1
+        outcome_of(
+            service.reloader.reload(Trigger::Poll).await,
+            "local-authority",
+        )
     };
     let (old_kid, new_kid) = (old.key.kid().to_owned(), new.key.kid().to_owned());
     assert_eq!(minted_kid().await, old_kid);
@@ -353,13 +360,11 @@ async fn an_authority_pair_replaced_one_file_at_a_time_refuses_no_good_token() {
 
     // The operator's SIGHUP (an emergency: the old key must go now) is not held.
     std::fs::remove_file(&validation).unwrap();
-    let outcome = service.reloader.reload(Trigger::Signal).await;
-    assert!(
-        outcome
-            .iter()
-            .any(|(name, o)| name == "local-authority" && matches!(o, Reloaded::Changed(_))),
-        "{outcome:?}"
+    let outcome = outcome_of(
+        service.reloader.reload(Trigger::Signal).await,
+        "local-authority",
     );
+    assert!(matches!(outcome, Reloaded::Changed(_)), "{outcome:?}");
     assert!(!accepted(&old).await);
 
     let (_, _, metrics) =
@@ -414,13 +419,7 @@ async fn a_static_key_file_reloads_and_a_broken_one_keeps_the_previous_keys() {
         let jwks = serde_json::json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() });
         std::fs::write(&jwks_file, jwks.to_string()).unwrap();
     };
-    let outcome_of_source = |outcome: Vec<(String, Reloaded)>| {
-        outcome
-            .into_iter()
-            .find(|(name, _)| name == "test-gitlab")
-            .unwrap()
-            .1
-    };
+    let outcome_of_source = |outcomes| outcome_of(outcomes, "test-gitlab");
     assert!(generate_token(service.addr, &token(&old)).await.is_ok());
     assert!(generate_token(service.addr, &token(&new)).await.is_err());
     // Nothing changed: nothing reloads (and the verified-token cache stays warm).
