@@ -907,3 +907,93 @@ async fn an_https_executor_is_reached_when_its_ca_is_configured() {
         .count();
     assert_eq!(relayed, 1);
 }
+
+/// An executor that sends back every data frame of a request as it arrives, then `OK`.
+async fn streaming_echo_executor() -> RawExecutor {
+    RawExecutor::start(|req| async move {
+        let (tx, body) = raw::channel_body(16);
+        let mut incoming = req.into_body();
+        tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            while let Some(Ok(frame)) = incoming.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    if tx.send(Ok(Frame::data(data))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = tx
+                .send(Ok(Frame::trailers(raw::trailers(&[("grpc-status", b"0")]))))
+                .await;
+        });
+        raw::response(&[], body)
+    })
+    .await
+}
+
+/// Issue 14, item 2: a request carrying `content-length` (h2load sends one; any HTTP/2 client or
+/// proxy may) once panicked the task owning the executor connection, failing every stream
+/// relayed over it. Now it is relayed like any other, and the streams beside it carry on.
+#[tokio::test]
+async fn a_request_with_content_length_is_relayed_and_the_streams_beside_it_carry_on() {
+    let executor = streaming_echo_executor().await;
+    let (service, headers, _dir) = service_before(&executor, &[AGENT_PLATFORM], &[]).await;
+    let start = raw::framed(&support::start_event("go").encode_to_vec());
+
+    // A long stream, open on the executor connection.
+    let (events, body) = raw::channel_body(4);
+    let mut send = raw::connect(service.addr).await;
+    let open = send.send_request(raw::request(
+        "/DuoWorkflow/ExecuteWorkflow",
+        &pairs(&headers),
+        body,
+    ));
+    events.send(Ok(Frame::data(start.clone()))).await.unwrap();
+    let mut open = open.await.unwrap().into_body();
+    let echoed = |frame: Option<Result<Frame<Bytes>, hyper::Error>>| {
+        frame
+            .expect("the open stream ended")
+            .expect("the open stream broke")
+            .into_data()
+            .expect("a data frame")
+    };
+    use http_body_util::BodyExt;
+    assert_eq!(echoed(open.frame().await), start);
+
+    // Calls whose requests say how long they are: the whole body in one frame, in two frames,
+    // a stream and a unary call.
+    let split = start.len() / 2;
+    for (path, frames) in [
+        ("/DuoWorkflow/ExecuteWorkflow", vec![start.clone()]),
+        (
+            "/DuoWorkflow/ExecuteWorkflow",
+            vec![start.slice(..split), start.slice(split..)],
+        ),
+        ("/DuoWorkflow/ListTools", vec![raw::framed(b"")]),
+    ] {
+        let length: usize = frames.iter().map(Bytes::len).sum();
+        let mut h = pairs(&headers);
+        let length = length.to_string();
+        h.push(("content-length", &length));
+        let body = raw::frames_body(frames.into_iter().map(Frame::data).collect());
+        let r = raw::call(service.addr, raw::request(path, &h, body)).await;
+        assert_eq!(r.grpc_status(), Some("0"), "{path}: {r:?}");
+        assert_eq!(r.body.len().to_string(), length, "{path}: echoed whole");
+    }
+
+    // The open stream still works, and ends with the executor's status.
+    let next = raw::framed(b"\x12\x00");
+    events.send(Ok(Frame::data(next.clone()))).await.unwrap();
+    assert_eq!(echoed(open.frame().await), next);
+    drop(events);
+    let end = echoed_trailers(open.frame().await);
+    assert_eq!(end.get("grpc-status").unwrap(), "0");
+}
+
+fn echoed_trailers(frame: Option<Result<Frame<Bytes>, hyper::Error>>) -> http::HeaderMap {
+    frame
+        .expect("the stream ended without trailers")
+        .expect("the stream broke")
+        .into_trailers()
+        .expect("trailers")
+}

@@ -189,24 +189,34 @@ impl HttpBody for Replay {
         self.read.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
+    /// What was read plus what the rest says of itself. The rest's hint is the caller's (a
+    /// `content-length` it sent): sums saturate and the upper bound is set before the lower, so
+    /// no hint a caller can make asserts in `http-body` — this runs on the task that owns the
+    /// executor connection, shared by every relayed call.
     fn size_hint(&self) -> SizeHint {
-        let read: u64 = self
+        let read = self
             .read
             .iter()
             .filter_map(|f| f.data_ref())
-            .map(|d| d.len() as u64)
-            .sum();
-        let mut hint = self
+            .fold(0u64, |sum, d| sum.saturating_add(d.len() as u64));
+        let rest = self
             .rest
             .as_ref()
-            .map(|r| r.size_hint())
-            .unwrap_or_else(|| SizeHint::with_exact(0));
-        hint.set_lower(hint.lower() + read);
-        if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + read);
-        }
-        hint
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint);
+        add_to_hint(&rest, read)
     }
+}
+
+/// `hint` moved up by `bytes`, without overflow and with `lower <= upper` kept.
+fn add_to_hint(hint: &SizeHint, bytes: u64) -> SizeHint {
+    let mut sum = SizeHint::new();
+    let upper = hint.upper().map(|u| u.saturating_add(bytes));
+    if let Some(upper) = upper {
+        sum.set_upper(upper);
+    }
+    let lower = hint.lower().saturating_add(bytes);
+    sum.set_lower(upper.map_or(lower, |u| lower.min(u)));
+    sum
 }
 
 #[cfg(test)]
@@ -335,5 +345,108 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.code(), tonic::Code::Internal);
+    }
+
+    /// A body of scripted frames that says whatever a caller's `content-length` made it say.
+    struct Scripted {
+        frames: VecDeque<Frame<Bytes>>,
+        hint: SizeHint,
+    }
+
+    impl HttpBody for Scripted {
+        type Data = Bytes;
+        type Error = Status;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.frames.pop_front().map(Ok))
+        }
+        fn size_hint(&self) -> SizeHint {
+            self.hint
+        }
+    }
+
+    fn hint(lower: u64, extra: Option<u64>) -> SizeHint {
+        let mut h = SizeHint::new();
+        if let Some(extra) = extra {
+            h.set_upper(lower.saturating_add(extra));
+        }
+        h.set_lower(lower);
+        h
+    }
+
+    fn any_hint() -> impl proptest::strategy::Strategy<Value = SizeHint> {
+        use proptest::prelude::*;
+        (
+            prop_oneof![0..64u64, Just(u64::MAX), Just(u64::MAX - 1), any::<u64>()],
+            proptest::option::of(prop_oneof![Just(0u64), 0..64u64, any::<u64>()]),
+        )
+            .prop_map(|(lower, extra)| hint(lower, extra))
+    }
+
+    proptest::proptest! {
+        /// Any hint a body can give, moved by any count: never a panic, never lower > upper.
+        #[test]
+        fn hints_add_without_panicking(h in any_hint(), bytes: u64) {
+            let sum = add_to_hint(&h, bytes);
+            proptest::prop_assert!(sum.upper().is_none_or(|u| sum.lower() <= u));
+            proptest::prop_assert_eq!(sum.lower(), h.lower().saturating_add(bytes).min(sum.upper().unwrap_or(u64::MAX)));
+            proptest::prop_assert_eq!(sum.upper(), h.upper().map(|u| u.saturating_add(bytes)));
+        }
+
+        /// Messages split into any frames, cut short anywhere or ended by trailers, under any
+        /// size hint: the first message is read when it is whole, every byte and the trailers are
+        /// replayed in order, and the replaying body's hint is sound at every step.
+        #[test]
+        fn the_first_message_is_read_and_replayed_under_any_split_and_hint(
+            messages in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 1..4),
+            cuts in proptest::collection::vec(1..30usize, 0..12),
+            keep in proptest::prelude::any::<proptest::sample::Index>(),
+            cut_short: bool,
+            with_trailers: bool,
+            h in any_hint(),
+        ) {
+            let mut wire = Vec::new();
+            for m in &messages {
+                wire.extend(framed(false, m));
+            }
+            if cut_short {
+                wire.truncate(keep.index(wire.len() + 1));
+            }
+            let mut frames = VecDeque::new();
+            let mut rest = &wire[..];
+            for cut in cuts.iter().chain(std::iter::repeat(&7)) {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = (*cut).min(rest.len());
+                frames.push_back(Frame::data(Bytes::copy_from_slice(&rest[..n])));
+                rest = &rest[n..];
+            }
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-end", "yes".parse().unwrap());
+            if with_trailers {
+                frames.push_back(Frame::trailers(trailers.clone()));
+            }
+            let body = Body::new(Scripted { frames, hint: h });
+            let first = futures::executor::block_on(read_first_message(body, &HeaderMap::new(), 100)).unwrap();
+            let whole = wire.len() >= PREFIX + messages[0].len();
+            proptest::prop_assert_eq!(first.payload.as_deref(), whole.then_some(&messages[0][..]));
+            let mut body = first.body;
+            let mut replayed = Vec::new();
+            let mut seen_trailers = None;
+            loop {
+                let sh = body.size_hint();
+                proptest::prop_assert!(sh.upper().is_none_or(|u| sh.lower() <= u));
+                let Some(frame) = futures::executor::block_on(body.frame()) else { break };
+                match frame.unwrap().into_data() {
+                    Ok(d) => replayed.extend_from_slice(&d),
+                    Err(f) => seen_trailers = f.into_trailers().ok(),
+                }
+            }
+            proptest::prop_assert_eq!(replayed, wire);
+            proptest::prop_assert_eq!(seen_trailers, with_trailers.then_some(trailers));
+        }
     }
 }
