@@ -228,7 +228,7 @@ async fn serve_with(mode: AuthMode, o: Options) -> Harness {
     });
     let (_, health) = tonic_health::server::health_reporter();
     let reflection = o.methods.reflection_enabled();
-    let admission = AdmissionLayer::new(gatekeeper, o.methods, limits.max_message_bytes);
+    let admission = AdmissionLayer::new(gatekeeper, o.methods, &limits);
     let mut routes = Routes::new(health, minting, relay);
     if reflection {
         routes = routes.with_reflection();

@@ -997,3 +997,201 @@ fn echoed_trailers(frame: Option<Result<Frame<Bytes>, hyper::Error>>) -> http::H
         .into_trailers()
         .expect("trailers")
 }
+
+/// Issue 17, item 1: gRPC knows two flag bytes, 0 (plain) and 1 (compressed). A first message
+/// flagged otherwise was once read as compressed (the flow of a `chat` start request, which a
+/// `duo_chat` token may run) and relayed as it was, for the executor to read differently (an
+/// empty event: the default flow). Every flag byte other than 0 and 1 is `INTERNAL` now, on
+/// the first message and every later one, each way, and the executor never sees it.
+#[tokio::test]
+async fn a_flag_byte_other_than_plain_or_compressed_is_refused_each_way() {
+    use std::io::Write;
+    let received: Record<Result<usize, String>> = Arc::default();
+    let executor = echoing_executor(received.clone(), 1).await;
+    let (service, headers, _dir) = service_before(&executor, &[support::CHAT], &[]).await;
+    let chat = support::start_with(|s| s.workflow_definition = "chat".into());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&chat.encode_to_vec()).unwrap();
+    let compressed = gz.finish().unwrap();
+    for flag in [2u8, 3, 0x80, 0xff] {
+        let mut message = raw::framed(&compressed).to_vec();
+        message[0] = flag;
+        let mut h = pairs(&headers);
+        h.push(("grpc-encoding", "gzip"));
+        let body = raw::frames_body(vec![Frame::data(Bytes::from(message))]);
+        let r = raw::call(
+            service.addr,
+            raw::request("/DuoWorkflow/ExecuteWorkflow", &h, body),
+        )
+        .await;
+        assert_eq!(r.grpc_status(), Some("13"), "flag {flag}: {r:?}");
+        assert_eq!(
+            r.grpc_message().unwrap(),
+            format!("protocol error: received message with invalid compression flag: {flag} (valid flags are 0 and 1)")
+        );
+    }
+    assert!(
+        received.lock().unwrap().is_none(),
+        "a message with a bad flag reached the executor"
+    );
+    // A later message of a stream, and a unary request the service does not read.
+    let start = raw::framed(&chat.encode_to_vec());
+    let mut bad = raw::framed(b"\x12\x00").to_vec();
+    bad[0] = 2;
+    for (path, messages) in [
+        (
+            "/DuoWorkflow/ExecuteWorkflow",
+            vec![start.clone(), Bytes::from(bad.clone())],
+        ),
+        ("/DuoWorkflow/ListTools", vec![Bytes::from(bad.clone())]),
+    ] {
+        let r = send_messages(&service, &headers, path, messages).await;
+        assert_eq!(r.grpc_status(), Some("13"), "{path}: {r:?}");
+    }
+    drop(service);
+
+    // The executor's answer.
+    let executor = RawExecutor::start(move |req| {
+        let bad = bad.clone();
+        async move {
+            let _ = raw::read_all(req.into_body()).await;
+            raw::response(
+                &[],
+                raw::frames_body(vec![
+                    Frame::data(Bytes::from(bad)),
+                    Frame::trailers(raw::trailers(&[("grpc-status", b"0")])),
+                ]),
+            )
+        }
+    })
+    .await;
+    let (service, headers, _dir) = service_before(&executor, &[support::CHAT], &[]).await;
+    let r = send_messages(
+        &service,
+        &headers,
+        "/DuoWorkflow/ListTools",
+        vec![raw::framed(b"")],
+    )
+    .await;
+    assert_eq!(r.grpc_status(), Some("13"), "{r:?}");
+    assert!(r.body.is_empty(), "the bad message was not passed on");
+}
+
+/// A stream on `send` whose first message announces 4 MiB and sends all of it but one byte.
+async fn half_sent_first_message(
+    send: &mut hyper::client::conn::http2::SendRequest<raw::ChannelBody>,
+    headers: &[(String, String)],
+) -> (
+    tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    tokio::task::JoinHandle<raw::RawResponse>,
+) {
+    let (events, body) = raw::channel_body(8);
+    let response = send.send_request(raw::request(
+        "/DuoWorkflow/ExecuteWorkflow",
+        &pairs(headers),
+        body,
+    ));
+    let call = tokio::spawn(async move { raw::read_response(response.await.unwrap()).await });
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&(MIB4 as u32).to_be_bytes());
+    events
+        .send(Ok(Frame::data(Bytes::from(prefix))))
+        .await
+        .unwrap();
+    for quarter in [MIB4 / 4, MIB4 / 4, MIB4 / 4, MIB4 / 4 - 1] {
+        events
+            .send(Ok(Frame::data(Bytes::from(vec![b'z'; quarter]))))
+            .await
+            .unwrap();
+    }
+    (events, call)
+}
+
+/// `duo_workflow_first_message_bytes_held`, once it reads `bytes` (the service holds what
+/// the caller sent only after reading it).
+async fn wait_for_bytes_held(service: &Running, bytes: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, body) =
+            support::get_with_host(service.operator_addr, "/metrics", "localhost").await;
+        let held = body
+            .lines()
+            .find_map(|l| l.strip_prefix("duo_workflow_first_message_bytes_held "))
+            .map(|v| v.trim().parse::<usize>().unwrap());
+        if held == Some(bytes) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bytes held: {held:?}, expected {bytes}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 17, item 2: first messages are read before authorization, and were held twice and
+/// without bound (24 half-sent 4 MiB first messages took the process from 10 to 205 MiB). Now
+/// they are held once, within a bound per connection (two of the largest messages) and one for
+/// the service (sixteen); past either, `RESOURCE_EXHAUSTED`, and what a call held is given back
+/// when it goes.
+#[tokio::test]
+async fn first_messages_held_before_authorization_are_bounded_per_connection_and_in_all() {
+    let received: Record<Result<usize, String>> = Arc::default();
+    let executor = echoing_executor(received.clone(), 1).await;
+    let (service, headers, _dir) = service_before(&executor, &[AGENT_PLATFORM], &[]).await;
+    let refused = |r: &raw::RawResponse| {
+        assert_eq!(r.grpc_status(), Some("8"), "{r:?}");
+        assert_eq!(
+            r.grpc_message().as_deref(),
+            Some("Too many bytes of first messages waiting to be read")
+        );
+    };
+    // What one half-sent message holds: its prefix and all of its payload but a byte.
+    let one = 5 + MIB4 - 1;
+    // Connection by connection, two fit and a third is refused, until the service holds
+    // sixteen: then a ninth connection's first message is refused.
+    let mut held = Vec::new();
+    for connection in 0..9 {
+        let mut send = raw::connect(service.addr).await;
+        for stream in 0..3 {
+            let (events, call) = half_sent_first_message(&mut send, &headers).await;
+            if stream == 2 || connection == 8 {
+                let r = tokio::time::timeout(Duration::from_secs(10), call)
+                    .await
+                    .expect("a call over a bound is answered at once")
+                    .unwrap();
+                refused(&r);
+                break;
+            }
+            // Sent one after the other, so that the one over the bound is the third.
+            wait_for_bytes_held(&service, one * (held.len() + 1)).await;
+            held.push((events, call, send.clone()));
+        }
+    }
+    assert!(received.lock().unwrap().is_none());
+    // One held call goes away: what it held comes back, and a new first message fits.
+    let (events, call, _) = held.pop().unwrap();
+    call.abort();
+    drop(events);
+    wait_for_bytes_held(&service, one * held.len()).await;
+    let start = raw::framed(&support::start_event("go").encode_to_vec());
+    let r = send_messages(
+        &service,
+        &headers,
+        "/DuoWorkflow/ExecuteWorkflow",
+        vec![start],
+    )
+    .await;
+    assert_eq!(r.grpc_status(), Some("0"), "{r:?}");
+    // Another finishes its message: it is judged (4 MiB of `z` is no ClientEvent) and gives back
+    // what it held.
+    let (events, call, _) = held.pop().unwrap();
+    events
+        .send(Ok(Frame::data(Bytes::from_static(b"z"))))
+        .await
+        .unwrap();
+    drop(events);
+    let r = call.await.unwrap();
+    assert_eq!(r.grpc_status(), Some("13"), "{r:?}");
+    wait_for_bytes_held(&service, one * held.len()).await;
+}

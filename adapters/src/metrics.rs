@@ -230,10 +230,12 @@ pub enum RefusalReason {
     GlobalUserIdMissing,
     MessageTooLarge,
     MessageUnreadable,
+    FirstMessagesHeld,
+    FirstMessageStalled,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 31] = [
+    pub const ALL: [RefusalReason; 33] = [
         RefusalReason::MethodNotFound,
         RefusalReason::AuthorizationMissing,
         RefusalReason::AuthorizationInvalid,
@@ -265,6 +267,8 @@ impl RefusalReason {
         RefusalReason::GlobalUserIdMissing,
         RefusalReason::MessageTooLarge,
         RefusalReason::MessageUnreadable,
+        RefusalReason::FirstMessagesHeld,
+        RefusalReason::FirstMessageStalled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -300,6 +304,8 @@ impl RefusalReason {
             RefusalReason::GlobalUserIdMissing => "global_user_id_missing",
             RefusalReason::MessageTooLarge => "message_too_large",
             RefusalReason::MessageUnreadable => "message_unreadable",
+            RefusalReason::FirstMessagesHeld => "first_messages_held",
+            RefusalReason::FirstMessageStalled => "first_message_stalled",
         }
     }
 }
@@ -664,6 +670,20 @@ impl Metrics {
         });
     }
 
+    /// A gauge kept elsewhere, read when scraped.
+    pub fn gauge_fn(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> i64 + Send + Sync + 'static,
+    ) {
+        self.register_collector(GaugeFn {
+            name,
+            help,
+            read: Box::new(read),
+        });
+    }
+
     /// Every family, in Prometheus's text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -695,6 +715,26 @@ impl Collector for CounterFn {
         let counter = ConstCounter::new((self.read)());
         let m = encoder.encode_descriptor(self.name, self.help, None, counter.metric_type())?;
         counter.encode(m)
+    }
+}
+
+struct GaugeFn {
+    name: &'static str,
+    help: &'static str,
+    read: Box<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for GaugeFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GaugeFn").field("name", &self.name).finish()
+    }
+}
+
+impl Collector for GaugeFn {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new((self.read)());
+        let m = encoder.encode_descriptor(self.name, self.help, None, gauge.metric_type())?;
+        gauge.encode(m)
     }
 }
 

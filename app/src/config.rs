@@ -972,6 +972,7 @@ fn transport_limits(
             (1, 10_000),
         )?,
         open,
+        first_messages: d.first_messages,
     })
 }
 

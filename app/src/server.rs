@@ -280,12 +280,15 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         capabilities: capabilities.clone(),
         max_message_bytes: limits.max_message_bytes,
     });
+    let admission = AdmissionLayer::new(gatekeeper, settings.methods.clone(), &limits);
+    let held = admission.first_messages_held();
+    metrics.gauge_fn(
+        "duo_workflow_first_message_bytes_held",
+        "Bytes of first messages read and held before their calls are authorized (bounded by [limits]).",
+        move || i64::try_from(held.held()).unwrap_or(i64::MAX),
+    );
     Ok(Service {
-        admission: AdmissionLayer::new(
-            gatekeeper,
-            settings.methods.clone(),
-            limits.max_message_bytes,
-        ),
+        admission,
         generate_token,
         relay,
         capabilities,

@@ -1405,6 +1405,112 @@ mod attacks {
         }
     }
 
+    /// Issue 17, item 2: an authenticated caller's half-sent first messages (read before
+    /// authorization) once held twice and without bound: 24 of 4 MiB took the process from 10 to
+    /// 205 MiB. Now at most sixteen are held (64 MiB), once; the rest are refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn twenty_four_half_sent_4_mib_first_messages_are_held_within_64_mib() {
+        let dir = Scratch::new();
+        let (instance_key, config) = local_gitlab(&dir);
+        let token = mint(&instance_key, "duo_agent_platform", &[]);
+        let server = Server::start(&dir, Some(&config), &[]);
+        let addr = socket_addr(&server);
+        health_check_answers(addr).await;
+        let before = rss_kib(&server);
+        let authorization = format!("Bearer {token}");
+        let metadata = [
+            ("authorization", authorization.as_str()),
+            ("x-gitlab-authentication-type", "oidc"),
+            ("x-gitlab-realm", "self-managed"),
+            ("x-gitlab-instance-id", "inst-1"),
+        ];
+        let mut senders = Vec::new();
+        let mut answers = Vec::new();
+        for _ in 0..24 {
+            let (tx, body) = raw::channel_body(4);
+            let req = raw::request("/DuoWorkflow/ExecuteWorkflow", &metadata, body);
+            // Announces 4 MiB and sends all of it but the last byte, then holds the stream.
+            senders.push(tokio::spawn(async move {
+                let mut prefix = vec![0u8];
+                prefix.extend_from_slice(&(4u32 << 20).to_be_bytes());
+                let _ = tx.send(Ok(Frame::data(Bytes::from(prefix)))).await;
+                for piece in 0..64 {
+                    let len = if piece == 63 {
+                        64 * 1024 - 1
+                    } else {
+                        64 * 1024
+                    };
+                    if tx
+                        .send(Ok(Frame::data(Bytes::from(vec![7u8; len]))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(tx);
+            }));
+            let mut send = raw::connect(addr).await;
+            // The call stays open until aborted: dropping it would cancel the stream.
+            answers.push(tokio::spawn(async move {
+                send.send_request(req)
+                    .await
+                    .map(|r| grpc_status(&r).map(str::to_owned))
+            }));
+        }
+        // Sixteen held whole but their last byte, eight refused.
+        let one = 5 + (4 << 20) - 1;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let held = metric(
+                &server.operator,
+                "duo_workflow_first_message_bytes_held",
+                "",
+            )
+            .await;
+            let refused = metric(
+                &server.operator,
+                "duo_workflow_auth_refusals_total",
+                "reason=\"first_messages_held\"",
+            )
+            .await;
+            if held == (16 * one) as f64 && refused == 8.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "held {held} bytes, refused {refused}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = rss_kib(&server);
+        let added = after.saturating_sub(before);
+        let (mut held, mut refused) = (0, 0);
+        for a in answers {
+            if a.is_finished() {
+                assert_eq!(a.await.unwrap().unwrap().as_deref(), Some("8"));
+                refused += 1;
+            } else {
+                a.abort();
+                held += 1;
+            }
+        }
+        println!(
+            "24 half-sent 4 MiB first messages: {held} held, {refused} RESOURCE_EXHAUSTED; VmRSS {before} -> {after} KiB (+{added} KiB)"
+        );
+        assert_eq!(
+            (held, refused),
+            (16, 8),
+            "the service-wide bound is sixteen"
+        );
+        assert!(added < 96 * 1024, "+{added} KiB");
+        health_check_answers(addr).await;
+        for s in senders {
+            s.abort();
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_the_connection_bound_new_connections_wait_without_spinning_and_open_ones_are_served(
     ) {

@@ -25,9 +25,9 @@ use tonic::body::Body;
 use tonic::Status;
 use tower::{Layer, Service};
 
-use super::grpc_frames::read_first_message;
+use super::grpc_frames::{FirstMessageError, FirstMessageReader, HeldBytes};
 use super::metadata::request_metadata;
-use super::status_of;
+use super::{status_of, Limits};
 use crate::metrics::{with_token_issuer, LabelText, RefusalReason};
 
 /// The authenticated caller of a request, for the handlers.
@@ -44,20 +44,26 @@ pub const METHOD_NOT_FOUND: &str = "Method not found!";
 pub struct AdmissionLayer {
     gatekeeper: Arc<Gatekeeper>,
     methods: Arc<MethodTable>,
-    max_message_bytes: usize,
+    first_messages: FirstMessageReader,
 }
 
 impl AdmissionLayer {
-    pub fn new(
-        gatekeeper: Arc<Gatekeeper>,
-        methods: MethodTable,
-        max_message_bytes: usize,
-    ) -> Self {
+    /// `limits`: the message limit and the bounds on first messages held.
+    pub fn new(gatekeeper: Arc<Gatekeeper>, methods: MethodTable, limits: &Limits) -> Self {
         Self {
             gatekeeper,
             methods: Arc::new(methods),
-            max_message_bytes,
+            first_messages: FirstMessageReader {
+                max_message_bytes: limits.max_message_bytes,
+                service: HeldBytes::new(limits.first_messages.bytes_total),
+                time_to_arrive: limits.first_messages.time_to_arrive,
+            },
         }
+    }
+
+    /// The bytes of first messages held service-wide, for the metric.
+    pub fn first_messages_held(&self) -> HeldBytes {
+        self.first_messages.service.clone()
     }
 
     /// The method table: what is open, ours, allowed or refused.
@@ -182,12 +188,15 @@ impl Refused {
         Self::new(status_of(error), error.into(), issuer, error.to_string())
     }
 
-    /// The first message could not be read: too large, or not readable.
-    fn message(status: Status, issuer: &LabelText) -> Self {
-        let reason = if status.code() == tonic::Code::ResourceExhausted {
-            RefusalReason::MessageTooLarge
-        } else {
-            RefusalReason::MessageUnreadable
+    /// The first message could not be read: too large, not readable, over the bound on bytes
+    /// held, or too slow.
+    fn message(error: &FirstMessageError, issuer: &LabelText) -> Self {
+        let status = error.status();
+        let reason = match error {
+            FirstMessageError::Held => RefusalReason::FirstMessagesHeld,
+            FirstMessageError::Stalled(_) => RefusalReason::FirstMessageStalled,
+            _ if status.code() == tonic::Code::ResourceExhausted => RefusalReason::MessageTooLarge,
+            _ => RefusalReason::MessageUnreadable,
         };
         let detail = status.message().to_owned();
         Self::new(status, reason, issuer, detail)
@@ -222,13 +231,15 @@ impl AdmissionLayer {
         let call = match rpc {
             Some(rpc) if rpc.reads_first_message() => {
                 let (head, body) = req.into_parts();
-                let first = read_first_message(body, &head.headers, self.max_message_bytes)
+                let first = self
+                    .first_messages
+                    .read(body, &head.headers, head.extensions.get::<HeldBytes>())
                     .await
-                    .map_err(|status| Refused::message(status, &issuer))?;
+                    .map_err(|e| Refused::message(&e, &issuer))?;
                 let call = call_of(rpc, first.payload.as_deref()).map_err(|e| match e {
                     CallError::Refused(e) => Refused::auth(&e, &issuer),
                     CallError::Undecodable => Refused::message(
-                        Status::internal("failed to decode the first message"),
+                        &Status::internal("failed to decode the first message").into(),
                         &issuer,
                     ),
                 })?;

@@ -4,15 +4,17 @@
 //! admission layer reads one whole message (the first) where a decision needs it, then hands the
 //! body on with what it read put back in front.
 
-use std::collections::VecDeque;
 use std::io::Read;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tonic::Status;
 
@@ -20,6 +22,30 @@ use tonic::Status;
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 const PREFIX: usize = 5;
+
+/// Why a stream of gRPC messages is not relayed: what a gRPC peer itself refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrelayable {
+    /// A message announced as longer than the limit.
+    TooLarge { len: usize, limit: usize },
+    /// A flag byte other than 0 (plain) or 1 (compressed). Relaying it would let this service
+    /// and the executor read the same bytes differently: a message this service decompresses
+    /// to judge, the executor takes for something else.
+    Flag(u8),
+}
+
+impl Unrelayable {
+    /// The status, in gRPC's own words (`RESOURCE_EXHAUSTED`, or `INTERNAL` as grpc-core answers
+    /// a bad flag).
+    pub fn status(self) -> Status {
+        match self {
+            Unrelayable::TooLarge { len, limit } => too_large(len, limit),
+            Unrelayable::Flag(flag) => Status::internal(format!(
+                "protocol error: received message with invalid compression flag: {flag} (valid flags are 0 and 1)"
+            )),
+        }
+    }
+}
 
 /// Where a byte stream is within gRPC's length-prefixed messages. Scanning never copies payload.
 #[derive(Debug, Default, Clone)]
@@ -31,9 +57,9 @@ pub struct MessageBoundaries {
 }
 
 impl MessageBoundaries {
-    /// Advances over `chunk`. Fails with the announced length when a message is longer than
-    /// `limit`, as soon as its prefix is seen (the payload is never waited for).
-    pub fn advance(&mut self, mut chunk: &[u8], limit: usize) -> Result<(), usize> {
+    /// Advances over `chunk`. Fails as soon as a message's prefix is seen when its flag is not
+    /// gRPC's or its announced length is over `limit` (the payload is never waited for).
+    pub fn advance(&mut self, mut chunk: &[u8], limit: usize) -> Result<(), Unrelayable> {
         while !chunk.is_empty() {
             if self.remaining > 0 {
                 let n = self.remaining.min(chunk.len());
@@ -47,19 +73,25 @@ impl MessageBoundaries {
             chunk = &chunk[n..];
             if self.prefix_len == PREFIX {
                 self.prefix_len = 0;
-                let len = announced_length(&self.prefix);
-                if len > limit {
-                    return Err(len);
-                }
-                self.remaining = len;
+                self.remaining = check_prefix(&self.prefix, limit)?.1;
             }
         }
         Ok(())
     }
 }
 
-fn announced_length(prefix: &[u8; PREFIX]) -> usize {
-    u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize
+/// A message's prefix, checked: whether it is compressed, and its length.
+fn check_prefix(prefix: &[u8; PREFIX], limit: usize) -> Result<(bool, usize), Unrelayable> {
+    let compressed = match prefix[0] {
+        0 => false,
+        1 => true,
+        flag => return Err(Unrelayable::Flag(flag)),
+    };
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if len > limit {
+        return Err(Unrelayable::TooLarge { len, limit });
+    }
+    Ok((compressed, len))
 }
 
 /// The status for a message over the limit, in gRPC's own words.
@@ -69,6 +101,53 @@ pub fn too_large(len: usize, limit: usize) -> Status {
     ))
 }
 
+/// A bound on the bytes of first messages held before authorization (one per connection, one
+/// for the whole service): each byte read is taken from it and given back once the bytes are
+/// passed on. Beyond it a call is refused, so callers who send large first messages slowly, or
+/// never finish them, cannot grow the service's memory without bound.
+#[derive(Clone)]
+pub struct HeldBytes {
+    free: Arc<Semaphore>,
+    bound: usize,
+}
+
+impl HeldBytes {
+    pub fn new(bound: usize) -> Self {
+        let bound = bound.min(Semaphore::MAX_PERMITS);
+        Self {
+            free: Arc::new(Semaphore::new(bound)),
+            bound,
+        }
+    }
+
+    fn take(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes).ok()?;
+        self.free.clone().try_acquire_many_owned(bytes).ok()
+    }
+
+    /// Bytes that may still be taken.
+    pub fn available(&self) -> usize {
+        self.free.available_permits()
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.bound - self.available()
+    }
+}
+
+/// How first messages are read: their limit, the service's bound on the bytes they hold, and
+/// how long a first message, once begun, may take to arrive whole.
+#[derive(Clone)]
+pub struct FirstMessageReader {
+    pub max_message_bytes: usize,
+    pub service: HeldBytes,
+    pub time_to_arrive: Duration,
+}
+
+/// What `RESOURCE_EXHAUSTED` says when a first message would exceed a bound on held bytes.
+pub const FIRST_MESSAGES_HELD: &str = "Too many bytes of first messages waiting to be read";
+
 /// The first message of a request, and the body to pass on (it replays what was read).
 pub struct FirstMessage {
     /// The message's payload, decompressed; `None` when the client half-closed before sending a
@@ -77,57 +156,123 @@ pub struct FirstMessage {
     pub body: Body,
 }
 
-/// Reads the body until its first message is complete (or the body ends), at most `limit`
-/// bytes of payload. `headers` give the message encoding (`grpc-encoding`).
-pub async fn read_first_message(
-    mut body: Body,
-    headers: &HeaderMap,
-    limit: usize,
-) -> Result<FirstMessage, Status> {
-    let mut read: VecDeque<Frame<Bytes>> = VecDeque::new();
-    let mut buffered = BytesMut::new();
-    let mut ended = false;
-    let mut message = None;
-    while message.is_none() {
-        let Some(frame) = body.frame().await else {
-            ended = true;
-            break;
-        };
-        let frame = frame?;
-        if let Some(data) = frame.data_ref() {
-            buffered.extend_from_slice(data);
+/// Why a first message could not be read.
+#[derive(Debug)]
+pub enum FirstMessageError {
+    /// Refused by gRPC's own rules (size, flag, encoding) or the body failed.
+    Unreadable(Status),
+    /// Over a bound on bytes held (`RESOURCE_EXHAUSTED`).
+    Held,
+    /// Begun and not finished in time (`DEADLINE_EXCEEDED`).
+    Stalled(Duration),
+}
+
+impl FirstMessageError {
+    pub fn status(&self) -> Status {
+        match self {
+            FirstMessageError::Unreadable(status) => status.clone(),
+            FirstMessageError::Held => Status::resource_exhausted(FIRST_MESSAGES_HELD),
+            FirstMessageError::Stalled(time) => Status::deadline_exceeded(format!(
+                "The first message did not arrive whole within {} s",
+                time.as_secs()
+            )),
+        }
+    }
+}
+
+impl From<Status> for FirstMessageError {
+    fn from(status: Status) -> Self {
+        FirstMessageError::Unreadable(status)
+    }
+}
+
+impl From<Unrelayable> for FirstMessageError {
+    fn from(e: Unrelayable) -> Self {
+        FirstMessageError::Unreadable(e.status())
+    }
+}
+
+impl FirstMessageReader {
+    /// Reads the body until its first message is complete (or the body ends). `headers` give
+    /// the message encoding (`grpc-encoding`); `connection` is the caller's connection's bound.
+    /// What was read is held once: the payload is a slice of the bytes replayed.
+    pub async fn read(
+        &self,
+        mut body: Body,
+        headers: &HeaderMap,
+        connection: Option<&HeldBytes>,
+    ) -> Result<FirstMessage, FirstMessageError> {
+        let limit = self.max_message_bytes;
+        let mut buffered = BytesMut::new();
+        let mut held = Vec::new();
+        let mut trailers = None;
+        let mut ended = false;
+        let mut message = None;
+        let mut arrive_by = None;
+        while message.is_none() {
+            let next = body.frame();
+            let frame = match arrive_by {
+                None => next.await,
+                Some(at) => tokio::time::timeout_at(at, next)
+                    .await
+                    .map_err(|_| FirstMessageError::Stalled(self.time_to_arrive))?,
+            };
+            let Some(frame) = frame else {
+                ended = true;
+                break;
+            };
+            let frame = match frame?.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    trailers = frame.into_trailers().ok();
+                    ended = true;
+                    break;
+                }
+            };
+            if frame.is_empty() {
+                continue;
+            }
+            // One permit per bound, grown frame by frame (merged, so tiny frames cost nothing).
+            for (i, bound) in std::iter::once(&self.service).chain(connection).enumerate() {
+                let taken = bound.take(frame.len()).ok_or(FirstMessageError::Held)?;
+                match held.get_mut(i) {
+                    Some(permit) => OwnedSemaphorePermit::merge(permit, taken),
+                    None => held.push(taken),
+                }
+            }
+            arrive_by.get_or_insert_with(|| tokio::time::Instant::now() + self.time_to_arrive);
+            buffered.extend_from_slice(&frame);
             if buffered.len() >= PREFIX {
                 let prefix: [u8; PREFIX] = buffered[..PREFIX].try_into().expect("five bytes");
-                let len = announced_length(&prefix);
-                if len > limit {
-                    return Err(too_large(len, limit));
-                }
+                let (compressed, len) = check_prefix(&prefix, limit)?;
+                // Room for the whole message at once: growing by doubling would leave up to
+                // twice its size allocated.
+                buffered.reserve((PREFIX + len).saturating_sub(buffered.len()));
                 if buffered.len() >= PREFIX + len {
-                    let compressed = prefix[0] != 0;
-                    let payload = buffered.split().freeze().slice(PREFIX..PREFIX + len);
-                    message = Some((compressed, payload));
+                    message = Some((compressed, len));
                 }
             }
         }
-        let is_trailers = frame.is_trailers();
-        read.push_back(frame);
-        if is_trailers {
-            ended = true;
-            break;
-        }
+        let read = buffered.freeze();
+        let payload = match message {
+            None => None,
+            Some((false, len)) => Some(read.slice(PREFIX..PREFIX + len)),
+            Some((true, len)) => Some(decompress(
+                read.slice(PREFIX..PREFIX + len),
+                headers,
+                limit,
+            )?),
+        };
+        Ok(FirstMessage {
+            payload,
+            body: Body::new(Replay {
+                read: (!read.is_empty()).then_some(read),
+                held,
+                trailers,
+                rest: (!ended).then_some(body),
+            }),
+        })
     }
-    let payload = match message {
-        None => None,
-        Some((false, payload)) => Some(payload),
-        Some((true, payload)) => Some(decompress(payload, headers, limit)?),
-    };
-    Ok(FirstMessage {
-        payload,
-        body: Body::new(Replay {
-            read,
-            rest: (!ended).then_some(body),
-        }),
-    })
 }
 
 /// A compressed message, with the encoding the request announced (gRPC's `gzip` and
@@ -162,9 +307,12 @@ fn decompress(payload: Bytes, headers: &HeaderMap, limit: usize) -> Result<Bytes
     Ok(Bytes::from(out))
 }
 
-/// The frames read so far, then the rest of the body.
+/// What was read (one data frame, its bound on held bytes given back once it is passed on), the
+/// trailers if they came, then the rest of the body.
 struct Replay {
-    read: VecDeque<Frame<Bytes>>,
+    read: Option<Bytes>,
+    held: Vec<OwnedSemaphorePermit>,
+    trailers: Option<HeaderMap>,
     rest: Option<Body>,
 }
 
@@ -176,8 +324,12 @@ impl HttpBody for Replay {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(frame) = self.read.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
+        if let Some(read) = self.read.take() {
+            self.held.clear();
+            return Poll::Ready(Some(Ok(Frame::data(read))));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         match &mut self.rest {
             Some(rest) => Pin::new(rest).poll_frame(cx),
@@ -186,7 +338,9 @@ impl HttpBody for Replay {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.read.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        self.read.is_none()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     /// What was read plus what the rest says of itself. The rest's hint is the caller's (a
@@ -194,11 +348,7 @@ impl HttpBody for Replay {
     /// no hint a caller can make asserts in `http-body` — this runs on the task that owns the
     /// executor connection, shared by every relayed call.
     fn size_hint(&self) -> SizeHint {
-        let read = self
-            .read
-            .iter()
-            .filter_map(|f| f.data_ref())
-            .fold(0u64, |sum, d| sum.saturating_add(d.len() as u64));
+        let read = self.read.as_ref().map_or(0, |r| r.len() as u64);
         let rest = self
             .rest
             .as_ref()
@@ -221,6 +371,8 @@ fn add_to_hint(hint: &SizeHint, bytes: u64) -> SizeHint {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use super::*;
 
     fn framed(compressed: bool, payload: &[u8]) -> Vec<u8> {
@@ -237,6 +389,26 @@ mod tests {
         Body::new(http_body_util::StreamBody::new(futures::stream::iter(
             frames.collect::<Vec<_>>(),
         )))
+    }
+
+    /// Reads the first message with bounds too large to matter.
+    async fn read_first_message(
+        body: Body,
+        headers: &HeaderMap,
+        limit: usize,
+    ) -> Result<FirstMessage, Status> {
+        reader(limit, usize::MAX)
+            .read(body, headers, None)
+            .await
+            .map_err(|e| e.status())
+    }
+
+    fn reader(limit: usize, held: usize) -> FirstMessageReader {
+        FirstMessageReader {
+            max_message_bytes: limit,
+            service: HeldBytes::new(held),
+            time_to_arrive: Duration::from_secs(3600),
+        }
     }
 
     async fn collect(body: Body) -> Vec<u8> {
@@ -256,7 +428,13 @@ mod tests {
             assert_eq!((b.prefix_len, b.remaining), (0, 0), "split {split}");
         }
         let mut b = MessageBoundaries::default();
-        assert_eq!(b.advance(&wire, 299), Err(300));
+        assert_eq!(
+            b.advance(&wire, 299),
+            Err(Unrelayable::TooLarge {
+                len: 300,
+                limit: 299
+            })
+        );
     }
 
     #[test]
@@ -264,7 +442,10 @@ mod tests {
         let mut b = MessageBoundaries::default();
         assert_eq!(
             b.advance(&[0, 0, 0x40, 0, 1], MAX_MESSAGE_BYTES),
-            Err(MAX_MESSAGE_BYTES + 1)
+            Err(Unrelayable::TooLarge {
+                len: MAX_MESSAGE_BYTES + 1,
+                limit: MAX_MESSAGE_BYTES
+            })
         );
         let mut b = MessageBoundaries::default();
         assert!(b.advance(&[0, 0, 0x40, 0, 0], MAX_MESSAGE_BYTES).is_ok());
@@ -345,6 +526,130 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.code(), tonic::Code::Internal);
+    }
+
+    #[tokio::test]
+    async fn flags_other_than_plain_and_compressed_are_refused_wherever_read() {
+        for flag in 2..=255u8 {
+            let mut wire = framed(false, b"hello");
+            wire[0] = flag;
+            let mut b = MessageBoundaries::default();
+            assert_eq!(b.advance(&wire, 100), Err(Unrelayable::Flag(flag)));
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-encoding", "gzip".parse().unwrap());
+            let e = read_first_message(body_of(vec![wire]), &headers, 100)
+                .await
+                .err()
+                .unwrap();
+            assert_eq!(e.code(), tonic::Code::Internal, "flag {flag}");
+            assert!(e.message().contains("invalid compression flag"), "{e:?}");
+        }
+        // A later message too: the relay follows every boundary.
+        let mut wire = framed(false, b"first");
+        wire.extend(framed(false, b"second"));
+        let at = wire.len() - 11;
+        wire[at] = 0x80;
+        let mut b = MessageBoundaries::default();
+        assert_eq!(b.advance(&wire, 100), Err(Unrelayable::Flag(0x80)));
+    }
+
+    #[tokio::test]
+    async fn first_messages_hold_their_bytes_once_within_both_bounds_until_passed_on() {
+        let wire = framed(false, &[1u8; 1000]);
+        let chunks: Vec<Vec<u8>> = wire.chunks(100).map(<[u8]>::to_vec).collect();
+        let reader = reader(4096, 1500);
+        let connection = HeldBytes::new(1200);
+        let first = reader
+            .read(
+                body_of(chunks.clone()),
+                &HeaderMap::new(),
+                Some(&connection),
+            )
+            .await
+            .unwrap();
+        assert_eq!(first.payload.as_deref(), Some(&[1u8; 1000][..]));
+        // Held once: the message and its prefix, nothing more.
+        assert_eq!(reader.service.available(), 1500 - wire.len());
+        assert_eq!(connection.available(), 1200 - wire.len());
+        // A second first message does not fit the connection's bound...
+        let e = reader
+            .read(
+                body_of(chunks.clone()),
+                &HeaderMap::new(),
+                Some(&connection),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.status().code(), tonic::Code::ResourceExhausted);
+        assert_eq!(e.status().message(), FIRST_MESSAGES_HELD);
+        // ...nor, on another connection, the service's.
+        let other = HeldBytes::new(1200);
+        assert!(matches!(
+            reader
+                .read(body_of(chunks.clone()), &HeaderMap::new(), Some(&other))
+                .await,
+            Err(FirstMessageError::Held)
+        ));
+        assert_eq!(
+            other.available(),
+            1200,
+            "a refused read gives back what it took"
+        );
+        // Passed on, the bytes are given back.
+        let mut body = first.body;
+        let replayed = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(replayed, wire);
+        assert_eq!(reader.service.available(), 1500);
+        assert_eq!(connection.available(), 1200);
+        // A body dropped before it is passed on gives them back too.
+        let first = reader
+            .read(body_of(chunks), &HeaderMap::new(), Some(&connection))
+            .await
+            .unwrap();
+        drop(first);
+        assert_eq!(
+            (reader.service.available(), connection.available()),
+            (1500, 1200)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_message_begun_must_arrive_whole_in_time() {
+        let mut reader = reader(100, 1000);
+        reader.time_to_arrive = Duration::from_secs(30);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Status>>(4);
+        let body = Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        tx.send(Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 10, 1]))))
+            .await
+            .unwrap();
+        let e = reader
+            .read(body, &HeaderMap::new(), None)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, FirstMessageError::Stalled(_)), "{e:?}");
+        assert_eq!(e.status().code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(reader.service.available(), 1000);
+        drop(tx);
+        // A stream that has sent nothing yet holds nothing, and waits as long as it likes.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Status>>(4);
+        let body = Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        let read = tokio::spawn(async move {
+            reader
+                .read(body, &HeaderMap::new(), None)
+                .await
+                .map(|f| f.payload)
+        });
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        tx.send(Ok(Frame::data(framed(false, b"late").into())))
+            .await
+            .unwrap();
+        assert_eq!(read.await.unwrap().unwrap().as_deref(), Some(&b"late"[..]));
     }
 
     /// A body of scripted frames that says whatever a caller's `content-length` made it say.
@@ -430,7 +735,8 @@ mod tests {
                 frames.push_back(Frame::trailers(trailers.clone()));
             }
             let body = Body::new(Scripted { frames, hint: h });
-            let first = futures::executor::block_on(read_first_message(body, &HeaderMap::new(), 100)).unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let first = runtime.block_on(read_first_message(body, &HeaderMap::new(), 100)).unwrap();
             let whole = wire.len() >= PREFIX + messages[0].len();
             proptest::prop_assert_eq!(first.payload.as_deref(), whole.then_some(&messages[0][..]));
             let mut body = first.body;
@@ -439,7 +745,7 @@ mod tests {
             loop {
                 let sh = body.size_hint();
                 proptest::prop_assert!(sh.upper().is_none_or(|u| sh.lower() <= u));
-                let Some(frame) = futures::executor::block_on(body.frame()) else { break };
+                let Some(frame) = runtime.block_on(body.frame()) else { break };
                 match frame.unwrap().into_data() {
                     Ok(d) => replayed.extend_from_slice(&d),
                     Err(f) => seen_trailers = f.into_trailers().ok(),

@@ -31,6 +31,7 @@ use tower::{Service, ServiceExt};
 
 pub use admission::{AdmissionLayer, Caller};
 pub use capabilities::{LearnedCapabilities, ServerCapabilities};
+pub use grpc_frames::HeldBytes;
 pub use listener::{Acceptor, ConnectionLimits, Protocol};
 pub use minting::{GenerateTokenEndpoint, Minting};
 pub use observe::ObserveLayer;
@@ -76,6 +77,29 @@ pub struct Limits {
     pub max_reset_streams: usize,
     /// Calls without a token (health, reflection).
     pub open: OpenLimits,
+    /// First messages held before authorization.
+    pub first_messages: FirstMessageLimits,
+}
+
+/// Bounds on the first messages read before a call is authorized (`ExecuteWorkflow`'s and
+/// `GenerateToken`'s): the bytes held for them per connection and service-wide, and the time
+/// a first message, once begun, has to arrive whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstMessageLimits {
+    pub bytes_per_connection: usize,
+    pub bytes_total: usize,
+    pub time_to_arrive: Duration,
+}
+
+impl Default for FirstMessageLimits {
+    fn default() -> Self {
+        Self {
+            // Two of the largest messages (with their prefixes) per connection; sixteen in all.
+            bytes_per_connection: 2 * (grpc_frames::MAX_MESSAGE_BYTES + 5),
+            bytes_total: 16 * (grpc_frames::MAX_MESSAGE_BYTES + 5),
+            time_to_arrive: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -93,6 +117,7 @@ impl Default for Limits {
             // hyper's default.
             max_reset_streams: 1024,
             open: OpenLimits::default(),
+            first_messages: FirstMessageLimits::default(),
         }
     }
 }
@@ -270,6 +295,8 @@ pub async fn serve(
         let (http2, service) = (http2.clone(), service.clone());
         let watcher = graceful.watcher();
         let streams = open_streams::ConnectionStreams::new(&limits.open);
+        let first_messages =
+            grpc_frames::HeldBytes::new(limits.first_messages.bytes_per_connection);
         async move {
             let listener::Accepted {
                 stream,
@@ -285,6 +312,7 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let mut req = req.map(Body::new);
                 req.extensions_mut().insert(streams.clone());
+                req.extensions_mut().insert(first_messages.clone());
                 let service = service.clone();
                 async move {
                     // Before anything is added to the request (its id): what the client sent.

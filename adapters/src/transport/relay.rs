@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 use tower::ServiceExt;
 
-use super::grpc_frames::{too_large, MessageBoundaries};
+use super::grpc_frames::MessageBoundaries;
 use super::request_id::ReceivedAt;
 use crate::metrics::{code_label, code_name, ErrorOrigin, OpenStream, RelayMetrics};
 
@@ -285,8 +285,8 @@ impl HttpBody for RequestBody {
             other => return other,
         };
         if let Some(data) = frame.data_ref() {
-            if let Err(len) = this.boundaries.advance(data, this.limit) {
-                let status = too_large(len, this.limit);
+            if let Err(unrelayable) = this.boundaries.advance(data, this.limit) {
+                let status = unrelayable.status();
                 this.end.fail(status.clone());
                 return Poll::Ready(Some(Err(status)));
             }
@@ -372,9 +372,12 @@ impl HttpBody for ResponseBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    if let Err(len) = this.boundaries.advance(data, this.limit) {
-                        tracing::warn!(len, "the workflow executor sent an oversized message");
-                        return this.end_with(too_large(len, this.limit));
+                    if let Err(unrelayable) = this.boundaries.advance(data, this.limit) {
+                        tracing::warn!(
+                            ?unrelayable,
+                            "the workflow executor sent a message the relay refuses"
+                        );
+                        return this.end_with(unrelayable.status());
                     }
                 } else {
                     let code = frame
