@@ -60,26 +60,28 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 impl FileContents {
     /// Reads a regular file (through links) of at most [`MAX_FILE_BYTES`]; a FIFO or a device
-    /// is refused without being opened for reading, so a reload never blocks on one.
+    /// is refused, and never blocks the read: the file is opened without blocking (`O_NONBLOCK`:
+    /// opening a FIFO without a writer returns at once) and the file opened is the one checked
+    /// (`fstat`), so a path swapped between a regular file and a FIFO cannot slip one past.
     pub fn read(path: &Path) -> Self {
         use std::io::Read as _;
-        let meta = match std::fs::metadata(path) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileContents::Missing,
+        let not_found = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let file = match open_without_blocking(path) {
+            Ok(file) => file,
+            Err(e) if not_found(&e) => return FileContents::Missing,
             Err(e) => return FileContents::Unreadable(e.to_string()),
         };
-        if !meta.is_file() {
-            return FileContents::Unreadable("not a regular file".into());
+        match file.metadata() {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return FileContents::Unreadable("not a regular file".into()),
+            Err(e) => return FileContents::Unreadable(e.to_string()),
         }
         let mut bytes = Vec::new();
-        let read = std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
-        match read {
+        match file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes) {
             Ok(_) if bytes.len() as u64 > MAX_FILE_BYTES => FileContents::Unreadable(format!(
                 "larger than {MAX_FILE_BYTES} bytes: not a key or certificate file"
             )),
             Ok(_) => FileContents::Read(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileContents::Missing,
             Err(e) => FileContents::Unreadable(e.to_string()),
         }
     }
@@ -92,6 +94,19 @@ impl FileContents {
             FileContents::Unreadable(e) => Err(format!("cannot read {}: {e}", path.display())),
         }
     }
+}
+
+/// Opens `path` for reading without waiting for a writer (a regular file reads the same either
+/// way).
+fn open_without_blocking(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path)
 }
 
 /// A group of files read together, which remembers a digest of what it last handed out so that
@@ -294,6 +309,69 @@ mod tests {
                 FileContents::Unreadable(_)
             ));
         }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// Issue 17, item 4: a path that flips between a regular file and a FIFO once hung the
+    /// reloader for good (checked as a file, opened as a FIFO: `open` waits for a writer).
+    #[cfg(unix)]
+    #[test]
+    fn a_path_flipping_between_a_file_and_a_fifo_never_blocks_a_read() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let d = dir();
+        let regular = d.join("regular");
+        std::fs::write(&regular, b"key").unwrap();
+        let fifo = d.join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let path = d.join("key.pem");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flipper = {
+            let (d, path, stop, fifo) = (d.clone(), path.clone(), stop.clone(), fifo.clone());
+            std::thread::spawn(move || {
+                let tmp = d.join("next");
+                while !stop.load(Ordering::Relaxed) {
+                    for target in [&regular, &fifo] {
+                        let _ = std::fs::remove_file(&tmp);
+                        std::os::unix::fs::symlink(target, &tmp).unwrap();
+                        std::fs::rename(&tmp, &path).unwrap();
+                    }
+                }
+            })
+        };
+        let reads = Arc::new(AtomicUsize::new(0));
+        let reader = {
+            let (path, reads) = (path.clone(), reads.clone());
+            std::thread::spawn(move || {
+                for _ in 0..20_000 {
+                    let _ = FileContents::read(&path);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        let mut last = (0, std::time::Instant::now());
+        while !reader.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = reads.load(Ordering::Relaxed);
+            if now != last.0 {
+                last = (now, std::time::Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(5) {
+                stop.store(true, Ordering::Relaxed);
+                // Free the blocked reader before failing: a writer lets its open return.
+                let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+                panic!("a read blocked on the FIFO after {now} reads");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        flipper.join().unwrap();
+        println!(
+            "{} reads of a path flipping between a file and a FIFO",
+            reads.load(Ordering::Relaxed)
+        );
         std::fs::remove_dir_all(d).unwrap();
     }
 
