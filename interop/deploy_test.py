@@ -8,11 +8,11 @@ the code says (the source files, and the binary itself):
 * deploy/kubernetes/*.yaml parse, the kustomization lists them all (but the example Secret, which
   must never be applied over the real one), and `kubectl kustomize` renders them when kubectl is
   on the PATH;
-* every environment variable the service's container sets is one `app/src/config.rs` reads (an
+* every environment variable the service's container sets is one `app/src/config/` reads (an
   `ENV_*` constant), none carries a key (keys are files, so that they can be reloaded);
-* every key of the ConfigMap's TOML is a field of `FileConfig` and its sections in config.rs;
+* every key of the ConfigMap's TOML is a field of `FileConfig` and its sections in config/;
 * every container, Service, probe, NetworkPolicy and scrape port is the port the service listens
-  on with that environment and file (or its default, from config.rs);
+  on with that environment and file (or its default, from config/);
 * every gRPC probe asks for a health entry `app/src/server.rs` sets, readiness for `""`, liveness
   and start-up for one that stays SERVING whenever the process answers;
 * the Secret is mounted whole (no subPath, which the kubelet never refreshes) where the TOML looks
@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "kubernetes"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-CONFIG_RS = REPO / "app" / "src" / "config.rs"
+CONFIG_DIR = REPO / "app" / "src" / "config"  # one file per concern, read as one text
 SERVER_RS = REPO / "app" / "src" / "server.rs"
 METHOD_RS = REPO / "domain" / "src" / "method.rs"
 AUTHORITY_RS = REPO / "adapters" / "src" / "authority.rs"
@@ -54,7 +54,7 @@ SERVICE = "duo-workflow-service"  # the Deployment (and its container) of this s
 EXECUTOR = "duo-workflow-executor"  # GitLab's Python service behind it
 EXAMPLE_SECRET = "authority-keys.secret.example.yaml"
 
-# Variables the service's container may set that config.rs does not read: none today. A variable
+# Variables the service's container may set that config/ does not read: none today. A variable
 # added for Kubernetes' sake only (not the service's) belongs here, by name.
 KUBERNETES_ONLY_ENV = frozenset()
 
@@ -64,22 +64,23 @@ class Code:
 
     def __init__(self, h):
         self.h = h
-        config = CONFIG_RS.read_text()
+        config = "\n".join(p.read_text() for p in sorted(CONFIG_DIR.glob("*.rs")))
+        h.expect("pub struct FileConfig" in config, f"{CONFIG_DIR} holds no configuration")
         self.config_rs = config
         self.env = dict(re.findall(r'pub const (ENV_\w+): &str = "([^"]*)";', config))
         self.env_names = set(self.env.values())
         defaults = dict(re.findall(r"pub const (DEFAULT_\w*PORT): u16 = (\d+);", config))
         self.defaults = {k: int(v) for k, v in defaults.items()}
         for want in ("DEFAULT_PORT", "DEFAULT_HTTP_PORT", "DEFAULT_METRICS_PORT"):
-            h.expect(want in self.defaults, f"config.rs has no {want}")
+            h.expect(want in self.defaults, f"config/ has no {want}")
         for want in ("ENV_PORT", "ENV_HTTP_PORT", "ENV_METRICS_ADDR", "ENV_METRICS_PORT", "ENV_SIGNING_KEY",
                      "ENV_VALIDATION_KEY", "ENV_UPSTREAM_URL", "ENV_SHUTDOWN_GRACE_PERIOD", "ENV_AUTH_ENABLED",
                      "ENV_LOG_JSON", "ENV_OIDC_GITLAB_URL", "ENV_AIGW_GITLAB_URL", "ENV_OIDC_CUSTOMER_PORTAL_URL",
                      "ENV_SERVICE_NAME", "ENV_TLS_ENABLED"):
-            h.expect(want in self.env, f"config.rs has no {want}")
+            h.expect(want in self.env, f"config/ has no {want}")
         self.structs = self._structs(config)
         self.key_source_types = self._key_source_types(config)
-        h.expect("FileConfig" in self.structs, "config.rs has no FileConfig struct")
+        h.expect("FileConfig" in self.structs, "config/ has no FileConfig struct")
 
     def var(self, const: str) -> str:
         return self.env[const]
@@ -91,7 +92,7 @@ class Code:
         structs = {}
         for name, body in re.findall(r"pub struct (\w+) \{(.*?)\n\}", text, re.S):
             if "rename" in body or "flatten" in body:
-                raise CodeChanged(f"config.rs: struct {name} renames or flattens fields; teach deploy_test.py")
+                raise CodeChanged(f"config/: struct {name} renames or flattens fields; teach deploy_test.py")
             structs[name] = dict(re.findall(r"^\s*pub (\w+): ([^\n]+?),\s*$", body, re.M))
         return structs
 
@@ -101,7 +102,7 @@ class Code:
         match = re.search(r'#\[serde\(tag = "(\w+)", rename_all = "snake_case"\)\]\s*pub enum KeySourceConfig \{(.*?)\n\}',
                           text, re.S)
         if match is None:
-            raise CodeChanged("config.rs: KeySourceConfig is no longer a snake_case enum tagged by `type`")
+            raise CodeChanged("config/: KeySourceConfig is no longer a snake_case enum tagged by `type`")
         variants = re.findall(r"^\s*(\w+)\((\w+)\),", match.group(2), re.M)
         snake = lambda n: re.sub(r"(?<!^)(?=[A-Z])", "_", n).lower()  # noqa: E731
         return {"tag": match.group(1), "types": {snake(v): s for v, s in variants}}
@@ -111,11 +112,11 @@ class Code:
         errors = []
         fields = self.structs.get(struct)
         if fields is None:
-            return [f"{where or '(top)'}: no struct {struct} in config.rs"]
+            return [f"{where or '(top)'}: no struct {struct} in config/"]
         for key, value in table.items():
             path = f"{where}.{key}" if where else key
             if key not in fields:
-                errors.append(f"{path}: no field {key!r} in {struct} (config.rs)")
+                errors.append(f"{path}: no field {key!r} in {struct} (config/)")
                 continue
             inner = re.sub(r"^(Option|Vec)<(.*)>$", r"\2", fields[key].strip())
             inner = re.sub(r"^(Option|Vec)<(.*)>$", r"\2", inner)
@@ -327,7 +328,7 @@ def check_env(h, code: Code, m: Manifests) -> None:
     h.expect("envFrom" not in c, "envFrom hides which variables are set: name each one")
     names = [e["name"] for e in c.get("env", [])]
     unknown = sorted(set(names) - code.env_names - KUBERNETES_ONLY_ENV)
-    h.expect(not unknown, f"variables config.rs does not read (no ENV_* constant): {unknown}")
+    h.expect(not unknown, f"variables config/ does not read (no ENV_* constant): {unknown}")
     h.expect(len(names) == len(set(names)), f"a variable set twice: {names}")
     keys = {code.var("ENV_SIGNING_KEY"), code.var("ENV_VALIDATION_KEY")} & set(names)
     h.expect(not keys, f"{sorted(keys)} set: a key given by variable cannot be reloaded; give it as a file")
