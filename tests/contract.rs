@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use duo_workflow_adapters::executors::{Connector, ExecutorUrl, Executors};
 use duo_workflow_adapters::transport::{
     self, AdmissionLayer, GenerateTokenEndpoint, LearnedCapabilities, Limits, Minting,
     ObserveLayer, Relay, Routes, ServerCapabilities,
@@ -206,14 +207,17 @@ async fn serve_with(mode: AuthMode, o: Options) -> Harness {
     let gatekeeper = Arc::new(Gatekeeper::new(mode, authorizer, service()));
     let limits = Limits::default();
     let relay = o.executor.map(|addr| {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
-        Relay::new(channel, limits.max_message_bytes)
+        let url = url::Url::parse(&format!("http://{addr}")).unwrap();
+        let executors = Executors::new(
+            vec![ExecutorUrl::parse(&url).unwrap()],
+            Connector::new(false, None).unwrap(),
+            std::time::Duration::from_secs(10),
+        );
+        Relay::new(executors, limits.max_message_bytes)
     });
     let capabilities = o.capabilities.unwrap_or_else(|| match &relay {
         Some(relay) => ServerCapabilities::Learned(LearnedCapabilities::new(
-            relay.channel().clone(),
+            relay.for_own_calls(),
             Default::default(),
         )),
         None => ServerCapabilities::Unknown,

@@ -8,6 +8,8 @@ use std::time::Duration;
 use duo_workflow_adapters::authenticator::{DynKeySource, JwtAuthenticator};
 use duo_workflow_adapters::authority::{AuthorityFiles, LocalAuthority};
 use duo_workflow_adapters::clock::SystemClock;
+use duo_workflow_adapters::executors::resolve::SystemResolver;
+use duo_workflow_adapters::executors::{Connector, ExecutorUrl, Executors};
 use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
 use duo_workflow_adapters::metrics::{CacheCollector, KeySourceCollector, Metrics};
 use duo_workflow_adapters::reload::Reloadable;
@@ -22,12 +24,11 @@ use duo_workflow_adapters::transport::{
 use duo_workflow_domain::gatekeeper::{AuthMode, Gatekeeper, UnitPrimitiveAuthorizer};
 use duo_workflow_domain::issuers::{IssuerClaims, SourceIssuer};
 use duo_workflow_domain::keys::Algorithm;
-use duo_workflow_domain::ports::Clock;
+use duo_workflow_domain::ports::{Clock, NameResolver};
 use duo_workflow_domain::{Issuer, Rpc};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::config::{Settings, Upstream, ENV_SIGNING_KEY};
 use crate::reload::Reloader;
@@ -79,6 +80,8 @@ pub struct Service {
     pub reload_poll: Option<Duration>,
     /// The published keys over TLS too.
     pub http_tls: bool,
+    /// How the executors' names are resolved (the system's resolver; tests give their own).
+    pub resolver: Arc<dyn NameResolver>,
 }
 
 /// The local authority from the configured keys, or an ephemeral key when none is configured.
@@ -249,14 +252,14 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         .upstream
         .as_ref()
         .map(|upstream| {
-            executor_channel(upstream)
-                .map(|c| Relay::new(c, limits.max_message_bytes).with_metrics(metrics.relay()))
+            executors(upstream)
+                .map(|e| Relay::new(e, limits.max_message_bytes).with_metrics(metrics.relay()))
         })
         .transpose()?;
     let capabilities = match (&settings.server_capabilities, &relay) {
         (Some(names), _) => ServerCapabilities::Configured(names.clone().into()),
         (None, Some(relay)) => ServerCapabilities::Learned(LearnedCapabilities::new(
-            relay.channel().clone(),
+            relay.for_own_calls(),
             LearningPolicy::default(),
         )),
         (None, None) => ServerCapabilities::Unknown,
@@ -306,41 +309,34 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         reloader,
         reload_poll: settings.reload_poll,
         http_tls: settings.http_tls,
+        resolver: Arc::new(SystemResolver),
     })
 }
 
-/// The HTTP/2 channel to the workflow executor: lazy (an unreachable executor fails calls, not
-/// start-up), TLS for `https` with the system's roots and the configured CA bundle, pings so
-/// that long idle workflow streams survive load balancers.
-fn executor_channel(upstream: &Upstream) -> Result<Channel, StartError> {
+/// The workflow executors: one endpoint per address of each URL (names resolved once serving
+/// starts), TLS for `https` with the system's roots and the configured CA bundle. Nothing is
+/// connected yet: an unreachable executor fails calls, not start-up.
+fn executors(upstream: &Upstream) -> Result<Arc<Executors>, StartError> {
     let field = crate::config::ENV_UPSTREAM_URL;
-    let mut endpoint = Endpoint::from_shared(upstream.url.to_string())
-        .map_err(|e| config_error(field, e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
-    if upstream.url.scheme() == "https" {
-        let mut tls = ClientTlsConfig::new().with_native_roots();
-        if let Some((_, pem)) = &upstream.ca {
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        let ca_field = upstream
-            .ca
-            .as_ref()
-            .map(|(f, _)| f.as_str())
-            .unwrap_or(field);
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| config_error(ca_field, e.to_string()))?;
-    }
+    let ca_field = upstream.ca.as_ref().map_or(field, |(f, _)| f.as_str());
+    let connector = Connector::new(
+        upstream.any_https(),
+        upstream.ca.as_ref().map(|(_, pem)| pem.as_slice()),
+    )
+    .map_err(|e| config_error(ca_field, e))?;
+    let urls = upstream
+        .urls
+        .iter()
+        .map(|u| ExecutorUrl::parse(u).map_err(|e| config_error(field, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let origins: Vec<&str> = urls.iter().map(ExecutorUrl::origin).collect();
     tracing::info!(
-        executor = %upstream.url.origin().ascii_serialization(),
+        executors = ?origins,
         ca_file = upstream.ca.is_some(),
-        "workflow executor configured: authorized calls are relayed to it"
+        resolve_seconds = upstream.resolve_every.as_secs(),
+        "workflow executors configured: authorized calls are relayed to them"
     );
-    Ok(endpoint.connect_lazy())
+    Ok(Executors::new(urls, connector, upstream.resolve_every))
 }
 
 /// The service's listeners: gRPC, HTTP for the published keys, and the operator listener
@@ -486,6 +482,14 @@ pub async fn serve(
         })
     };
     let reloads = tokio::spawn(service.reloader.clone().run(service.reload_poll));
+    let resolution = service.relay.as_ref().map(|relay| {
+        tokio::spawn(
+            relay
+                .executors()
+                .clone()
+                .resolve_forever(service.resolver.clone()),
+        )
+    });
     if let ServerCapabilities::Learned(learned) = &service.capabilities {
         learned.learn_at_start();
     }
@@ -511,6 +515,9 @@ pub async fn serve(
     };
     readiness.abort();
     reloads.abort();
+    if let Some(resolution) = resolution {
+        resolution.abort();
+    }
     if !stopped_early {
         tracing::info!(
             grace_seconds = service.grace.as_secs(),
@@ -570,7 +577,18 @@ pub async fn start(
     grpc: SocketAddr,
     http: SocketAddr,
 ) -> Result<Running, StartError> {
-    let service = build(settings)?;
+    start_with_resolver(settings, grpc, http, Arc::new(SystemResolver)).await
+}
+
+/// [`start`], with the executors' names resolved by `resolver`.
+pub async fn start_with_resolver(
+    settings: &Settings,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    resolver: Arc<dyn NameResolver>,
+) -> Result<Running, StartError> {
+    let mut service = build(settings)?;
+    service.resolver = resolver;
     let listeners = Listeners::bind(grpc, http, settings.metrics_addr).await?;
     let local = |l: &TcpListener| {
         l.local_addr().map_err(|source| StartError::Bind {

@@ -4,6 +4,7 @@
 //! data and rules, unit-testable without a runtime. Adapters implement the [`ports`]; the transport
 //! drives [`gatekeeper::Gatekeeper`], which applies SPEC Part A's authentication steps in order.
 
+pub mod balance;
 pub mod error;
 pub mod gatekeeper;
 pub mod identity;

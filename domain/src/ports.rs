@@ -127,3 +127,12 @@ pub trait KeySource<K: Send + Sync>: Send + Sync {
         false
     }
 }
+
+/// Name resolution for the workflow executor's host names: every address a name has (a
+/// Kubernetes headless Service resolves to each ready pod). A port so that tests can give the
+/// relay a changing set of executors.
+#[async_trait]
+pub trait NameResolver: Send + Sync {
+    /// Every address of `host` (a name, not an IP literal), or why there are none.
+    async fn resolve(&self, host: &str) -> Result<Vec<std::net::IpAddr>, String>;
+}

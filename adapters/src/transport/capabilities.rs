@@ -11,9 +11,9 @@ use duo_workflow_contract::duo_workflow_client::DuoWorkflowClient;
 use duo_workflow_contract::ListCapabilitiesRequest;
 use tokio::time::Instant;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
-use tonic::transport::Channel;
 
 use super::metadata::is_forwarded;
+use super::Relay;
 
 /// Where `server_capabilities` come from.
 #[derive(Clone)]
@@ -71,15 +71,15 @@ struct Learned {
 }
 
 pub struct LearnedCapabilities {
-    client: DuoWorkflowClient<Channel>,
+    client: DuoWorkflowClient<Relay>,
     policy: LearningPolicy,
     state: Mutex<Learned>,
 }
 
 impl LearnedCapabilities {
-    pub fn new(channel: Channel, policy: LearningPolicy) -> Arc<Self> {
+    pub fn new(relay: Relay, policy: LearningPolicy) -> Arc<Self> {
         Arc::new(Self {
-            client: DuoWorkflowClient::new(channel),
+            client: DuoWorkflowClient::new(relay),
             policy,
             state: Mutex::new(Learned::default()),
         })

@@ -23,31 +23,30 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame};
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
-use tonic::transport::Channel;
 use tonic::Status;
-use tower::ServiceExt;
 
 use super::grpc_frames::MessageBoundaries;
 use super::request_id::ReceivedAt;
+use crate::executors::{Executors, NotRelayed, OpenCall, Relayed};
 use crate::metrics::{code_label, code_name, ErrorOrigin, OpenStream, RelayMetrics};
 
 /// What the caller sees when the executor cannot be reached. Deliberately says nothing about
 /// where the executor is.
 pub const EXECUTOR_UNAVAILABLE: &str = "Workflow executor unavailable";
 
-/// The connection to the workflow executor. Cloning is cheap (one HTTP/2 connection, shared).
+/// The way to the workflow executors. Cloning is cheap (the executors' connections are shared).
 #[derive(Clone)]
 pub struct Relay {
-    channel: Channel,
+    executors: Arc<Executors>,
     max_message_bytes: usize,
     metrics: RelayMetrics,
 }
 
 impl Relay {
-    /// `channel` is usually lazy: an unreachable executor fails calls, not start-up.
-    pub fn new(channel: Channel, max_message_bytes: usize) -> Self {
+    /// An unreachable executor fails calls, not start-up.
+    pub fn new(executors: Arc<Executors>, max_message_bytes: usize) -> Self {
         Self {
-            channel,
+            executors,
             max_message_bytes,
             metrics: RelayMetrics::default(),
         }
@@ -66,9 +65,15 @@ impl Relay {
         status.into_http()
     }
 
-    /// The executor's channel, for the service's own calls to it (its capabilities).
-    pub fn channel(&self) -> &Channel {
-        &self.channel
+    /// The relay for the service's own calls to the executors (their capabilities): the same
+    /// executors, without counting in the metrics of callers' relayed calls.
+    pub fn for_own_calls(&self) -> Relay {
+        Relay::new(self.executors.clone(), self.max_message_bytes)
+    }
+
+    /// The executors behind the relay.
+    pub fn executors(&self) -> &Arc<Executors> {
+        &self.executors
     }
 
     /// Forwards one call and returns the executor's response, streaming.
@@ -91,8 +96,7 @@ impl Relay {
                 end: end.clone(),
             }),
         );
-        let channel = self.channel.clone();
-        let exchange = async move { channel.oneshot(upstream_request).await };
+        let exchange = self.executors.send(upstream_request);
         let response = tokio::select! {
             biased;
             status = poll_fn(|cx| end.poll_failed(cx)) => return self.failed(status),
@@ -100,7 +104,7 @@ impl Relay {
             response = exchange => response,
         };
         match response {
-            Ok(response) => {
+            Ok(Relayed { response, call }) => {
                 let (head, body) = response.into_parts();
                 // A trailers-only answer: the executor's status is in the headers.
                 let status = head
@@ -111,14 +115,14 @@ impl Relay {
                     self.metrics.executor_error(code, ErrorOrigin::Executor);
                 }
                 let body = ResponseBody {
-                    inner: Some(body),
+                    inner: Some(Body::new(body)),
                     boundaries: MessageBoundaries::default(),
                     limit: self.max_message_bytes,
                     end,
                     deadline: deadline.map(|d| (d, Box::pin(tokio::time::sleep_until(d)))),
                     metrics: self.metrics.clone(),
                     status_seen: status.is_some(),
-                    _open: open,
+                    _open: (open, call),
                 };
                 Response::from_parts(head, Body::new(body))
             }
@@ -126,11 +130,35 @@ impl Relay {
                 Some(status) => self.failed(status),
                 None if past(deadline) => self.failed(deadline_exceeded()),
                 None => {
-                    tracing::warn!(error = %error_chain(&error), "workflow executor unreachable");
+                    match error {
+                        NotRelayed::NoEndpoint => {
+                            tracing::warn!("no workflow executor endpoint can take calls now")
+                        }
+                        NotRelayed::Failed(error) => {
+                            tracing::warn!(%error, "workflow executor unreachable")
+                        }
+                    }
                     self.failed(Status::unavailable(EXECUTOR_UNAVAILABLE))
                 }
             },
         }
+    }
+}
+
+/// The relay as a tower service, for the service's own calls to the executors (their
+/// capabilities) through tonic's generated client.
+impl tower::Service<Request<Body>> for Relay {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response<Body>, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let relay = self.clone();
+        Box::pin(async move { Ok(relay.forward(request).await) })
     }
 }
 
@@ -199,17 +227,6 @@ fn strip_connection_headers(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// How a relayed call is ending, shared by its two bodies. Either side may fail the call (the
@@ -317,7 +334,8 @@ struct ResponseBody {
     metrics: RelayMetrics,
     /// Whether the call's status has been seen (and, if an error, counted).
     status_seen: bool,
-    _open: OpenStream,
+    /// The call counts as open (in the metrics, and at its endpoint) until its response ends.
+    _open: (OpenStream, OpenCall),
 }
 
 impl ResponseBody {

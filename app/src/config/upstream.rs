@@ -5,23 +5,37 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
+use duo_workflow_adapters::executors::ExecutorUrl;
+use duo_workflow_adapters::sources::fetch::Shown;
 use duo_workflow_domain::MethodTable;
 use serde::Deserialize;
 use url::Url;
 
-use super::values::{comma_list, names};
+use super::values::{comma_list, names, seconds};
 use super::{bad, ConfigError};
 
 pub const ENV_UPSTREAM_URL: &str = "DUO_WORKFLOW_UPSTREAM__URL";
 pub const ENV_UPSTREAM_CA_FILE: &str = "DUO_WORKFLOW_UPSTREAM__CA_FILE";
 pub const ENV_UPSTREAM_SERVER_CAPABILITIES: &str = "DUO_WORKFLOW_UPSTREAM__SERVER_CAPABILITIES";
 pub const ENV_UPSTREAM_ALLOWED_METHODS: &str = "DUO_WORKFLOW_UPSTREAM__ALLOWED_METHODS";
+pub const ENV_UPSTREAM_RESOLVE_SECONDS: &str = "DUO_WORKFLOW_UPSTREAM__RESOLVE_SECONDS";
+pub const ENV_UPSTREAM_CAPABILITIES_WAIT_SECONDS: &str =
+    "DUO_WORKFLOW_UPSTREAM__CAPABILITIES_WAIT_SECONDS";
+
+/// How often executor names are resolved again, by default (a pod added behind a headless
+/// Service takes new calls within this).
+pub const DEFAULT_RESOLVE_SECONDS: u64 = 10;
+/// How long readiness waits for the executor's first list of capabilities, by default.
+pub const DEFAULT_CAPABILITIES_WAIT_SECONDS: u64 = 5;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
-    /// The workflow executor every authorized call except `GenerateToken` is relayed to.
-    pub url: Option<String>,
+    /// The workflow executors every authorized call except `GenerateToken` is relayed to: a
+    /// list of URLs (or one string, comma-separated).
+    pub url: Option<UrlList>,
     /// PEM certificates to trust for an `https` executor, besides the system's roots.
     pub ca_file: Option<PathBuf>,
     /// What `GenerateToken` reports as `server_capabilities`; unset: learned from the executor.
@@ -30,25 +44,50 @@ pub struct UpstreamSection {
     /// `/DuoWorkflow/SomethingNew`; every other unknown method is `UNIMPLEMENTED`.
     #[serde(default)]
     pub allowed_methods: Vec<String>,
+    /// How often the executors' names are resolved again (1–3600 s; default 10).
+    pub resolve_seconds: Option<u64>,
+    /// How long readiness waits for the executor's capabilities at start (0–300 s; default 5).
+    pub capabilities_wait_seconds: Option<u64>,
 }
 
-/// The workflow executor behind the service.
+/// `[upstream] url`: one string (comma-separated) or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum UrlList {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The workflow executors behind the service.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    pub url: Url,
+    /// Each an origin (`http(s)://host:port`), in the order configured, none twice.
+    pub urls: Vec<Url>,
     /// Extra PEM certificates to trust (`https` only), and the field they came from.
     pub ca: Option<(String, Vec<u8>)>,
+    /// How often names are resolved again.
+    pub resolve_every: Duration,
+    /// How long readiness waits for the executor's first capabilities.
+    pub capabilities_wait: Duration,
 }
 
-/// The executor: `DUO_WORKFLOW_UPSTREAM__URL` / `upstream.url`, and its CA bundle.
+impl Upstream {
+    pub fn any_https(&self) -> bool {
+        self.urls.iter().any(|u| u.scheme() == "https")
+    }
+}
+
+/// The executors: `DUO_WORKFLOW_UPSTREAM__URL` / `upstream.url`, their CA bundle, and how often
+/// their names are resolved.
 pub(super) fn upstream(
     file: &UpstreamSection,
     env: &HashMap<String, String>,
 ) -> Result<Option<Upstream>, ConfigError> {
     let get = |name: &str| env.get(name).map(String::as_str);
-    let (field, value) = match (get(ENV_UPSTREAM_URL), &file.url) {
-        (Some(v), _) => (ENV_UPSTREAM_URL, v.to_owned()),
-        (None, Some(v)) => ("upstream.url", v.clone()),
+    let (field, entries) = match (get(ENV_UPSTREAM_URL), &file.url) {
+        (Some(v), _) => (ENV_UPSTREAM_URL, entries(v)),
+        (None, Some(UrlList::One(v))) => ("upstream.url", entries(v)),
+        (None, Some(UrlList::Many(list))) => ("upstream.url", list.clone()),
         (None, None) => return Ok(None),
     };
     let (ca_field, ca_path) = match (get(ENV_UPSTREAM_CA_FILE), &file.ca_file) {
@@ -56,16 +95,35 @@ pub(super) fn upstream(
         (Some(v), _) => (ENV_UPSTREAM_CA_FILE, Some(PathBuf::from(v))),
         (None, path) => ("upstream.ca_file", path.clone()),
     };
-    if value.trim().is_empty() {
+    // Unset, or set to nothing at all: no executor.
+    if entries.iter().all(|e| e.trim().is_empty()) {
         return Ok(None);
     }
-    let url = Url::parse(value.trim()).map_err(|e| bad(field, format!("not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(bad(field, "must be an http(s) URL with a host"));
+    let mut urls: Vec<Url> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let n = i + 1;
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Err(bad(field, format!("entry {n} is empty")));
+        }
+        let url =
+            Url::parse(entry).map_err(|e| bad(field, format!("entry {n}: not a URL: {e}")))?;
+        ExecutorUrl::parse(&url)
+            .map_err(|e| bad(field, format!("entry {n} ({}): {e}", Shown(&url))))?;
+        if urls.iter().any(|u| u.origin() == url.origin()) {
+            return Err(bad(
+                field,
+                format!(
+                    "entry {n}: {} is listed twice",
+                    url.origin().ascii_serialization()
+                ),
+            ));
+        }
+        urls.push(url);
     }
     let ca = match ca_path {
         None => None,
-        Some(_) if url.scheme() != "https" => {
+        Some(_) if !urls.iter().any(|u| u.scheme() == "https") => {
             return Err(bad(
                 ca_field,
                 format!("needs an https executor URL ({field})"),
@@ -83,7 +141,34 @@ pub(super) fn upstream(
             Some((ca_field.to_owned(), pem))
         }
     };
-    Ok(Some(Upstream { url, ca }))
+    let resolve_every = seconds(
+        env,
+        (ENV_UPSTREAM_RESOLVE_SECONDS, "upstream.resolve_seconds"),
+        file.resolve_seconds,
+        DEFAULT_RESOLVE_SECONDS,
+        (1, 3600),
+    )?;
+    let capabilities_wait = seconds(
+        env,
+        (
+            ENV_UPSTREAM_CAPABILITIES_WAIT_SECONDS,
+            "upstream.capabilities_wait_seconds",
+        ),
+        file.capabilities_wait_seconds,
+        DEFAULT_CAPABILITIES_WAIT_SECONDS,
+        (0, 300),
+    )?;
+    Ok(Some(Upstream {
+        urls,
+        ca,
+        resolve_every,
+        capabilities_wait,
+    }))
+}
+
+/// A comma-separated list of URLs, every entry kept (an empty one is an error, not skipped).
+fn entries(v: &str) -> Vec<String> {
+    v.split(',').map(str::to_owned).collect()
 }
 
 /// `DUO_WORKFLOW_UPSTREAM__SERVER_CAPABILITIES` or `upstream.server_capabilities`; `None`: learned
@@ -202,7 +287,7 @@ mod tests {
         };
         let s = ca("https://executor:50052", &pem).unwrap();
         let upstream = s.upstream.unwrap();
-        assert_eq!(upstream.url.as_str(), "https://executor:50052/");
+        assert_eq!(upstream.urls[0].as_str(), "https://executor:50052/");
         assert_eq!(upstream.ca.unwrap().0, ENV_UPSTREAM_CA_FILE);
         for (url, file, problem) in [
             ("http://executor:50052", &pem, "https"),

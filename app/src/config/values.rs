@@ -46,6 +46,33 @@ pub fn parse_bool(field: &str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// A whole number of seconds within `min..=max`: from the variable `names.0` when set, else from
+/// the file key `names.1`, else `default`; a refusal names whichever was used.
+pub(super) fn seconds(
+    env: &std::collections::HashMap<String, String>,
+    (variable, key): (&str, &str),
+    from_file: Option<u64>,
+    default: u64,
+    (min, max): (u64, u64),
+) -> Result<std::time::Duration, ConfigError> {
+    let (field, value) = match env.get(variable) {
+        Some(v) => (
+            variable,
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| bad(variable, format!("{v:?} is not a whole number of seconds")))?,
+        ),
+        None => (key, from_file.unwrap_or(default)),
+    };
+    if !(min..=max).contains(&value) {
+        return Err(bad(
+            field,
+            format!("must be between {min} and {max} seconds"),
+        ));
+    }
+    Ok(std::time::Duration::from_secs(value))
+}
+
 /// A comma-separated environment list; blanks around items are ignored, and so are empty items.
 pub(super) fn comma_list(v: &str) -> Vec<String> {
     v.split(',')
