@@ -31,6 +31,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::executors::{EndpointState, Executors};
+
 use crate::authenticator::{DynKeySource, JwtAuthenticator};
 use crate::sources::RemoteKeySource;
 
@@ -840,6 +842,57 @@ impl Collector for KeySourceCollector {
                 ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
             }
         }
+        Ok(())
+    }
+}
+
+/// The workflow executors' endpoints, read when scraped: how many are in each state, the calls
+/// open at each (its series goes with the endpoint), and the calls sent again.
+pub struct ExecutorsCollector(pub Arc<Executors>);
+
+impl std::fmt::Debug for ExecutorsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorsCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ExecutorsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let view = self.0.view();
+        let name = format!("{PREFIX}executor_endpoints");
+        let mut m = encoder.encode_descriptor(
+            &name,
+            "Workflow executor endpoints (addresses of the configured URLs) in each state: ready, connecting, idle, backoff (failing, skipped for a while), draining (no longer resolved, finishing its calls).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for state in EndpointState::ALL {
+            let n = view.iter().filter(|e| e.state == state).count();
+            ConstGauge::new(n as i64).encode(m.encode_family(&[("state", state.as_str())])?)?;
+        }
+        let name = format!("{PREFIX}executor_open_calls");
+        let mut m = encoder.encode_descriptor(
+            &name,
+            "Relayed calls open at each workflow executor endpoint.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for e in &view {
+            let endpoint = e.endpoint.to_string();
+            let labels = [
+                ("executor", e.executor.as_str()),
+                ("endpoint", endpoint.as_str()),
+            ];
+            ConstGauge::new(e.open_calls as i64).encode(m.encode_family(&labels)?)?;
+        }
+        let name = format!("{PREFIX}relay_calls_sent_again");
+        let m = encoder.encode_descriptor(
+            &name,
+            "Relayed calls that never reached a workflow executor and were sent again (to another endpoint, or over a new connection).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.0.retried()).encode(m)?;
         Ok(())
     }
 }

@@ -11,7 +11,9 @@ use duo_workflow_adapters::clock::SystemClock;
 use duo_workflow_adapters::executors::resolve::SystemResolver;
 use duo_workflow_adapters::executors::{Connector, ExecutorUrl, Executors};
 use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
-use duo_workflow_adapters::metrics::{CacheCollector, KeySourceCollector, Metrics};
+use duo_workflow_adapters::metrics::{
+    CacheCollector, ExecutorsCollector, KeySourceCollector, Metrics,
+};
 use duo_workflow_adapters::reload::Reloadable;
 use duo_workflow_adapters::sources::{RemoteKeySource, StaticKeySource};
 use duo_workflow_adapters::transport::capabilities::LearningPolicy;
@@ -266,11 +268,13 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     };
     let mut published_keys =
         PublishedKeys::new(authority.clone(), settings.http_public_url.clone());
-    let operator = Arc::new(OperatorPages::new(
-        metrics.clone(),
-        readiness_sources.clone(),
-        clock.clone(),
-    ));
+    let mut operator =
+        OperatorPages::new(metrics.clone(), readiness_sources.clone(), clock.clone());
+    if let Some(relay) = &relay {
+        metrics.register_collector(ExecutorsCollector(relay.executors().clone()));
+        operator = operator.with_executors(relay.executors().clone());
+    }
+    let operator = Arc::new(operator);
     if settings.http_tls {
         published_keys = published_keys.over_https();
     }

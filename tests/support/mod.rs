@@ -336,6 +336,17 @@ pub async fn start_service_unsetting(
     start_service_at("127.0.0.1:0".parse().unwrap(), file, env, unset).await
 }
 
+/// [`start_service`], with the executors' names resolved by `resolver`.
+pub async fn start_service_resolving(
+    file: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+    resolver: Arc<dyn duo_workflow_domain::ports::NameResolver>,
+) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let settings = test_settings(file, env, &[])?;
+    duo_workflow_service::server::start_with_resolver(&settings, addr, addr, resolver).await
+}
+
 /// [`start_service_unsetting`] with both listeners on `addr` (e.g. `[::1]:0`).
 pub async fn start_service_at(
     addr: SocketAddr,
@@ -343,6 +354,17 @@ pub async fn start_service_at(
     env: &[(&str, &str)],
     unset: &[&str],
 ) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
+    let settings = test_settings(file, env, unset)?;
+    duo_workflow_service::server::start(&settings, addr, addr).await
+}
+
+/// The settings `serve` would read from `file` and `env` (without `unset`), with the built-in
+/// providers off and the operator listener on a free port.
+fn test_settings(
+    file: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+    unset: &[&str],
+) -> Result<duo_workflow_service::config::Settings, duo_workflow_service::server::StartError> {
     let mut vars: HashMap<String, String> = [
         (duo_workflow_service::config::ENV_OIDC_GITLAB_URL, ""),
         (
@@ -359,8 +381,7 @@ pub async fn start_service_at(
     for name in unset {
         vars.remove(*name);
     }
-    let settings = duo_workflow_service::config::Settings::load(file, &vars)?;
-    duo_workflow_service::server::start(&settings, addr, addr).await
+    Ok(duo_workflow_service::config::Settings::load(file, &vars)?)
 }
 
 /// A configuration file with one static key source serving `keys` for `issuer`.

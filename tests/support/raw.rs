@@ -191,10 +191,11 @@ type Handler = Arc<
         + Sync,
 >;
 
-/// A scripted executor on 127.0.0.1:0 (HTTP/2 only); stops when dropped.
+/// A scripted executor on 127.0.0.1:0 (HTTP/2 only); stops accepting when dropped.
 pub struct RawExecutor {
     pub addr: SocketAddr,
     _stop: oneshot::Sender<()>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl RawExecutor {
@@ -203,10 +204,21 @@ impl RawExecutor {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<ChannelBody>> + Send + 'static,
     {
-        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, handler)
+    }
+
+    /// The executor on `listener` (say, on 127.0.0.3).
+    pub fn serve<F, Fut>(listener: tokio::net::TcpListener, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<ChannelBody>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
         let addr = listener.local_addr().unwrap();
         let (stop, mut stopped) = oneshot::channel::<()>();
+        let connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let tasks = connections.clone();
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = tokio::select! {
@@ -214,7 +226,7 @@ impl RawExecutor {
                     _ = &mut stopped => return,
                 };
                 let handler = handler.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler(req).await) }
@@ -224,9 +236,21 @@ impl RawExecutor {
                     builder.max_concurrent_streams(10_000);
                     let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
                 });
+                tasks.lock().unwrap().push(task.abort_handle());
             }
         });
-        Self { addr, _stop: stop }
+        Self {
+            addr,
+            _stop: stop,
+            connections,
+        }
+    }
+
+    /// Dies: stops accepting and drops every connection at once, as a killed process would.
+    pub fn kill(self) {
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
     }
 }
 

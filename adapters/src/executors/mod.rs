@@ -117,6 +117,19 @@ pub struct Executors {
     resolve_every: Duration,
 }
 
+/// One endpoint, as operators see it.
+#[derive(Debug, Clone)]
+pub struct EndpointView {
+    /// The configured URL's origin.
+    pub executor: String,
+    pub endpoint: SocketAddr,
+    pub state: EndpointState,
+    pub open_calls: usize,
+    /// Failures in a row, and the last one's reason (capped).
+    pub failures: u32,
+    pub last_error: Option<String>,
+}
+
 /// How long a call waits at start-up for the first resolution.
 const FIRST_RESOLUTION_WAIT: Duration = Duration::from_secs(5);
 
@@ -180,6 +193,29 @@ impl Executors {
         draining.retain(|e| e.strong_count() > 0);
         all.extend(draining.iter().filter_map(Weak::upgrade));
         all
+    }
+
+    /// What operators see of every endpoint now.
+    pub fn view(&self) -> Vec<EndpointView> {
+        let now = Instant::now();
+        self.endpoints()
+            .iter()
+            .map(|e| {
+                let (failures, last_error) = e.failures();
+                EndpointView {
+                    executor: e.url.origin().to_owned(),
+                    endpoint: e.addr,
+                    state: e.state(now),
+                    open_calls: e.open_calls(),
+                    failures,
+                    last_error,
+                }
+            })
+            .collect()
+    }
+
+    pub fn resolve_every(&self) -> Duration {
+        self.resolve_every
     }
 
     /// Calls sent again after they never reached an executor.

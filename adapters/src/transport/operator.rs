@@ -1,6 +1,6 @@
 //! The operator listener: what operators read, kept off the public ports (checklist 31) —
-//! `GET /metrics` (Prometheus) and `GET /key-sources` (each key source's state, never key
-//! material). It listens on loopback unless configured otherwise.
+//! `GET /metrics` (Prometheus), `GET /key-sources` (each key source's state, never key
+//! material) and `GET /executors` (the workflow executors' endpoints). It listens on loopback unless configured otherwise.
 
 use std::sync::Arc;
 
@@ -14,15 +14,18 @@ use duo_workflow_domain::ports::{Clock, SourceState};
 use super::listener::Acceptor;
 use super::published_keys::{plain, serve_http1};
 use crate::authenticator::DynKeySource;
+use crate::executors::Executors;
 use crate::metrics::{Metrics, CONTENT_TYPE};
 
 pub const METRICS_PATH: &str = "/metrics";
 pub const KEY_SOURCES_PATH: &str = "/key-sources";
+pub const EXECUTORS_PATH: &str = "/executors";
 
 pub struct OperatorPages {
     metrics: Arc<Metrics>,
     sources: Vec<DynKeySource>,
     clock: Arc<dyn Clock>,
+    executors: Option<Arc<Executors>>,
 }
 
 impl OperatorPages {
@@ -31,7 +34,41 @@ impl OperatorPages {
             metrics,
             sources,
             clock,
+            executors: None,
         }
+    }
+
+    /// Shows the workflow executors' endpoints on `/executors`.
+    pub fn with_executors(mut self, executors: Arc<Executors>) -> Self {
+        self.executors = Some(executors);
+        self
+    }
+
+    /// Every executor endpoint: its URL's origin, address, state, open calls and failures; and
+    /// how often names are resolved. Empty without an executor.
+    fn executors(&self) -> serde_json::Value {
+        let Some(executors) = &self.executors else {
+            return json!({ "endpoints": [] });
+        };
+        let endpoints: Vec<serde_json::Value> = executors
+            .view()
+            .into_iter()
+            .map(|e| {
+                json!({
+                    "executor": e.executor,
+                    "endpoint": e.endpoint.to_string(),
+                    "state": e.state.as_str(),
+                    "open_calls": e.open_calls,
+                    "failures": e.failures,
+                    "last_error": e.last_error,
+                })
+            })
+            .collect();
+        json!({
+            "endpoints": endpoints,
+            "resolve_seconds": executors.resolve_every().as_secs(),
+            "calls_sent_again": executors.retried(),
+        })
     }
 
     /// Every key source: its issuer (and whether configuration or discovery says it), state, key
@@ -81,6 +118,10 @@ impl OperatorPages {
             KEY_SOURCES_PATH => (
                 "application/json",
                 Bytes::from(serde_json::to_vec(&self.key_sources()).expect("JSON")),
+            ),
+            EXECUTORS_PATH => (
+                "application/json",
+                Bytes::from(serde_json::to_vec(&self.executors()).expect("JSON")),
             ),
             _ => return plain(StatusCode::NOT_FOUND, "not found"),
         };

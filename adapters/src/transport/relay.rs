@@ -8,7 +8,10 @@
 //! What the relay adds: the 4 MiB message limit each way (message boundaries are followed, not
 //! parsed), the caller's deadline (forwarded as what remains of it, and enforced here too),
 //! `UNAVAILABLE` when the executor cannot be reached, and gRPC statuses instead of broken
-//! streams when something fails half-way.
+//! streams when something fails half-way. What it leaves out: empty DATA frames. They carry
+//! nothing, and h2 (0.4.16 and later) closes a whole connection that receives a hundred of them
+//! before their streams' ends — a caller's, or an executor connection every relayed call to it
+//! shares; a stream's end is sent by hyper itself when the body ends.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -297,18 +300,23 @@ impl HttpBody for RequestBody {
             // A failed call resets the executor's stream; a finished one just ends it.
             return Poll::Ready(this.end.status().map(Err));
         }
-        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => frame,
-            other => return other,
-        };
-        if let Some(data) = frame.data_ref() {
-            if let Err(unrelayable) = this.boundaries.advance(data, this.limit) {
-                let status = unrelayable.status();
-                this.end.fail(status.clone());
-                return Poll::Ready(Some(Err(status)));
+        loop {
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                other => return other,
+            };
+            if let Some(data) = frame.data_ref() {
+                if data.is_empty() {
+                    continue; // never passed on: see the module's docs
+                }
+                if let Err(unrelayable) = this.boundaries.advance(data, this.limit) {
+                    let status = unrelayable.status();
+                    this.end.fail(status.clone());
+                    return Poll::Ready(Some(Err(status)));
+                }
             }
+            return Poll::Ready(Some(Ok(frame)));
         }
-        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -379,7 +387,13 @@ impl HttpBody for ResponseBody {
                 return this.end_with(deadline_exceeded());
             }
         }
-        match Pin::new(inner).poll_frame(cx) {
+        let mut polled = Pin::new(inner).poll_frame(cx);
+        // Empty data frames are never passed on: see the module's docs.
+        while matches!(&polled, Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(Bytes::is_empty))
+        {
+            polled = Pin::new(this.inner.as_mut().expect("still open")).poll_frame(cx);
+        }
+        match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 // Ended without trailers: the caller gets no status.
@@ -474,5 +488,208 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["grpc-timeout", "te", "x-gitlab-realm"]);
+    }
+
+    /// A body of scripted frames, with whatever size hint a caller's `content-length` gave.
+    struct Scripted {
+        frames: std::collections::VecDeque<Result<Frame<Bytes>, Status>>,
+        hint: http_body::SizeHint,
+    }
+
+    impl HttpBody for Scripted {
+        type Data = Bytes;
+        type Error = Status;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.frames.pop_front())
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            self.hint
+        }
+    }
+
+    /// How a scripted body ends.
+    #[derive(Debug, Clone, Copy)]
+    enum Ending {
+        Trailers,
+        Nothing,
+        Error,
+    }
+
+    /// Messages of `sizes` (bytes of payload), framed, cut into frames at `cuts` with empty
+    /// frames at `empties`, then `ending`.
+    fn script(
+        sizes: &[usize],
+        cuts: &[usize],
+        empties: &[usize],
+        ending: Ending,
+        hint: http_body::SizeHint,
+    ) -> (Vec<u8>, Scripted) {
+        let mut wire = Vec::new();
+        for (i, size) in sizes.iter().enumerate() {
+            wire.push(0);
+            wire.extend_from_slice(&(*size as u32).to_be_bytes());
+            wire.extend(std::iter::repeat_n(i as u8, *size));
+        }
+        let mut frames = std::collections::VecDeque::new();
+        let mut rest = &wire[..];
+        for (n, cut) in cuts.iter().chain(std::iter::repeat(&13)).enumerate() {
+            if empties.contains(&n) {
+                frames.push_back(Ok(Frame::data(Bytes::new())));
+            }
+            if rest.is_empty() {
+                break;
+            }
+            let k = (*cut).clamp(1, rest.len());
+            frames.push_back(Ok(Frame::data(Bytes::copy_from_slice(&rest[..k]))));
+            rest = &rest[k..];
+        }
+        match ending {
+            Ending::Trailers => {
+                let mut t = HeaderMap::new();
+                t.insert("grpc-status", HeaderValue::from_static("0"));
+                frames.push_back(Ok(Frame::trailers(t)));
+            }
+            Ending::Nothing => {}
+            Ending::Error => frames.push_back(Err(Status::cancelled("the peer went away"))),
+        }
+        (wire, Scripted { frames, hint })
+    }
+
+    fn any_hint() -> impl proptest::strategy::Strategy<Value = http_body::SizeHint> {
+        use proptest::prelude::*;
+        (any::<u64>(), proptest::option::of(any::<u64>())).prop_map(|(lower, extra)| {
+            let mut h = http_body::SizeHint::new();
+            if let Some(extra) = extra {
+                h.set_upper(lower.saturating_add(extra));
+            }
+            h.set_lower(lower);
+            h
+        })
+    }
+
+    fn any_ending() -> impl proptest::strategy::Strategy<Value = Ending> {
+        proptest::prop_oneof![
+            proptest::strategy::Just(Ending::Trailers),
+            proptest::strategy::Just(Ending::Nothing),
+            proptest::strategy::Just(Ending::Error)
+        ]
+    }
+
+    /// Everything a body yields: data (never an empty frame), trailers, the error.
+    fn drain(
+        mut body: impl HttpBody<Data = Bytes, Error = Status> + Unpin,
+    ) -> (Vec<u8>, Option<HeaderMap>, Option<Status>) {
+        use http_body_util::BodyExt;
+        let (mut data, mut trailers, mut error) = (Vec::new(), None, None);
+        futures::executor::block_on(async {
+            loop {
+                let hint = body.size_hint();
+                assert!(hint.upper().is_none_or(|u| hint.lower() <= u));
+                match body.frame().await {
+                    None => break,
+                    Some(Err(e)) => {
+                        error = Some(e);
+                        break;
+                    }
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(d) => {
+                            assert!(!d.is_empty(), "an empty DATA frame was passed on");
+                            data.extend_from_slice(&d);
+                        }
+                        Err(f) => trailers = f.into_trailers().ok(),
+                    },
+                }
+            }
+        });
+        (data, trailers, error)
+    }
+
+    const LIMIT: usize = 64;
+
+    fn open_call() -> OpenCall {
+        let url =
+            crate::executors::ExecutorUrl::parse(&url::Url::parse("http://e:1").unwrap()).unwrap();
+        let endpoint =
+            crate::executors::Endpoint::new(Arc::new(url), "127.0.0.1:1".parse().unwrap());
+        OpenCall::new(Arc::new(endpoint))
+    }
+
+    proptest::proptest! {
+        /// The caller's body on its way to the executor: any split, empty frames, any hint and
+        /// any ending; every byte passes in order, no empty frame, and a message over the limit
+        /// fails the call with `RESOURCE_EXHAUSTED`.
+        #[test]
+        fn request_bodies_pass_every_byte_and_refuse_oversized_messages(
+            sizes in proptest::collection::vec(0..80usize, 0..5),
+            cuts in proptest::collection::vec(1..40usize, 0..20),
+            empties in proptest::collection::vec(0..25usize, 0..4),
+            ending in any_ending(),
+            hint in any_hint(),
+        ) {
+            let (wire, scripted) = script(&sizes, &cuts, &empties, ending, hint);
+            let end = Arc::new(CallEnd::default());
+            let body = RequestBody {
+                inner: Body::new(scripted),
+                boundaries: MessageBoundaries::default(),
+                limit: LIMIT,
+                end: end.clone(),
+            };
+            let (data, trailers, error) = drain(body);
+            match sizes.iter().position(|s| *s > LIMIT) {
+                None => {
+                    proptest::prop_assert_eq!(&data, &wire);
+                    proptest::prop_assert_eq!(trailers.is_some(), matches!(ending, Ending::Trailers));
+                    proptest::prop_assert_eq!(error.is_some(), matches!(ending, Ending::Error));
+                    proptest::prop_assert!(end.status().is_none());
+                }
+                Some(_) => {
+                    proptest::prop_assert!(wire.starts_with(&data));
+                    proptest::prop_assert_eq!(error.unwrap().code(), tonic::Code::ResourceExhausted);
+                    proptest::prop_assert_eq!(end.status().unwrap().code(), tonic::Code::ResourceExhausted);
+                }
+            }
+        }
+
+        /// The executor's body on its way to the caller: every byte in order and its trailers;
+        /// an oversized message, a broken stream or a missing end each end as gRPC says.
+        #[test]
+        fn response_bodies_pass_every_byte_and_end_with_a_status(
+            sizes in proptest::collection::vec(0..80usize, 0..5),
+            cuts in proptest::collection::vec(1..40usize, 0..20),
+            empties in proptest::collection::vec(0..25usize, 0..4),
+            ending in any_ending(),
+            hint in any_hint(),
+        ) {
+            let (wire, scripted) = script(&sizes, &cuts, &empties, ending, hint);
+            let metrics = RelayMetrics::default();
+            let body = ResponseBody {
+                inner: Some(Body::new(scripted)),
+                boundaries: MessageBoundaries::default(),
+                limit: LIMIT,
+                end: Arc::new(CallEnd::default()),
+                deadline: None,
+                status_seen: false,
+                _open: (metrics.stream_opened(), open_call()),
+                metrics,
+            };
+            let (data, trailers, error) = drain(body);
+            proptest::prop_assert!(error.is_none(), "the caller gets a status, not a broken stream");
+            let code = trailers.as_ref().and_then(|t| t.get("grpc-status")).map(|v| v.to_str().unwrap().to_owned());
+            if sizes.iter().any(|s| *s > LIMIT) {
+                proptest::prop_assert!(wire.starts_with(&data));
+                proptest::prop_assert_eq!(code.as_deref(), Some("8"));
+            } else {
+                proptest::prop_assert_eq!(&data, &wire);
+                let expected = match ending {
+                    Ending::Trailers => Some("0"),
+                    Ending::Nothing => None,
+                    Ending::Error => Some("14"),
+                };
+                proptest::prop_assert_eq!(code.as_deref(), expected);
+            }
+        }
     }
 }
