@@ -1197,3 +1197,73 @@ async fn first_messages_held_before_authorization_are_bounded_per_connection_and
     assert_eq!(r.grpc_status(), Some("13"), "{r:?}");
     wait_for_bytes_held(&service, one * held.len()).await;
 }
+
+/// Issue 17, item 3: every relayed call to an executor shares one connection. Callers who stop
+/// reading while the executor sends them 4 MiB each once used up that connection's window
+/// (hyper's default 5 MiB against 2 MiB streams), and every other caller's stream stalled. Now
+/// each stream is bounded by its own window and the connection's is never the bound.
+#[tokio::test]
+async fn callers_who_stop_reading_never_stall_the_streams_of_others() {
+    let executor = RawExecutor::start(|req| async move {
+        let flood = req.headers().contains_key("x-test-flood");
+        let (tx, body) = raw::channel_body(4);
+        let mut incoming = req.into_body();
+        tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            if flood {
+                // One 4 MiB message, then the stream is held open.
+                let message = raw::framed(&vec![b'f'; MIB4 - 16]);
+                for chunk in message.chunks(64 * 1024) {
+                    if tx.send(Ok(Frame::data(Bytes::copy_from_slice(chunk)))).await.is_err() {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await;
+            }
+            while let Some(Ok(frame)) = incoming.frame().await {
+                if let Some(data) = frame.into_data().ok().filter(|d| !d.is_empty()) {
+                    let _ = tx.send(Ok(Frame::data(data))).await;
+                }
+            }
+        });
+        raw::response(&[], body)
+    })
+    .await;
+    let (service, headers, _dir) = service_before(&executor, &[AGENT_PLATFORM], &[]).await;
+    let start = raw::framed(&support::start_event("go").encode_to_vec());
+    // Four callers take their executor's 4 MiB and never read it.
+    let mut flooded = Vec::new();
+    for _ in 0..4 {
+        let mut h = pairs(&headers);
+        h.push(("x-test-flood", "1"));
+        let mut send = raw::connect(service.addr).await;
+        let (events, body) = raw::channel_body(2);
+        events.send(Ok(Frame::data(start.clone()))).await.unwrap();
+        let response = send
+            .send_request(raw::request("/DuoWorkflow/ExecuteWorkflow", &h, body))
+            .await
+            .unwrap();
+        flooded.push((send, events, response));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another caller's stream is answered as ever.
+    let (events, body) = raw::channel_body(2);
+    events.send(Ok(Frame::data(start.clone()))).await.unwrap();
+    let mut send = raw::connect(service.addr).await;
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        send.send_request(raw::request("/DuoWorkflow/ExecuteWorkflow", &pairs(&headers), body)),
+    )
+    .await
+    .expect("another caller's stream stalled")
+    .unwrap();
+    let mut body = response.into_body();
+    use http_body_util::BodyExt;
+    let echo = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("another caller's stream stalled")
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_data().unwrap(), start);
+    drop(flooded);
+}
