@@ -433,3 +433,59 @@ async fn a_name_resolving_to_three_executors_spreads_streams_and_follows_the_add
     .await;
     assert_eq!(counts(&[e2, e3, e4, e5]), [0, 0, 0, 0]);
 }
+
+/// A name that resolves to nothing at start is no error: the service starts, calls are
+/// `UNAVAILABLE`, and once the name resolves they reach the executor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_resolving_to_nothing_at_start_is_unavailable_until_it_resolves() {
+    let listeners = listeners_on_one_port(&["127.0.0.2"]).await;
+    let port = listeners[0].local_addr().unwrap().port();
+    let executor = Executor::on(listeners.into_iter().next().unwrap());
+    let names = Arc::new(Names::default());
+    let dir = TempDir::new();
+    let (config, headers) = caller(&dir);
+    let url = format!("http://executors.test:{port}");
+    let service = support::start_service_resolving(
+        Some(&config),
+        &[
+            (ENV_UPSTREAM_URL, &url),
+            (ENV_UPSTREAM_SERVER_CAPABILITIES, ""),
+            (ENV_UPSTREAM_RESOLVE_SECONDS, "1"),
+        ],
+        names.clone(),
+    )
+    .await
+    .unwrap();
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let start = raw::framed(&support::start_event("go").encode_to_vec());
+    let call = || {
+        raw::call(
+            service.addr,
+            raw::request(
+                "/DuoWorkflow/ExecuteWorkflow",
+                &h,
+                raw::frames_body(vec![Frame::data(start.clone())]),
+            ),
+        )
+    };
+    let r = call().await;
+    assert_eq!(r.grpc_status(), Some("14"), "{r:?}");
+    assert_eq!(
+        r.grpc_message().as_deref(),
+        Some("Workflow executor unavailable")
+    );
+    names.set(&["127.0.0.2"]);
+    wait_for("the name to resolve", async || {
+        endpoints(&service)
+            .await
+            .iter()
+            .any(|(_, s, _)| s == "ready")
+    })
+    .await;
+    let r = call().await;
+    assert_eq!(r.grpc_status(), Some("0"), "{r:?}");
+    assert_eq!(executor.started(), 1);
+}

@@ -21,6 +21,7 @@ use duo_workflow_service::config::{
 };
 use duo_workflow_service::reload::Trigger;
 use hyper::body::Frame;
+use prost::Message;
 use support::raw::{self, framed, frames_body};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -683,4 +684,105 @@ async fn the_gitlab_correlation_id_is_the_request_id_when_x_request_id_is_absent
         "the executor sees it"
     );
     service.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection age
+
+/// Issue 14, item 2: past `max_connection_age_seconds` a client's connection is sent GOAWAY (no
+/// new stream on it), its open streams go on within `max_connection_age_grace_seconds`, then it
+/// is closed; a gRPC client simply opens a new connection, so its calls never fail.
+#[tokio::test]
+async fn past_its_age_a_connection_gets_goaway_then_closes_after_the_grace_and_clients_carry_on() {
+    // An executor that answers each stream with its headers and holds it.
+    let executor = raw::RawExecutor::start(|_req| async move {
+        let (tx, body) = raw::channel_body(1);
+        tokio::spawn(async move {
+            tx.closed().await;
+        });
+        raw::response(&[], body)
+    })
+    .await;
+    let dir = TempDir::new();
+    let upstream = format!("http://{}", executor.addr);
+    let (service, headers) = service_with(
+        &dir,
+        "max_connection_age_seconds = 1\nmax_connection_age_grace_seconds = 2",
+        &[(ENV_UPSTREAM_URL, &upstream)],
+    )
+    .await;
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    headers.apply(&mut metadata);
+    let pairs: Vec<(String, String)> = metadata
+        .iter()
+        .filter_map(|kv| match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                Some((k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+    let h: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+
+    // A tonic client checking health every 50 ms the whole time: never a failed call.
+    let checks = {
+        let addr = service.addr;
+        tokio::spawn(async move {
+            let channel = Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_lazy();
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let mut ok = 0;
+            let until = Instant::now() + Duration::from_millis(4500);
+            while Instant::now() < until {
+                health
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .expect("a health check failed across a connection's age");
+                ok += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ok
+        })
+    };
+
+    // A long stream on a raw connection.
+    let opened = Instant::now();
+    let mut send = raw::connect(service.addr).await;
+    let (events, body) = raw::channel_body(2);
+    events
+        .send(Ok(Frame::data(framed(&start_event("go").encode_to_vec()))))
+        .await
+        .unwrap();
+    let response = send
+        .send_request(raw::request("/DuoWorkflow/ExecuteWorkflow", &h, body))
+        .await
+        .unwrap();
+    assert!(response.headers().get("grpc-status").is_none());
+    let mut stream = response.into_body();
+
+    // Past the age (0.9 to 1 s): no new stream is taken on this connection...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = send
+        .send_request(raw::request(HEALTH_CHECK, &[], health_request()))
+        .await;
+    assert!(refused.is_err(), "a new stream was taken after GOAWAY");
+    // ...and the open one goes on until the grace is over, then the connection closes.
+    use http_body_util::BodyExt;
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.frame())
+        .await
+        .expect("the connection outlived its grace");
+    let lived = opened.elapsed();
+    println!("the connection closed {lived:?} after it opened (age 1 s, grace 2 s): {ended:?}");
+    assert!(
+        lived >= Duration::from_millis(2800),
+        "closed before the grace was over: {lived:?}"
+    );
+    assert!(!matches!(ended, Some(Ok(ref f)) if f.is_data()));
+    let ok = checks.await.unwrap();
+    println!("{ok} health checks, none failed");
+    drop(events);
 }

@@ -1214,7 +1214,11 @@ async fn callers_who_stop_reading_never_stall_the_streams_of_others() {
                 // One 4 MiB message, then the stream is held open.
                 let message = raw::framed(&vec![b'f'; MIB4 - 16]);
                 for chunk in message.chunks(64 * 1024) {
-                    if tx.send(Ok(Frame::data(Bytes::copy_from_slice(chunk)))).await.is_err() {
+                    if tx
+                        .send(Ok(Frame::data(Bytes::copy_from_slice(chunk))))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -1252,7 +1256,11 @@ async fn callers_who_stop_reading_never_stall_the_streams_of_others() {
     let mut send = raw::connect(service.addr).await;
     let response = tokio::time::timeout(
         Duration::from_secs(5),
-        send.send_request(raw::request("/DuoWorkflow/ExecuteWorkflow", &pairs(&headers), body)),
+        send.send_request(raw::request(
+            "/DuoWorkflow/ExecuteWorkflow",
+            &pairs(&headers),
+            body,
+        )),
     )
     .await
     .expect("another caller's stream stalled")

@@ -79,6 +79,17 @@ pub struct Limits {
     pub open: OpenLimits,
     /// First messages held before authorization.
     pub first_messages: FirstMessageLimits,
+    /// `None`: connections live as long as their clients keep them.
+    pub connection_age: Option<ConnectionAge>,
+}
+
+/// How long a client's connection is served (gRPC's `MAX_CONNECTION_AGE` and its grace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionAge {
+    /// Past this (less up to a tenth, at random) a connection is sent GOAWAY...
+    pub max_age: Duration,
+    /// ...and closed this long after, if its streams have not finished.
+    pub grace: Duration,
 }
 
 /// Bounds on the first messages read before a call is authorized (`ExecuteWorkflow`'s and
@@ -118,6 +129,7 @@ impl Default for Limits {
             max_reset_streams: 1024,
             open: OpenLimits::default(),
             first_messages: FirstMessageLimits::default(),
+            connection_age: None,
         }
     }
 }
@@ -290,21 +302,28 @@ pub async fn serve(
         .keep_alive_timeout(limits.keepalive_timeout)
         .max_local_error_reset_streams(limits.max_reset_streams)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Shutdown: every connection is asked to finish (GOAWAY); `served` closes once the last
+    // connection past its handshake has ended (those still in it just stop).
+    let (stopping, stop_signal) = tokio::sync::watch::channel(false);
+    let (served, mut all_served) = tokio::sync::mpsc::channel::<()>(1);
     let connections = listener::accept_until(acceptor, shutdown, |accepted, handshake| {
         let (http2, service) = (http2.clone(), service.clone());
-        let watcher = graceful.watcher();
+        let (mut stop_signal, served) = (stop_signal.clone(), served.clone());
         let streams = open_streams::ConnectionStreams::new(&limits.open);
-        let first_messages =
-            grpc_frames::HeldBytes::new(limits.first_messages.bytes_per_connection);
+        let first_messages = grpc_frames::HeldBytes::new(limits.first_messages.bytes_per_connection);
         async move {
+            let _served = served;
             let listener::Accepted {
                 stream,
                 peer,
                 permit: _permit,
             } = accepted;
             let started = tokio::time::Instant::now();
-            let Some(io) = handshake.secure(stream, peer).await else {
+            let io = tokio::select! {
+                io = handshake.secure(stream, peer) => io,
+                _ = stop_signal.wait_for(|s| *s) => None,
+            };
+            let Some(io) = io else {
                 return;
             };
             let (io, read) = listener::Counted::new(io);
@@ -322,21 +341,58 @@ pub async fn serve(
                     }
                 }
             });
-            let connection = watcher.watch(http2.serve_connection(TokioIo::new(io), service));
+            // Dropping `finish` asks the connection to finish: GOAWAY, its open streams go on.
+            let finish = hyper_util::server::graceful::GracefulShutdown::new();
+            let connection = finish.watch(http2.serve_connection(TokioIo::new(io), service));
             // The peer's preface and SETTINGS must arrive within what is left of the timeout.
             let deadline = started + handshake.limits().handshake_timeout;
-            match listener::expect_bytes_by(connection, &read, PREFACE_AND_SETTINGS, deadline).await
-            {
-                None => {
-                    tracing::debug!(%peer, "no HTTP/2 preface within the handshake timeout: closed")
-                }
+            let connection = listener::expect_bytes_by(connection, &read, PREFACE_AND_SETTINGS, deadline);
+            let ended = serve_until_old(connection, finish, limits.connection_age, &mut stop_signal).await;
+            match ended {
+                None => tracing::debug!(%peer, "closed: no HTTP/2 preface in time, or past its age and grace"),
                 Some(Err(e)) => tracing::debug!(%peer, "connection ended: {e}"),
                 Some(Ok(())) => {}
             }
         }
     })
     .await;
-    graceful.shutdown().await;
-    // Connections still in their handshake are not watched: they go with the set.
+    drop(served);
+    let _ = stopping.send(true);
+    let _ = all_served.recv().await;
     drop(connections);
+}
+
+/// Drives `connection` until it ends. At shutdown it is asked to finish (the server's grace
+/// period bounds the rest). Past its age (with a tenth of jitter, so that a replica's
+/// connections do not all go at once) it is asked to finish too, and closed if it has not
+/// within the grace: clients then open new connections, which spreads long-lived clients over
+/// the replicas there are now (gRPC's `MAX_CONNECTION_AGE`).
+async fn serve_until_old<T>(
+    connection: impl std::future::Future<Output = Option<T>>,
+    finish: hyper_util::server::graceful::GracefulShutdown,
+    age: Option<ConnectionAge>,
+    stop_signal: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<T> {
+    use rand::Rng as _;
+    use tokio::time::{sleep_until, Instant};
+    tokio::pin!(connection);
+    let mut finish = Some(finish);
+    let old_at =
+        age.map(|a| Instant::now() + a.max_age.mul_f64(rand::thread_rng().gen_range(0.9..=1.0)));
+    let mut close_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            ended = &mut connection => return ended,
+            _ = stop_signal.wait_for(|s| *s), if finish.is_some() => drop(finish.take()),
+            () = sleep_until(old_at.unwrap_or_else(Instant::now)), if old_at.is_some() && finish.is_some() => {
+                drop(finish.take());
+                close_at = age.map(|a| Instant::now() + a.grace);
+                tracing::debug!("connection past its age: asked to finish");
+            }
+            () = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
+                tracing::debug!("connection past its age and grace: closed");
+                return None;
+            }
+        }
+    }
 }

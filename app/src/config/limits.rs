@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use duo_workflow_adapters::transport::{ConnectionLimits, Limits, OpenLimits};
+use duo_workflow_adapters::transport::{
+    ConnectionAge, ConnectionLimits, FirstMessageLimits, Limits, OpenLimits,
+};
 use duo_workflow_adapters::verified_cache::{CacheLimits, RefusedLimits};
 use duo_workflow_domain::keys::{DEFAULT_KIDLESS_CANDIDATES, MAX_KEYS_PER_SOURCE};
 use serde::Deserialize;
@@ -42,7 +44,20 @@ pub struct LimitsSection {
     /// Refused-token cache: entries (0 disables it) and how long a refusal is remembered.
     pub refused_token_cache_entries: Option<usize>,
     pub refused_token_cache_seconds: Option<u64>,
+    /// Bytes of first messages (read before authorization) held per connection and in all, and
+    /// the time a first message, once begun, has to arrive whole.
+    pub first_message_bytes_per_connection: Option<usize>,
+    pub first_message_bytes: Option<usize>,
+    pub first_message_seconds: Option<u64>,
+    /// A client's connection is sent GOAWAY this long after it opened (less up to a tenth);
+    /// 0, the default: never.
+    pub max_connection_age_seconds: Option<u64>,
+    /// ...and closed this long after the GOAWAY if its streams have not finished (default 3600).
+    pub max_connection_age_grace_seconds: Option<u64>,
 }
+
+/// A connection's grace past its age, by default: long enough for most workflows to finish.
+pub const DEFAULT_CONNECTION_AGE_GRACE_SECONDS: u64 = 3600;
 
 /// What `[limits]` (and the grace period's variable) set.
 pub(super) struct LimitSettings {
@@ -256,8 +271,60 @@ fn transport_limits(
             (1, 10_000),
         )?,
         open,
-        first_messages: d.first_messages,
+        first_messages: first_message_limits(limits, d.max_message_bytes)?,
+        connection_age: connection_age(limits)?,
     })
+}
+
+/// The bounds on first messages: a connection holds at least one of the largest, and the
+/// service at least one connection's worth.
+fn first_message_limits(
+    limits: &LimitsSection,
+    max_message_bytes: usize,
+) -> Result<FirstMessageLimits, ConfigError> {
+    let d = FirstMessageLimits::default();
+    let one = max_message_bytes + 5;
+    let bytes_per_connection = within(
+        "first_message_bytes_per_connection",
+        limits.first_message_bytes_per_connection,
+        d.bytes_per_connection,
+        (one, 1 << 30),
+    )?;
+    Ok(FirstMessageLimits {
+        bytes_per_connection,
+        bytes_total: within(
+            "first_message_bytes",
+            limits.first_message_bytes,
+            d.bytes_total.max(bytes_per_connection),
+            (bytes_per_connection, 1 << 34),
+        )?,
+        time_to_arrive: Duration::from_secs(within(
+            "first_message_seconds",
+            limits.first_message_seconds,
+            d.time_to_arrive.as_secs(),
+            (1, 600),
+        )?),
+    })
+}
+
+/// `max_connection_age_seconds` (0: never; else 1 s to 30 days) and its grace (0 to a day).
+fn connection_age(limits: &LimitsSection) -> Result<Option<ConnectionAge>, ConfigError> {
+    let grace = within(
+        "max_connection_age_grace_seconds",
+        limits.max_connection_age_grace_seconds,
+        DEFAULT_CONNECTION_AGE_GRACE_SECONDS,
+        (0, 86_400),
+    )?;
+    let age = within(
+        "max_connection_age_seconds",
+        limits.max_connection_age_seconds,
+        0,
+        (0, 30 * 86_400),
+    )?;
+    Ok((age > 0).then(|| ConnectionAge {
+        max_age: Duration::from_secs(age),
+        grace: Duration::from_secs(grace),
+    }))
 }
 
 #[cfg(test)]
@@ -295,6 +362,11 @@ mod tests {
             ("unauthenticated_max_message_bytes", "0"),
             ("unauthenticated_max_message_bytes", "4194304"),
             ("shutdown_grace_seconds", "86400"),
+            ("first_message_bytes_per_connection", "4194308"),
+            ("first_message_bytes", "1024"),
+            ("first_message_seconds", "0"),
+            ("max_connection_age_seconds", "2592001"),
+            ("max_connection_age_grace_seconds", "86401"),
         ] {
             std::fs::write(&path, format!("[limits]\n{key} = {value}\n")).unwrap();
             let e = Settings::load(Some(&path), &env(&[])).unwrap_err();
@@ -329,6 +401,51 @@ mod tests {
                 Settings::from_env(&env(&[(ENV_SHUTDOWN_GRACE_PERIOD, bad_value)])).unwrap_err();
             assert_eq!(e.field, ENV_SHUTDOWN_GRACE_PERIOD, "{bad_value:?}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn connection_age_and_first_message_bounds_are_read_and_checked_naming_the_key() {
+        let s = Settings::from_env(&env(&[])).unwrap();
+        assert_eq!(s.transport.connection_age, None, "never, by default");
+        assert_eq!(s.transport.first_messages, FirstMessageLimits::default());
+        let dir = std::env::temp_dir().join(format!("dws-config-age-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, format!("[limits]\n{text}\n")).unwrap();
+            Settings::load(Some(&path), &env(&[]))
+        };
+        let s = load("max_connection_age_seconds = 600\nfirst_message_seconds = 5").unwrap();
+        assert_eq!(
+            s.transport.connection_age,
+            Some(ConnectionAge {
+                max_age: Duration::from_secs(600),
+                grace: Duration::from_secs(DEFAULT_CONNECTION_AGE_GRACE_SECONDS),
+            })
+        );
+        assert_eq!(
+            s.transport.first_messages.time_to_arrive,
+            Duration::from_secs(5)
+        );
+        let s =
+            load("max_connection_age_seconds = 0\nmax_connection_age_grace_seconds = 0").unwrap();
+        assert_eq!(s.transport.connection_age, None);
+        // Not whole numbers of seconds: the file's reader names the key.
+        for text in [
+            "max_connection_age_seconds = 1.5",
+            "max_connection_age_grace_seconds = -1",
+            "max_connection_age_seconds = \"10m\"",
+        ] {
+            let e = load(text).unwrap_err();
+            let key = text.split(' ').next().unwrap();
+            assert!(e.problem.contains(key), "{text}: {e}");
+        }
+        // The service-wide bound holds at least one connection's.
+        let e =
+            load("first_message_bytes_per_connection = 20000000\nfirst_message_bytes = 10000000")
+                .unwrap_err();
+        assert_eq!(e.field, "limits.first_message_bytes");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

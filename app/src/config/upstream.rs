@@ -268,6 +268,82 @@ mod tests {
     }
 
     #[test]
+    fn executor_url_lists_are_origins_none_twice_and_their_resolving_is_bounded() {
+        let s = Settings::from_env(&env(&[(
+            ENV_UPSTREAM_URL,
+            "http://executors.ns.svc:50052, https://10.0.0.7:443",
+        )]))
+        .unwrap();
+        let u = s.upstream.unwrap();
+        assert_eq!(u.urls.len(), 2);
+        assert!(u.any_https());
+        assert_eq!(
+            u.resolve_every,
+            Duration::from_secs(DEFAULT_RESOLVE_SECONDS)
+        );
+        assert_eq!(
+            u.capabilities_wait,
+            Duration::from_secs(DEFAULT_CAPABILITIES_WAIT_SECONDS)
+        );
+        // Set to nothing: no executor.
+        assert!(Settings::from_env(&env(&[(ENV_UPSTREAM_URL, " ")]))
+            .unwrap()
+            .upstream
+            .is_none());
+        for (value, problem) in [
+            ("http://a:1,,http://b:1", "entry 2 is empty"),
+            ("http://a:1,", "entry 2 is empty"),
+            ("http://a:1/v1", "no path"),
+            ("http://a:1,http://a:1/", "listed twice"),
+            ("http://a:1,ftp://b", "http(s)"),
+            ("http://user:secret@a:1", "no user"),
+        ] {
+            let e = Settings::from_env(&env(&[(ENV_UPSTREAM_URL, value)])).unwrap_err();
+            assert_eq!(e.field, ENV_UPSTREAM_URL, "{value}");
+            assert!(e.problem.contains(problem), "{value}: {e}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+        for (var, value) in [
+            (ENV_UPSTREAM_RESOLVE_SECONDS, "0"),
+            (ENV_UPSTREAM_RESOLVE_SECONDS, "3601"),
+            (ENV_UPSTREAM_RESOLVE_SECONDS, "1.5"),
+            (ENV_UPSTREAM_CAPABILITIES_WAIT_SECONDS, "301"),
+        ] {
+            let e = Settings::from_env(&env(&[(ENV_UPSTREAM_URL, "http://a:1"), (var, value)]))
+                .unwrap_err();
+            assert_eq!(e.field, var, "{value}");
+        }
+        // In the file: a list, and its keys named.
+        let dir = std::env::temp_dir().join(format!("dws-config-urls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("c.toml");
+        std::fs::write(
+            &config,
+            "[upstream]\nurl = [\"http://a:1\", \"http://b:2\"]\nresolve_seconds = 30\ncapabilities_wait_seconds = 0\n",
+        )
+        .unwrap();
+        let u = Settings::load(Some(&config), &env(&[]))
+            .unwrap()
+            .upstream
+            .unwrap();
+        assert_eq!(u.urls.len(), 2);
+        assert_eq!(u.resolve_every, Duration::from_secs(30));
+        assert_eq!(u.capabilities_wait, Duration::ZERO);
+        for (text, field) in [
+            ("url = [\"http://a:1\", \"\"]", "upstream.url"),
+            (
+                "url = \"http://a:1\"\nresolve_seconds = 0",
+                "upstream.resolve_seconds",
+            ),
+        ] {
+            std::fs::write(&config, format!("[upstream]\n{text}\n")).unwrap();
+            let e = Settings::load(Some(&config), &env(&[])).unwrap_err();
+            assert_eq!(e.field, field, "{text}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn an_executor_ca_bundle_needs_https_and_a_certificate() {
         let dir = std::env::temp_dir().join(format!("dws-config-ca-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
