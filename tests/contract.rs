@@ -219,6 +219,8 @@ async fn serve_with(mode: AuthMode, o: Options) -> Harness {
         Some(relay) => ServerCapabilities::Learned(LearnedCapabilities::new(
             relay.for_own_calls(),
             Default::default(),
+            None,
+            std::time::Duration::ZERO,
         )),
         None => ServerCapabilities::Unknown,
     });

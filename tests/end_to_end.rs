@@ -616,3 +616,152 @@ fn pkcs1_kid(pem: &str) -> String {
         .kid()
         .to_owned()
 }
+
+/// Readiness of the whole service (the `""` health entry): serving or not.
+async fn ready(addr: std::net::SocketAddr) -> bool {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+}
+
+/// Issue 14, item 4: an executor whose authentication is on (it shares this service's
+/// authority key) once refused the start-up `ListCapabilities`, and every token minted in the
+/// next ten seconds or more said `server_capabilities: []`. Now the service asks with a
+/// short-lived token of its own, and stays unready until the answer (or its wait) comes: the
+/// first token already carries them.
+#[tokio::test]
+async fn the_first_user_token_carries_the_capabilities_of_an_executor_whose_auth_is_on() {
+    let authority = key("rs256-authority");
+    let upstream = support::executor::start().await;
+    *upstream.executor.capabilities_delay.lock().unwrap() =
+        Some(std::time::Duration::from_millis(700));
+    // The executor's authentication: a token of this service's authority, for this service,
+    // whose subject is the user header.
+    let verifier = authority.clone();
+    *upstream.executor.authentication.lock().unwrap() = Some(std::sync::Arc::new(
+        move |metadata: &tonic::metadata::MetadataMap| {
+            let refuse = || tonic::Status::unauthenticated("Forbidden by auth provider");
+            let bearer = metadata
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(refuse)?;
+            let (signed, signature) = bearer.rsplit_once('.').ok_or_else(refuse)?;
+            let signature = support::b64_decode(signature);
+            if !verifier
+                .key
+                .public_key()
+                .verify(signed.as_bytes(), &signature)
+            {
+                return Err(refuse());
+            }
+            let claims = decode_segment(bearer, 1);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let lifetime = claims["exp"].as_u64().unwrap() - now;
+            assert!(lifetime <= 300, "lives {lifetime} s");
+            assert_eq!(claims["iss"], SERVICE);
+            assert_eq!(claims["aud"], SERVICE);
+            assert_eq!(claims["scopes"], serde_json::json!([]));
+            let user = metadata
+                .get("x-gitlab-global-user-id")
+                .unwrap()
+                .to_str()
+                .unwrap();
+            assert_eq!(claims["sub"], user);
+            Ok(())
+        },
+    ));
+    let dir = TempDir::new();
+    let instance_key = key("rs256-instance");
+    let config = static_source_config(&dir, GITLAB, &[&instance_key]);
+    let upstream_url = format!("http://{}", upstream.addr);
+    let started = std::time::Instant::now();
+    let service = start_service(
+        Some(&config),
+        &[
+            (ENV_SIGNING_KEY, authority.pem.as_str()),
+            (ENV_UPSTREAM_URL, &upstream_url),
+        ],
+    )
+    .await
+    .unwrap();
+    // Unready while the executor thinks, ready once it answered.
+    assert!(
+        !ready(service.addr).await,
+        "ready before the executor's capabilities came"
+    );
+    while !ready(service.addr).await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "never ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    println!("ready {:?} after start", started.elapsed());
+    let headers = Headers::bearer(&support::instance_token(
+        &instance_key,
+        GITLAB,
+        &[AGENT_PLATFORM],
+    ));
+    let first = generate_token(service.addr, &headers).await.unwrap();
+    assert_eq!(first.server_capabilities, support::executor::CAPABILITIES);
+    let seen = upstream.executor.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].rpc, "ListCapabilities");
+    assert_eq!(seen[0].header("x-gitlab-authentication-type"), Some("oidc"));
+    assert_eq!(seen[0].header("x-gitlab-realm"), None);
+}
+
+/// An executor that never answers holds readiness for `capabilities_wait_seconds`, no longer.
+#[tokio::test]
+async fn readiness_waits_for_a_silent_executor_no_longer_than_its_wait() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let dir = TempDir::new();
+    let config = static_source_config(&dir, GITLAB, &[&key("rs256-instance")]);
+    let upstream_url = format!("http://{addr}");
+    let started = std::time::Instant::now();
+    let service = start_service(
+        Some(&config),
+        &[
+            (ENV_UPSTREAM_URL, &upstream_url),
+            (
+                duo_workflow_service::config::ENV_UPSTREAM_CAPABILITIES_WAIT_SECONDS,
+                "1",
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    while !ready(service.addr).await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "never ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let waited = started.elapsed();
+    println!("ready {waited:?} after start with a silent executor");
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "{waited:?}"
+    );
+}

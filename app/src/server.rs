@@ -16,7 +16,7 @@ use duo_workflow_adapters::metrics::{
 };
 use duo_workflow_adapters::reload::Reloadable;
 use duo_workflow_adapters::sources::{RemoteKeySource, StaticKeySource};
-use duo_workflow_adapters::transport::capabilities::LearningPolicy;
+use duo_workflow_adapters::transport::capabilities::{LearningPolicy, OwnToken};
 use duo_workflow_adapters::transport::operator::OperatorPages;
 use duo_workflow_adapters::transport::published_keys::PublishedKeys;
 use duo_workflow_adapters::transport::{
@@ -263,6 +263,15 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         (None, Some(relay)) => ServerCapabilities::Learned(LearnedCapabilities::new(
             relay.for_own_calls(),
             LearningPolicy::default(),
+            Some(OwnToken {
+                issuer: authority.clone(),
+                service: settings.service_name.clone(),
+                clock: clock.clone(),
+            }),
+            settings
+                .upstream
+                .as_ref()
+                .map_or(Duration::ZERO, |u| u.capabilities_wait),
         )),
         (None, None) => ServerCapabilities::Unknown,
     };
@@ -382,12 +391,14 @@ pub fn health_name(source: &str) -> String {
 pub const RELOAD_HEALTH_NAME: &str = "reload";
 
 /// Keeps the health service in step with the key sources: one entry per source (serving when it
-/// has keys), the overall state and `DuoWorkflow` serving once every required source has keys,
-/// and the `reload` entry.
+/// has keys), the overall state and `DuoWorkflow` serving once every required source has keys
+/// and the executor's first capabilities came (or `capabilities_wait_seconds` passed), and the
+/// `reload` entry.
 async fn report_readiness(
     reporter: tonic_health::server::HealthReporter,
     sources: Vec<DynKeySource>,
     reloader: Arc<Reloader>,
+    capabilities: ServerCapabilities,
 ) {
     use tonic_health::ServingStatus;
     let status = |ok: bool| {
@@ -397,7 +408,7 @@ async fn report_readiness(
             ServingStatus::NotServing
         }
     };
-    let mut last: Option<Vec<bool>> = None;
+    let mut last: Option<(Vec<bool>, bool)> = None;
     let mut last_reload: Option<bool> = None;
     loop {
         let reload_ok = reloader.healthy();
@@ -408,21 +419,24 @@ async fn report_readiness(
             last_reload = Some(reload_ok);
         }
         let states: Vec<bool> = sources.iter().map(|s| s.state().has_keys()).collect();
-        if last.as_ref() != Some(&states) {
+        // The executor's first capabilities, for the first user tokens (or the wait is over).
+        let settled = capabilities.settled();
+        if last.as_ref() != Some(&(states.clone(), settled)) {
             for (source, ok) in sources.iter().zip(&states) {
                 reporter
                     .set_service_status(health_name(source.name()), status(*ok))
                     .await;
             }
-            let ready = sources
-                .iter()
-                .zip(&states)
-                .all(|(s, ok)| *ok || !s.required());
+            let ready = settled
+                && sources
+                    .iter()
+                    .zip(&states)
+                    .all(|(s, ok)| *ok || !s.required());
             reporter.set_service_status("", status(ready)).await;
             reporter
                 .set_service_status(Rpc::SERVICE, status(ready))
                 .await;
-            last = Some(states);
+            last = Some((states, settled));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -443,6 +457,7 @@ pub async fn serve(
         health_reporter.clone(),
         service.sources.clone(),
         service.reloader.clone(),
+        service.capabilities.clone(),
     ));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stopped_http = {

@@ -61,6 +61,30 @@ impl UserTokenGrant {
     }
 }
 
+/// How long a token the service mints for its own calls to the executor lives.
+pub const OWN_TOKEN_LIFETIME: Seconds = Seconds::new(300);
+
+impl UserTokenGrant {
+    /// A token the service mints for itself, for its own calls to the workflow executor (its
+    /// capabilities): an executor whose authentication is on shares this service's authority
+    /// key and accepts it. It names the service as its subject (and `x-gitlab-global-user-id`
+    /// must say the same), carries no unit primitive, no realm, no instance, lives five minutes,
+    /// and never leaves the service's connection to the executor.
+    pub fn for_the_service_itself(service: &ServiceName, now: UnixTime) -> Self {
+        Self {
+            service: service.clone(),
+            subject: service.as_str().to_owned(),
+            realm: None,
+            instance_id: None,
+            scopes: Vec::new(),
+            duo_seat_count: None,
+            copied: Vec::new(),
+            issued_at: now,
+            expires_at: now.plus(OWN_TOKEN_LIFETIME),
+        }
+    }
+}
+
 /// A signed user token. Its text is a credential: it is never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UserToken {
@@ -147,6 +171,20 @@ mod tests {
         assert_eq!(g.duo_seat_count.as_deref(), Some("12"));
         assert_eq!(g.scopes, vec![UnitPrimitive::execute_workflow()]);
         assert_eq!(g.copied, identity.claims().unwrap().copied);
+    }
+
+    #[test]
+    fn the_services_own_token_names_the_service_and_grants_nothing() {
+        let service = ServiceName::new(ServiceName::DEFAULT);
+        let now = UnixTime::from_secs(10_000).unwrap();
+        let g = UserTokenGrant::for_the_service_itself(&service, now);
+        assert_eq!(g.subject, ServiceName::DEFAULT);
+        assert!(g.scopes.is_empty() && g.copied.is_empty());
+        assert_eq!(
+            (g.realm, g.instance_id, g.duo_seat_count),
+            (None, None, None)
+        );
+        assert_eq!(g.expires_at.as_secs(), 10_300);
     }
 
     #[test]

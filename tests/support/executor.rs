@@ -50,7 +50,15 @@ pub struct FakeExecutor {
     pub fail_with: Arc<Mutex<Option<Status>>>,
     /// When set, the executor thinks this long before answering (a call in flight).
     pub delay: Arc<Mutex<Option<std::time::Duration>>>,
+    /// When set, `ListCapabilities` takes this long to answer.
+    pub capabilities_delay: Arc<Mutex<Option<std::time::Duration>>>,
+    /// When set, the executor's authentication is on: `ListCapabilities` answers only calls
+    /// this check lets through.
+    pub authentication: Arc<Mutex<Option<Authentication>>>,
 }
+
+/// An executor's check of a call's metadata.
+pub type Authentication = Arc<dyn Fn(&MetadataMap) -> Result<(), Status> + Send + Sync>;
 
 impl FakeExecutor {
     fn record(&self, rpc: &'static str, metadata: &MetadataMap, goals: Vec<String>) {
@@ -129,6 +137,14 @@ impl DuoWorkflow for FakeExecutor {
         request: Request<ListCapabilitiesRequest>,
     ) -> Result<Response<ListCapabilitiesResponse>, Status> {
         self.record("ListCapabilities", request.metadata(), vec![]);
+        let authentication = self.authentication.lock().unwrap().clone();
+        if let Some(check) = authentication {
+            check(request.metadata())?;
+        }
+        let delay = *self.capabilities_delay.lock().unwrap();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         Ok(Response::new(ListCapabilitiesResponse {
             capabilities: CAPABILITIES
                 .iter()

@@ -406,6 +406,15 @@ pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// base64url without padding, decoded.
+#[allow(dead_code)] // each test binary uses its own part of support
+pub fn b64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap()
+}
+
 /// A compact JWS over exactly these header and payload bytes, signed by `key`: hostile tokens
 /// carry a valid signature, so that their one hostile property is the only reason to refuse them.
 pub fn sign_raw(key: &SigningKey, header: &[u8], payload: &[u8]) -> String {
