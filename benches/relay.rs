@@ -17,6 +17,9 @@
 //!   the service's process. The service's own share is shown on its own.
 //! - Memory: the service's VmRSS before and after opening idle relayed streams (start request
 //!   sent and answered, then nothing), divided by their number.
+//! - Unary calls (`ListTools`, answered at once): one at a time (the latency a call adds), and
+//!   16 connections with 32 calls in flight each (h2load's `-c 16 -m 32`: the throughput).
+//!   Every call is counted by its final gRPC status; one that is not OK fails the run.
 //!
 //! Run: `cargo bench -p duo-workflow-contract --bench relay` (optionally `-- SECONDS` per
 //! measurement, default 5).
@@ -148,11 +151,12 @@ impl DuoWorkflow for Echo {
         Ok(Response::new(ListCapabilitiesResponse::default()))
     }
 
+    /// The unary call of the unary figures: answered at once.
     async fn list_tools(
         &self,
         _: Request<ListToolsRequest>,
     ) -> Result<Response<ListToolsResponse>, Status> {
-        Err(Status::unimplemented("bench executor"))
+        Ok(Response::new(ListToolsResponse::default()))
     }
 
     async fn list_flows(
@@ -562,8 +566,75 @@ async fn measure(
         .collect();
     drop(ready);
     await_open(&mut opened, streams, &what).await;
-    tokio::time::sleep(warmup).await;
+    run_phases(&what, workers, service, phase, warmup, budget).await
+}
 
+/// (client connections, calls in flight on each) of the unary figures: one call at a time, and
+/// h2load's `-c 16 -m 32`.
+const UNARY_LOADS: [(usize, usize); 2] = [(1, 1), (16, 32)];
+
+/// One worker's unary calls (`ListTools`, which the executor answers at once) until the phase
+/// says stop. A call counts only by its final gRPC status: any status but OK fails the run.
+async fn unary_calls(
+    channel: Channel,
+    token: Arc<str>,
+    phase: Arc<AtomicU8>,
+) -> Result<Samples, Status> {
+    let mut client = DuoWorkflowClient::new(channel);
+    let mut samples = Samples::default();
+    loop {
+        let before = phase.load(Ordering::Relaxed);
+        if before == STOP {
+            return Ok(samples);
+        }
+        let mut request = Request::new(ListToolsRequest {});
+        common::authorize(request.metadata_mut(), &token);
+        let sent = Instant::now();
+        client.list_tools(request).await?;
+        let elapsed = sent.elapsed();
+        if phase.load(Ordering::Relaxed) == MEASURE {
+            samples.completed += 1;
+            if before == MEASURE {
+                samples.latencies.push(elapsed.as_nanos() as u64);
+            }
+        }
+    }
+}
+
+/// Unary calls over `connections` connections, `in_flight` at a time on each, to `addr`.
+async fn measure_unary(
+    addr: SocketAddr,
+    service: Option<u32>,
+    token: &Arc<str>,
+    (connections, in_flight): (usize, usize),
+    warmup: Duration,
+    budget: Duration,
+) -> Figures {
+    let what = format!("{connections}x{in_flight} unary calls to {addr}");
+    let channels = connect(addr, connections).await;
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let workers: Vec<_> = (0..connections * in_flight)
+        .map(|i| {
+            tokio::spawn(unary_calls(
+                channels[i % connections].clone(),
+                token.clone(),
+                phase.clone(),
+            ))
+        })
+        .collect();
+    run_phases(&what, workers, service, phase, warmup, budget).await
+}
+
+/// Warms up, measures for `budget`, stops the workers and gathers their samples.
+async fn run_phases(
+    what: &str,
+    workers: Vec<tokio::task::JoinHandle<Result<Samples, Status>>>,
+    service: Option<u32>,
+    phase: Arc<AtomicU8>,
+    warmup: Duration,
+    budget: Duration,
+) -> Figures {
+    tokio::time::sleep(warmup).await;
     let usage = || (Usage::own(), service.map(Usage::of));
     let before = usage();
     let started = Instant::now();
@@ -577,13 +648,13 @@ async fn measure(
     let mut completed = 0u64;
     let joined = tokio::time::timeout(OPEN_TIMEOUT, futures::future::join_all(workers))
         .await
-        .unwrap_or_else(|_| panic!("{what}: streams did not end"));
+        .unwrap_or_else(|_| panic!("{what}: the calls did not end"));
     for worker in joined {
         let samples = worker.unwrap().unwrap_or_else(|s| panic!("{what}: {s:?}"));
         latencies.extend(samples.latencies);
         completed += samples.completed;
     }
-    assert!(!latencies.is_empty(), "{what}: no round trip measured");
+    assert!(!latencies.is_empty(), "{what}: nothing measured");
     latencies.sort_unstable();
     let quantile = |q: f64| {
         Duration::from_nanos(latencies[((latencies.len() - 1) as f64 * q).round() as usize])
@@ -755,6 +826,43 @@ async fn bench(budget: Duration) {
             format!("{}{}", if added >= 0.0 { "+" } else { "" }, latency(added)),
         );
         measured.push((load, direct, through));
+    }
+
+    println!();
+    println!(
+        "unary calls (ListTools, answered at once by the executor), each counted by its gRPC status"
+    );
+    println!(
+        "{:>7} | {:>9} {:>9} {:>7} | {:>21} {:>21} | {:>10} | {:>8} {:>8} {:>8}",
+        "conn x", "calls/s", "calls/s", "through", "p50 / p99", "p50 / p99", "added p50", "direct", "service", "service"
+    );
+    println!(
+        "{:>7} | {:>9} {:>9} {:>7} | {:>21} {:>21} | {:>10} | {:>8} {:>8} {:>8}",
+        "flight", "direct", "through", "/direct", "direct", "through", "per hop", "CPU µs", "CPU µs", "/direct"
+    );
+    for load in UNARY_LOADS {
+        let direct = measure_unary(executor, None, &token, load, warmup, budget).await;
+        let through =
+            measure_unary(service.addr, Some(service.pid()), &token, load, warmup, budget).await;
+        let p50_p99 = |f: &Figures| {
+            let (p50, p99) = (f.p50.as_secs_f64(), f.p99.as_secs_f64());
+            format!("{} / {}", latency(p50), latency(p99))
+        };
+        let added = through.p50.as_secs_f64() - direct.p50.as_secs_f64();
+        let service_cpu = through.per_trip(through.service.unwrap_or_default().cpu);
+        println!(
+            "{:>7} | {:>9.0} {:>9.0} {:>6.2}x | {:>21} {:>21} | {:>10} | {:>8} {:>8} {:>7.2}x",
+            format!("{}x{}", load.0, load.1),
+            direct.per_second,
+            through.per_second,
+            through.per_second / direct.per_second,
+            p50_p99(&direct),
+            p50_p99(&through),
+            format!("{}{}", if added >= 0.0 { "+" } else { "" }, latency(added)),
+            micros(direct.cpu()),
+            micros(service_cpu),
+            service_cpu.as_secs_f64() / direct.cpu().as_secs_f64(),
+        );
     }
 
     println!();
