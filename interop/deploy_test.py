@@ -67,14 +67,14 @@ class Code:
         config = "\n".join(p.read_text() for p in sorted(CONFIG_DIR.glob("*.rs")))
         h.expect("pub struct FileConfig" in config, f"{CONFIG_DIR} holds no configuration")
         self.config_rs = config
-        self.env = dict(re.findall(r'pub const (ENV_\w+): &str = "([^"]*)";', config))
+        self.env = dict(re.findall(r'pub const (ENV_\w+): &str =\s*"([^"]*)";', config))
         self.env_names = set(self.env.values())
         defaults = dict(re.findall(r"pub const (DEFAULT_\w*PORT): u16 = (\d+);", config))
         self.defaults = {k: int(v) for k, v in defaults.items()}
         for want in ("DEFAULT_PORT", "DEFAULT_HTTP_PORT", "DEFAULT_METRICS_PORT"):
             h.expect(want in self.defaults, f"config/ has no {want}")
         for want in ("ENV_PORT", "ENV_HTTP_PORT", "ENV_METRICS_ADDR", "ENV_METRICS_PORT", "ENV_SIGNING_KEY",
-                     "ENV_VALIDATION_KEY", "ENV_UPSTREAM_URL", "ENV_SHUTDOWN_GRACE_PERIOD", "ENV_AUTH_ENABLED",
+                     "ENV_VALIDATION_KEY", "ENV_UPSTREAM_URL", "ENV_UPSTREAM_RESOLVE_SECONDS", "ENV_SHUTDOWN_GRACE_PERIOD", "ENV_AUTH_ENABLED",
                      "ENV_LOG_JSON", "ENV_OIDC_GITLAB_URL", "ENV_AIGW_GITLAB_URL", "ENV_OIDC_CUSTOMER_PORTAL_URL",
                      "ENV_SERVICE_NAME", "ENV_TLS_ENABLED"):
             h.expect(want in self.env, f"config/ has no {want}")
@@ -347,6 +347,16 @@ def check_config_keys(h, code: Code, m: Manifests) -> None:
     toml = m.toml()
     errors = code.file_errors(toml)
     h.expect(not errors, "; ".join(errors))
+    # Connections get an age, so that a replica the HPA adds gets its share of long-lived
+    # clients; the grace lets a workflow stream finish on its old connection.
+    limits = toml.get("limits", {})
+    age = limits.get("max_connection_age_seconds", 0)
+    grace = limits.get("max_connection_age_grace_seconds", 3600)
+    h.expect(isinstance(age, int) and 60 <= age <= 3600,
+             f"limits.max_connection_age_seconds = {age!r}: clients never move to a replica the HPA adds")
+    h.expect(isinstance(grace, int) and grace >= 600,
+             f"limits.max_connection_age_grace_seconds = {grace!r}: workflow streams would be cut")
+    h.expect(m.of_kind("HorizontalPodAutoscaler"), "no HorizontalPodAutoscaler: the connection age serves nothing")
     jwt = toml.get("self_signed_jwt", {})
     h.expect(jwt.get("signing_key_file"), "the TOML names no self_signed_jwt.signing_key_file")
     h.expect("signing_key" not in jwt and "validation_key" not in jwt, "a key inline in the ConfigMap")
@@ -400,17 +410,29 @@ def check_ports(h, code: Code, m: Manifests) -> None:
     h.expect(set(opened) <= set(want.values()), f"NetworkPolicy opens {sorted(opened)}, the service listens on {want}")
     h.expect(opened.get(want["metrics"]) is True, f"port {want['metrics']} (operator) is not restricted to named peers")
     h.expect(want["grpc"] in opened and want["keys"] in opened, f"the NetworkPolicy does not let clients reach {want}")
-    # The executor: its Service is what DUO_WORKFLOW_UPSTREAM__URL names, its port is the one it listens on.
-    url = urllib.parse.urlsplit(env[code.var("ENV_UPSTREAM_URL")])
+    # The executors: DUO_WORKFLOW_UPSTREAM__URL names the executor's Service (one URL, or a
+    # list); it is headless, so that its name resolves to every ready pod and the service
+    # balances its calls over all of them (a ClusterIP would be one pod per replica), and a URL's
+    # port is the pods' own (a headless Service translates no port).
     ex = m.container(EXECUTOR)
     ex_env = m.env(EXECUTOR)
     ex_port = int(ex_env.get("PORT", code.defaults["DEFAULT_PORT"]))
     h.expect({p["containerPort"] for p in ex.get("ports", [])} == {ex_port}, f"executor ports vs its PORT {ex_port}")
-    ex_svc = m.get("Service", url.hostname.split(".")[0])
     ex_labels = m.deployment(EXECUTOR)["spec"]["template"]["metadata"]["labels"]
-    h.expect(labels_match(ex_svc["spec"]["selector"], ex_labels), f"Service {url.hostname} does not select the executor")
-    ports = {p["port"]: port_of(ex, p.get("targetPort", p["port"])) for p in ex_svc["spec"]["ports"]}
-    h.expect(ports.get(url.port) == ex_port, f"{url.geturl()}: Service port {url.port} → {ports.get(url.port)}, executor listens on {ex_port}")
+    entries = [e.strip() for e in env[code.var("ENV_UPSTREAM_URL")].split(",")]
+    h.expect(entries and all(entries), f"{code.var('ENV_UPSTREAM_URL')}: an empty entry")
+    for entry in entries:
+        url = urllib.parse.urlsplit(entry)
+        h.expect(url.path in ("", "/"), f"{entry}: an executor URL has no path")
+        ex_svc = m.get("Service", url.hostname.split(".")[0])
+        h.expect(labels_match(ex_svc["spec"]["selector"], ex_labels), f"Service {url.hostname} does not select the executor")
+        h.expect(ex_svc["spec"].get("clusterIP") == "None",
+                 f"Service {url.hostname} is not headless (clusterIP: None): each replica would use one executor pod")
+        h.expect(url.port == ex_port, f"{entry}: port {url.port}, the executor pods listen on {ex_port}")
+        ports = {p["port"]: port_of(ex, p.get("targetPort", p["port"])) for p in ex_svc["spec"]["ports"]}
+        h.expect(ports.get(url.port) == ex_port, f"{entry}: Service port {url.port} → {ports.get(url.port)}, executor listens on {ex_port}")
+    resolve = env.get(code.var("ENV_UPSTREAM_RESOLVE_SECONDS"), m.toml().get("upstream", {}).get("resolve_seconds", 10))
+    h.expect(1 <= int(resolve) <= 60, f"executor names resolved every {resolve} s: a new executor pod waits that long for calls")
     for kind, probe in grpc_probes(ex).items():
         port = probe.get("grpc", probe.get("tcpSocket", probe.get("httpGet", {}))).get("port")
         h.expect(port_of(ex, port) == ex_port, f"executor {kind} probes port {port}")
