@@ -281,12 +281,30 @@ impl JwtAuthenticator {
         note_token_issuer(self.issuer_label(iss));
         let verified = self.verify_signature(&token, sources?).await?;
         let (source, keys) = (verified.source.clone(), verified.keys);
-        let claims = token.into_claims(verified.proof).map_err(|r| Refusal {
-            error: r.into(),
-            judged_with: vec![JudgedWith::new(&source, Some(&keys))],
-        })?;
-        match self.checks.accept(claims.clone(), self.clock.now()) {
-            Ok(accepted) => Ok((accepted, Entry::new(claims, source, &keys, text.len()))),
+        let mapping = source.claim_mapping();
+        let claims = token
+            .into_claims(verified.proof, mapping)
+            .map_err(|r| Refusal {
+                error: r.into(),
+                judged_with: vec![JudgedWith::new(&source, Some(&keys))],
+            })?;
+        match self
+            .checks
+            .accept_for(mapping.audiences(), claims.clone(), self.clock.now())
+        {
+            Ok(accepted) => {
+                if claims.scopes.is_empty() {
+                    // Once per token verified (the cache spares the rest): what an operator
+                    // mapping a new provider's claims needs to see, names only.
+                    tracing::info!(
+                        source = source.name(),
+                        issuer = %claims.issuer,
+                        "token verified without any unit primitive ({})",
+                        claims.scope_evidence
+                    );
+                }
+                Ok((accepted, Entry::new(claims, source, &keys, text.len())))
+            }
             Err(r) => Err(Refusal {
                 error: r.into(),
                 judged_with: vec![JudgedWith::new(&source, Some(&keys))],
@@ -314,7 +332,10 @@ impl Authenticator for JwtAuthenticator {
         if let Some(digest) = &digest {
             if let Some(entry) = self.cache.lookup(digest) {
                 note_token_issuer(LabelText::Shared(entry.claims.issuer.as_str().into()));
-                let checked = self.checks.accept(entry.claims, self.clock.now());
+                let audiences = entry.source.claim_mapping().audiences();
+                let checked = self
+                    .checks
+                    .accept_for(audiences, entry.claims, self.clock.now());
                 if checked.is_err() {
                     self.cache.remove(digest);
                 }

@@ -119,7 +119,7 @@ fn exercise(token: &str) -> (bool, Result<VerifiedClaims, VerificationError>) {
             let _ = (parsed.claimed_issuer(), parsed.kid(), parsed.algorithm());
             if let Ok(proof) = parsed.verify(&fixture().trusted_set, usize::MAX) {
                 verified = true;
-                let _ = parsed.into_claims(proof);
+                let _ = parsed.into_claims(proof, &duo_workflow_domain::mapping::GITLAB_SHAPE);
             }
         }
     }

@@ -164,7 +164,8 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
                 &s.contents,
                 clock.clone(),
             )
-            .map_err(|e| config_error(&format!("key source {:?}", s.name), e))?,
+            .map_err(|e| config_error(&format!("key source {:?}", s.name), e))?
+            .with_claim_mapping(s.claims.clone()),
         );
         tracing::info!(source = %s.name, issuer = %s.issuer, kids = ?source.current_kids(), "static key source loaded");
         reloadable.push(source.clone());

@@ -9,6 +9,7 @@ pub mod gatekeeper;
 pub mod identity;
 pub mod issuers;
 pub mod keys;
+pub mod mapping;
 pub mod method;
 pub mod policy;
 pub mod ports;
@@ -21,6 +22,7 @@ pub use identity::{
     Claims, CopiedClaim, Identity, Issuer, JsonText, KeyId, ServiceName, UnitPrimitive,
     VerifiedClaims,
 };
+pub use mapping::{ClaimMapping, ClaimName};
 pub use method::{Access, Call, Flow, MethodTable, Rpc};
 pub use request::{AuthorizationHeader, RequestMetadata};
 pub use time::{Seconds, UnixTime};

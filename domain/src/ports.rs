@@ -9,6 +9,7 @@ use crate::error::{AuthError, Rejection};
 use crate::identity::{Identity, Issuer, VerifiedClaims};
 use crate::issuers::SourceIssuer;
 use crate::keys::{Algorithm, KeySet};
+use crate::mapping::{ClaimMapping, GITLAB_SHAPE};
 use crate::method::Call;
 use crate::request::BearerToken;
 use crate::time::UnixTime;
@@ -107,6 +108,11 @@ pub trait KeySource<K: Send + Sync>: Send + Sync {
 
     /// The algorithms this source accepts, from configuration.
     fn algorithms(&self) -> &[Algorithm];
+
+    /// How this source's tokens are read: audiences, scope claims, the instance claim.
+    fn claim_mapping(&self) -> &ClaimMapping {
+        &GITLAB_SHAPE
+    }
 
     /// The current keys; `None` while the source has never produced keys.
     fn current(&self) -> Option<Arc<KeySet<K>>>;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use duo_workflow_domain::issuers::{IssuerClaims, SourceIssuer};
 use duo_workflow_domain::keys::{Algorithm, KeySet};
+use duo_workflow_domain::mapping::ClaimMapping;
 use duo_workflow_domain::ports::{Clock, KeySource, SourceState};
 use duo_workflow_domain::{Issuer, UnixTime};
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -104,6 +105,8 @@ pub struct RemoteSourceConfig {
     pub issuer: IssuerSetting,
     pub locator: Locator,
     pub algorithms: Vec<Algorithm>,
+    /// How the source's tokens are read (GitLab's shape unless configured).
+    pub claims: ClaimMapping,
     pub required: bool,
     /// What keys the source accepts beyond the safe defaults.
     pub key_policy: KeyPolicy,
@@ -518,6 +521,10 @@ impl KeySource<PublicKey> for RemoteKeySource {
         &self.config.algorithms
     }
 
+    fn claim_mapping(&self) -> &ClaimMapping {
+        &self.config.claims
+    }
+
     /// The last good keys, unless older than `max_stale`.
     fn current(&self) -> Option<Arc<KeySet<PublicKey>>> {
         let s = self.snapshot();
@@ -602,6 +609,7 @@ mod tests {
                     url: Some(Url::parse(URL).unwrap()),
                 },
                 algorithms: vec![Algorithm::RS256],
+                claims: ClaimMapping::default(),
                 required: false,
                 key_policy: KeyPolicy::default(),
                 fetch: FetchPolicy::default(),
@@ -685,6 +693,7 @@ mod tests {
             issuer: IssuerSetting::Discovered,
             locator,
             algorithms: vec![Algorithm::RS256],
+            claims: ClaimMapping::default(),
             required: false,
             key_policy: KeyPolicy::default(),
             fetch: FetchPolicy::default(),

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use duo_workflow_domain::issuers::SourceIssuer;
 use duo_workflow_domain::keys::{Algorithm, IssuerKey, KeySet};
+use duo_workflow_domain::mapping::ClaimMapping;
 use duo_workflow_domain::ports::{Clock, KeySource, SourceState};
 use duo_workflow_domain::{Issuer, UnixTime};
 
@@ -48,6 +49,7 @@ pub struct StaticKeySource {
     name: String,
     issuer: Issuer,
     algorithms: Vec<Algorithm>,
+    claims: ClaimMapping,
     loaded: RwLock<Arc<Loaded>>,
     watch: Option<Watch>,
 }
@@ -73,6 +75,7 @@ impl StaticKeySource {
             name,
             issuer,
             algorithms,
+            claims: ClaimMapping::default(),
             loaded: RwLock::new(Arc::new(Loaded {
                 keys,
                 loaded_at,
@@ -127,6 +130,12 @@ impl StaticKeySource {
         files.seen(&[FileContents::Read(contents.to_vec())]);
         source.watch = Some(Watch { file, files, clock });
         Ok(source)
+    }
+
+    /// This source's tokens are read with `claims` (default: GitLab's shape).
+    pub fn with_claim_mapping(mut self, claims: ClaimMapping) -> Self {
+        self.claims = claims;
+        self
     }
 
     /// Swaps in new keys (the local authority's, on its reload). An empty list keeps the
@@ -263,6 +272,10 @@ impl KeySource<PublicKey> for StaticKeySource {
 
     fn algorithms(&self) -> &[Algorithm] {
         &self.algorithms
+    }
+
+    fn claim_mapping(&self) -> &ClaimMapping {
+        &self.claims
     }
 
     fn current(&self) -> Option<Arc<KeySet<PublicKey>>> {

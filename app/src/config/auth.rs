@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use duo_workflow_adapters::jose::keys::KeyPolicy;
 use duo_workflow_adapters::sources::{IssuerSetting, Locator, RemoteSourceConfig};
 use duo_workflow_domain::keys::Algorithm;
+use duo_workflow_domain::mapping::ClaimMapping;
 use duo_workflow_domain::policy::ClaimChecks;
 use duo_workflow_domain::ServiceName;
 use serde::Deserialize;
@@ -123,6 +124,7 @@ pub(super) fn builtin_sources(
             issuer: IssuerSetting::Discovered,
             locator: Locator::Discovery { url: Some(url) },
             algorithms: vec![Algorithm::RS256],
+            claims: ClaimMapping::default(),
             required: b.required,
             key_policy: KeyPolicy::default(),
             fetch: fetch_policy("auth.refresh", &auth.refresh, allow_insecure_http)?,
