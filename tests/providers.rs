@@ -233,3 +233,231 @@ async fn without_a_mapping_a_providers_token_is_authenticated_then_refused() {
         "Unauthorized to generate token",
     );
 }
+
+/// The JWK of `key` published for exactly `alg` (the `alg` member pins it).
+fn jwk_for(key: &SigningKeyPem, alg: &str) -> Value {
+    let mut jwk = key.jwk();
+    jwk["alg"] = json!(alg);
+    jwk
+}
+
+/// A service with one static source `edge` of `jwks` allowing `algorithms`.
+async fn service_with_jwks(dir: &TempDir, jwks: Value, algorithms: &str) -> Running {
+    let jwks_path = dir.write("edge.jwks", &jwks.to_string());
+    let config = dir.write(
+        "config.toml",
+        &format!(
+            "[[key_sources]]\ntype = \"static\"\nname = \"edge\"\nissuer = \"{IDP}\"\njwks_file = \"{}\"\nalgorithms = {algorithms}\n",
+            jwks_path.display()
+        ),
+    );
+    start_service(Some(&config), &[]).await.unwrap()
+}
+
+/// GitLab-shaped claims of `IDP`, and the token of them signed by `key` as `alg` naming `kid`.
+fn signed_as(key: &SigningKeyPem, alg: &str, kid: Option<&str>) -> String {
+    let mut header = json!({"alg": alg, "typ": "JWT"});
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    let claims = support::good_claims(IDP);
+    sign_raw(
+        &key.key,
+        &serde_json::to_vec(&header).unwrap(),
+        &serde_json::to_vec(&claims).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn every_algorithm_verifies_through_a_jwks_with_its_own_key() {
+    let cases = [
+        ("rs384-idp", "RS384"),
+        ("rs512-idp", "RS512"),
+        ("ps256-idp", "PS256"),
+        ("ps384-idp", "PS384"),
+        ("ps512-idp", "PS512"),
+        ("es384-idp", "ES384"),
+    ];
+    let keys: Vec<_> = cases.iter().map(|(label, _)| key(label)).collect();
+    let ed = key("eddsa-idp");
+    let mut published: Vec<Value> = keys
+        .iter()
+        .zip(cases)
+        .map(|(k, (_, alg))| jwk_for(k, alg))
+        .collect();
+    // RFC 9864's name of EdDSA over Ed25519, in the JWKS, the configuration and the token.
+    published.push(jwk_for(&ed, "Ed25519"));
+    let dir = TempDir::new();
+    let service = service_with_jwks(
+        &dir,
+        json!({ "keys": published }),
+        r#"["RS384", "RS512", "PS256", "PS384", "PS512", "ES384", "Ed25519"]"#,
+    )
+    .await;
+    for (k, (_, alg)) in keys.iter().zip(cases) {
+        for kid in [Some(k.kid()), None] {
+            let token = signed_as(k, alg, kid);
+            assert!(
+                generate_token(service.addr, &Headers::bearer(&token))
+                    .await
+                    .is_ok(),
+                "{alg} kid {kid:?}"
+            );
+        }
+    }
+    for name in ["Ed25519", "EdDSA"] {
+        let token = signed_as(&ed, name, Some(ed.kid()));
+        assert!(
+            generate_token(service.addr, &Headers::bearer(&token))
+                .await
+                .is_ok(),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pem_keys_of_the_new_kinds_load_and_verify_what_the_source_allows() {
+    let dir = TempDir::new();
+    let (rsa, p384) = (key("rs256-pem"), key("es384-pem"));
+    let pem = format!(
+        "{}{}",
+        rsa.key.public_key().to_pem(),
+        p384.key.public_key().to_pem()
+    );
+    let pem_path = dir.write("idp.pem", &pem);
+    let config = dir.write(
+        "config.toml",
+        &format!(
+            "[[key_sources]]\ntype = \"static\"\nname = \"pem\"\nissuer = \"{IDP}\"\npem_file = \"{}\"\nalgorithms = [\"PS256\", \"ES384\"]\n",
+            pem_path.display()
+        ),
+    );
+    let service = start_service(Some(&config), &[]).await.unwrap();
+    // A PEM key carries no `alg`: the RSA key verifies the RSA algorithms its source allows.
+    let ps = SigningKeyPem {
+        pem: rsa.pem.clone(),
+        key: duo_workflow_adapters::jose::signing::SigningKey::from_pem(&rsa.pem)
+            .unwrap()
+            .with_algorithm(duo_workflow_domain::keys::Algorithm::PS256)
+            .unwrap(),
+    };
+    for (token, ok) in [
+        (signed_as(&ps, "PS256", None), true),
+        (signed_as(&p384, "ES384", None), true),
+        (signed_as(&rsa, "RS256", None), false),
+    ] {
+        let result = generate_token(service.addr, &Headers::bearer(&token)).await;
+        if ok {
+            assert!(result.is_ok(), "{result:?}");
+        } else {
+            assert_status(result, Code::Unauthenticated, "Forbidden by auth provider");
+        }
+    }
+}
+
+/// Checklist row 2 for the new kinds: a key verifies only its own algorithm, whatever the token
+/// claims; the service answers the next good call after each.
+#[tokio::test]
+async fn an_alg_that_does_not_fit_the_key_is_refused() {
+    let dir = TempDir::new();
+    let (rs, ps, p256, p384) = (
+        key("rs256-edge"),
+        key("ps256-edge"),
+        key("es256-edge"),
+        key("es384-edge"),
+    );
+    let service = service_with_jwks(
+        &dir,
+        json!({"keys": [jwk_for(&rs, "RS256"), jwk_for(&ps, "PS256"), p256.jwk(), p384.jwk()]}),
+        r#"["RS256", "PS256", "ES256", "ES384"]"#,
+    )
+    .await;
+    let as_alg = |k: &SigningKeyPem, alg| {
+        let key = duo_workflow_adapters::jose::signing::SigningKey::from_pem(&k.pem)
+            .unwrap()
+            .with_algorithm(alg)
+            .unwrap();
+        SigningKeyPem {
+            pem: k.pem.clone(),
+            key,
+        }
+    };
+    use duo_workflow_domain::keys::Algorithm::{PS256, RS256};
+    let cases = [
+        // RS vs PS: a valid PSS signature by the key published for RS256, and the reverse.
+        (
+            "PS256 by the RS256 key",
+            signed_as(&as_alg(&rs, PS256), "PS256", Some(rs.kid())),
+        ),
+        (
+            "PS256 by the RS256 key, no kid",
+            signed_as(&as_alg(&rs, PS256), "PS256", None),
+        ),
+        (
+            "RS256 by the PS256 key",
+            signed_as(&as_alg(&ps, RS256), "RS256", Some(ps.kid())),
+        ),
+        (
+            "RS256 header, PSS signature",
+            signed_as(&as_alg(&rs, PS256), "RS256", Some(rs.kid())),
+        ),
+        // ES256 against the P-384 key, ES384 against the P-256 key.
+        (
+            "ES256 naming the P-384 key",
+            signed_as(&p256, "ES256", Some(p384.kid())),
+        ),
+        (
+            "ES384 naming the P-256 key",
+            signed_as(&p384, "ES384", Some(p256.kid())),
+        ),
+        (
+            "ES384 header, P-256 signature",
+            signed_as(&p256, "ES384", None),
+        ),
+        (
+            "RS256 naming the P-384 key",
+            signed_as(&rs, "RS256", Some(p384.kid())),
+        ),
+    ];
+    for (what, token) in cases {
+        assert_status(
+            generate_token(service.addr, &Headers::bearer(&token)).await,
+            Code::Unauthenticated,
+            "Forbidden by auth provider",
+        );
+        let good = signed_as(&p384, "ES384", Some(p384.kid()));
+        assert!(
+            generate_token(service.addr, &Headers::bearer(&good))
+                .await
+                .is_ok(),
+            "after {what}"
+        );
+    }
+}
+
+/// Checklist row 28 for P-384: a point off the curve is dropped when the key set loads, with the
+/// rest of the set kept.
+#[tokio::test]
+async fn a_p384_point_off_the_curve_is_dropped_and_the_rest_kept() {
+    let dir = TempDir::new();
+    let p384 = key("es384-edge");
+    let mut off = p384.jwk();
+    off["kid"] = json!("off-curve");
+    let mut y = off["y"].as_str().unwrap().to_owned();
+    y.replace_range(0..1, if y.starts_with('A') { "B" } else { "A" });
+    off["y"] = json!(y);
+    let service = service_with_jwks(&dir, json!({"keys": [off, p384.jwk()]}), r#"["ES384"]"#).await;
+    let forged = signed_as(&p384, "ES384", Some("off-curve"));
+    assert_status(
+        generate_token(service.addr, &Headers::bearer(&forged)).await,
+        Code::Unauthenticated,
+        "Forbidden by auth provider",
+    );
+    assert!(generate_token(
+        service.addr,
+        &Headers::bearer(&signed_as(&p384, "ES384", Some(p384.kid())))
+    )
+    .await
+    .is_ok());
+}

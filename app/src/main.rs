@@ -119,7 +119,13 @@ impl ClientArgs {
 #[derive(Clone, Copy, ValueEnum)]
 enum Alg {
     Rs256,
+    Rs384,
+    Rs512,
+    Ps256,
+    Ps384,
+    Ps512,
     Es256,
+    Es384,
     Eddsa,
 }
 
@@ -127,7 +133,13 @@ impl From<Alg> for Algorithm {
     fn from(a: Alg) -> Self {
         match a {
             Alg::Rs256 => Algorithm::RS256,
+            Alg::Rs384 => Algorithm::RS384,
+            Alg::Rs512 => Algorithm::RS512,
+            Alg::Ps256 => Algorithm::PS256,
+            Alg::Ps384 => Algorithm::PS384,
+            Alg::Ps512 => Algorithm::PS512,
             Alg::Es256 => Algorithm::ES256,
+            Alg::Es384 => Algorithm::ES384,
             Alg::Eddsa => Algorithm::EdDSA,
         }
     }
@@ -136,7 +148,8 @@ impl From<Alg> for Algorithm {
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Write a new private key (PKCS#8 PEM, mode 0600) for the signing or validation slot, or for
-    /// signing instance tokens with `token mint`.
+    /// signing instance tokens with `token mint` (rs* and ps*: an RSA 2048 key; es256: P-256;
+    /// es384: P-384; eddsa: Ed25519).
     Generate {
         #[arg(long)]
         out: PathBuf,
@@ -182,6 +195,9 @@ enum TokenCommand {
         /// Leave out the `kid` header, as GitLab Rails did.
         #[arg(long)]
         no_kid: bool,
+        /// The algorithm to sign with (default: the key's own; RS256 for an RSA key).
+        #[arg(long, value_enum)]
+        alg: Option<Alg>,
     },
 }
 
@@ -217,20 +233,26 @@ async fn main() -> ExitCode {
             duo_seat_count,
             lifetime,
             no_kid,
-        }) => cli::load_private_key(&key).map(|k| {
-            let request = MintRequest {
-                issuer,
-                audience,
-                subject,
-                scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
-                realm,
-                instance_id,
-                duo_seat_count,
-                lifetime_seconds: lifetime,
-                with_kid: !no_kid,
-            };
-            println!("{}", cli::mint(&k, &request));
-        }),
+            alg,
+        }) => cli::load_private_key(&key)
+            .and_then(|k| match alg {
+                Some(alg) => k.with_algorithm(alg.into()),
+                None => Ok(k),
+            })
+            .map(|k| {
+                let request = MintRequest {
+                    issuer,
+                    audience,
+                    subject,
+                    scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
+                    realm,
+                    instance_id,
+                    duo_seat_count,
+                    lifetime_seconds: lifetime,
+                    with_kid: !no_kid,
+                };
+                println!("{}", cli::mint(&k, &request));
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -119,14 +119,16 @@ impl<'a> UnverifiedToken<'a> {
         max_candidates: usize,
     ) -> Result<SignatureVerified, SignatureFailure> {
         let fits = |k: &duo_workflow_domain::keys::IssuerKey<PublicKey>| {
-            k.algorithm == self.algorithm && k.key.verify(self.signing_input, &self.signature)
+            k.algorithms.contains(self.algorithm)
+                && k.key
+                    .verify(self.algorithm, self.signing_input, &self.signature)
         };
-        match keys.select(self.kid.as_deref(), max_candidates) {
+        match keys.select(self.kid.as_deref(), self.algorithm, max_candidates) {
             Selection::Named(key) if fits(key) => Ok(SignatureVerified(())),
             Selection::Named(_) => Err(SignatureFailure::Invalid),
             Selection::UnknownKid => Err(SignatureFailure::NoMatchingKey),
             Selection::AmbiguousKid => Err(SignatureFailure::Ambiguous),
-            Selection::Each(all) if all.iter().any(fits) => Ok(SignatureVerified(())),
+            Selection::Each(all) if all.iter().any(|k| fits(k)) => Ok(SignatureVerified(())),
             Selection::Each(_) => Err(SignatureFailure::NoMatchingKey),
         }
     }

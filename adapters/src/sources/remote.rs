@@ -343,11 +343,8 @@ impl RemoteKeySource {
         let fetched = self.fetcher.get(&jwks_uri).await?;
         let parsed = parse_jwks(&fetched.body, self.config.key_policy)?;
         super::report_dropped(&self.config.name, &self.issuer(), &parsed.dropped);
-        let usable: Vec<_> = parsed
-            .keys
-            .into_iter()
-            .filter(|k| self.config.algorithms.contains(&k.algorithm))
-            .collect();
+        let (usable, refused) = super::allowed_keys(parsed.keys, &self.config.algorithms);
+        super::report_dropped(&self.config.name, &self.issuer(), &refused);
         if usable.is_empty() {
             return Err(format!(
                 "{} holds no usable key for {:?}",

@@ -56,7 +56,8 @@ pub struct StaticKeySource {
 
 impl StaticKeySource {
     /// A source serving `keys`. `algorithms` empty means every supported algorithm: each key
-    /// still verifies only its own, and a reload may bring keys of another algorithm.
+    /// still verifies only those of its kind (and its JWK's `alg`), and a reload may bring keys
+    /// of another kind.
     pub fn new(
         name: impl Into<String>,
         issuer: Issuer,
@@ -65,12 +66,12 @@ impl StaticKeySource {
         loaded_at: UnixTime,
     ) -> Result<Self, String> {
         let name = name.into();
-        let keys = key_set(&name, &issuer, keys)?;
         let algorithms = if algorithms.is_empty() {
             Algorithm::ALL.to_vec()
         } else {
             algorithms
         };
+        let keys = key_set(&name, &issuer, &algorithms, keys)?;
         Ok(Self {
             name,
             issuer,
@@ -145,7 +146,7 @@ impl StaticKeySource {
         keys: Vec<IssuerKey<PublicKey>>,
         at: UnixTime,
     ) -> Result<(), String> {
-        let keys = key_set(&self.name, &self.issuer, keys)?;
+        let keys = key_set(&self.name, &self.issuer, &self.algorithms, keys)?;
         *self.loaded.write().expect("not poisoned") = Arc::new(Loaded {
             keys,
             loaded_at: at,
@@ -184,11 +185,15 @@ impl StaticKeySource {
     }
 }
 
+/// The key set of `keys`, each narrowed to the algorithms the source allows.
 fn key_set(
     name: &str,
     issuer: &Issuer,
+    algorithms: &[Algorithm],
     keys: Vec<IssuerKey<PublicKey>>,
 ) -> Result<Arc<KeySet<PublicKey>>, String> {
+    let (keys, refused) = super::allowed_keys(keys, algorithms);
+    super::report_dropped(name, issuer, &refused);
     if keys.is_empty() {
         return Err("no usable key".into());
     }

@@ -297,7 +297,7 @@ pub fn parse_algorithms(field: &str, names: &[String]) -> Result<Vec<Algorithm>,
         .iter()
         .map(|n| {
             Algorithm::from_jose(n)
-                .ok_or_else(|| bad(field, format!("{n:?} is not one of RS256, ES256, EdDSA")))
+                .ok_or_else(|| bad(field, format!("{n:?} is not one of {}", Algorithm::NAMES)))
         })
         .collect()
 }
