@@ -1958,7 +1958,7 @@ def scenarios_outage(s: Suite, w: World, mode: str) -> None:
 def scenarios_discovery_issuer(s: Suite, w: World) -> None:
     """The built-in sources take their issuer from the discovery document under their URL: a GitLab
     reached by an internal URL names its external issuer there, and its tokens carry that one. A
-    trailing slash in the document is dropped."""
+    trailing slash in the document is part of the issuer (issue 16): tokens carry it too."""
     process = w.extra["issuer-mismatch"]
     mismatch = w.providers["mismatch"]
     slash = w.providers["slash"]
@@ -1969,8 +1969,19 @@ def scenarios_discovery_issuer(s: Suite, w: World) -> None:
         lambda: expect_ok(
             generate_token(
                 process.stub,
-                metadata(mint(w.cdot, iss=slash.base, realm="self-managed", scopes=(GENERATE,)), realm="self-managed"),
+                metadata(mint(w.cdot, iss=slash.base + "/", realm="self-managed", scopes=(GENERATE,)), realm="self-managed"),
             )
+        ),
+    )
+    s.check(
+        "discovery_issuer.trailing_slash.token_without_it_forbidden",
+        lambda: expect_status(
+            generate_token(
+                process.stub,
+                metadata(mint(w.cdot, iss=slash.base, realm="self-managed", scopes=(GENERATE,)), realm="self-managed"),
+            ),
+            UNAUTHENTICATED,
+            FORBIDDEN,
         ),
     )
 
@@ -2002,7 +2013,7 @@ def scenarios_discovery_issuer(s: Suite, w: World) -> None:
         gitlab = sources.get("gitlab", {})
         expect_equal("gitlab issuer", gitlab.get("issuer"), EXTERNAL_GITLAB)
         expect_equal("gitlab issuer_from", gitlab.get("issuer_from"), "discovery")
-        expect_equal("customers-dot issuer", sources.get("customers-dot", {}).get("issuer"), slash.base)
+        expect_equal("customers-dot issuer", sources.get("customers-dot", {}).get("issuer"), slash.base + "/")
 
     s.check("discovery_issuer.key_sources_report_learned_issuers", reported)
 

@@ -23,18 +23,26 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// A compact JWS of `claims` signed by `key`, its header naming `alg` and `kid`.
+fn jws(key: &SigningKeyPem, alg: &str, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = json!({"alg": alg, "typ": "JWT"});
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    sign_raw(
+        &key.key,
+        &serde_json::to_vec(&header).unwrap(),
+        &serde_json::to_vec(claims).unwrap(),
+    )
+}
+
 /// A token with exactly these claims (plus fresh times), signed by `key` with its kid.
 fn provider_token(key: &SigningKeyPem, alg: &str, claims: Value) -> String {
     let mut c = claims;
     let now = now();
     c["iat"] = json!(now);
     c["exp"] = json!(now + 600);
-    let header = json!({"alg": alg, "typ": "at+jwt", "kid": key.kid()});
-    sign_raw(
-        &key.key,
-        &serde_json::to_vec(&header).unwrap(),
-        &serde_json::to_vec(&c).unwrap(),
-    )
+    jws(key, alg, Some(key.kid()), &c)
 }
 
 /// A service trusting `key` for `issuer` through a static source with `extra` TOML lines
@@ -254,18 +262,9 @@ async fn service_with_jwks(dir: &TempDir, jwks: Value, algorithms: &str) -> Runn
     start_service(Some(&config), &[]).await.unwrap()
 }
 
-/// GitLab-shaped claims of `IDP`, and the token of them signed by `key` as `alg` naming `kid`.
+/// GitLab-shaped claims of `IDP`, signed by `key` as `alg` naming `kid`.
 fn signed_as(key: &SigningKeyPem, alg: &str, kid: Option<&str>) -> String {
-    let mut header = json!({"alg": alg, "typ": "JWT"});
-    if let Some(kid) = kid {
-        header["kid"] = json!(kid);
-    }
-    let claims = support::good_claims(IDP);
-    sign_raw(
-        &key.key,
-        &serde_json::to_vec(&header).unwrap(),
-        &serde_json::to_vec(&claims).unwrap(),
-    )
+    jws(key, alg, kid, &support::good_claims(IDP))
 }
 
 #[tokio::test]
@@ -460,4 +459,82 @@ async fn a_p384_point_off_the_curve_is_dropped_and_the_rest_kept() {
     )
     .await
     .is_ok());
+}
+
+/// Calls until the call stops being UNAVAILABLE (the first keys load in the background).
+async fn once_keys_load(service: &Running, token: &str) -> Result<(), tonic::Status> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match generate_token(service.addr, &Headers::bearer(token)).await {
+            Err(s) if s.code() == Code::Unavailable && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            other => return other.map(drop),
+        }
+    }
+}
+
+/// An `oidc` source of `provider`, with `issuer` as configured.
+async fn oidc_service(dir: &TempDir, issuer: &str, extra: &str) -> Running {
+    let config = dir.write(
+        "config.toml",
+        &format!(
+            "[[key_sources]]\ntype = \"oidc\"\nname = \"idp\"\nissuer = \"{issuer}\"\n{extra}"
+        ),
+    );
+    start_service(Some(&config), &[]).await.unwrap()
+}
+
+/// Issue 16, row 1: Auth0's and Azure AD v1's issuers end with a slash, and their tokens carry it.
+#[tokio::test]
+async fn an_issuer_with_a_trailing_slash_is_compared_as_written() {
+    let idp_key = key("rs256-idp");
+    let idp = support::provider::start(vec![idp_key.jwk()]).await;
+    let with_slash = format!("{}/", idp.issuer());
+    idp.set_discovery_issuer(&with_slash);
+    let token = |iss: &str| {
+        jws(
+            &idp_key,
+            "RS256",
+            Some(idp_key.kid()),
+            &support::good_claims(iss),
+        )
+    };
+
+    // Configured as the provider writes it: its tokens pass, the slash-less form is unknown.
+    let dir = TempDir::new();
+    let service = oidc_service(&dir, &with_slash, "").await;
+    once_keys_load(&service, &token(&with_slash)).await.unwrap();
+    assert_status(
+        generate_token(service.addr, &Headers::bearer(&token(&idp.issuer()))).await,
+        Code::Unauthenticated,
+        "Forbidden by auth provider",
+    );
+    service.stop().await.unwrap();
+
+    // Configured without the slash: the document still loads (the one difference tolerated),
+    // and the issuer stays as configured.
+    let dir = TempDir::new();
+    let service = oidc_service(&dir, &idp.issuer(), "").await;
+    once_keys_load(&service, &token(&idp.issuer()))
+        .await
+        .unwrap();
+    assert_status(
+        generate_token(service.addr, &Headers::bearer(&token(&with_slash))).await,
+        Code::Unauthenticated,
+        "Forbidden by auth provider",
+    );
+    service.stop().await.unwrap();
+
+    // The built-in GitLab source learns the issuer as its document states it.
+    let gitlab = start_service(
+        None,
+        &[(
+            duo_workflow_service::config::ENV_OIDC_GITLAB_URL,
+            idp.issuer().as_str(),
+        )],
+    )
+    .await
+    .unwrap();
+    once_keys_load(&gitlab, &token(&with_slash)).await.unwrap();
 }

@@ -12,7 +12,7 @@
 //! - the key set is swapped whole; a lock is only ever held to clone an `Arc`, never across a fetch;
 //! - the source never blocks or fails start-up: it starts empty and says why.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -57,11 +57,12 @@ impl std::fmt::Display for Locator {
 /// Which issuer a remote source serves.
 #[derive(Debug, Clone)]
 pub enum IssuerSetting {
-    /// Configured: the `iss` of the tokens these keys verify. A discovery document must name it
-    /// too (a trailing slash is the only difference tolerated; checklist row 17).
+    /// Configured: the `iss` of the tokens these keys verify, exactly as written (a trailing
+    /// slash is part of it). A discovery document must name it too, a trailing slash being the
+    /// only difference tolerated there (checklist row 17).
     Fixed(Issuer),
-    /// Whatever the discovery document under `Locator::Discovery { url: Some(_) }` names, without
-    /// a trailing slash: learned from the first document whose issuer [`IssuerClaims`] lets this
+    /// Whatever the discovery document under `Locator::Discovery { url: Some(_) }` names, exactly
+    /// as it names it: learned from the first document whose issuer [`IssuerClaims`] lets this
     /// source claim, and fixed from then on (a later document naming another is a failed
     /// refresh). The built-in GitLab and CustomersDot sources, reached by an internal URL whose
     /// document names the external issuer their tokens carry.
@@ -169,6 +170,9 @@ pub struct RemoteKeySource {
     /// Fetches (discovery, then JWKS) that installed keys, and those that failed.
     fetches_ok: AtomicU64,
     fetches_failed: AtomicU64,
+    /// Whether the difference of a trailing slash between the configured issuer and the
+    /// discovery document's was logged (once).
+    slash_warned: AtomicBool,
 }
 
 impl RemoteKeySource {
@@ -222,6 +226,7 @@ impl RemoteKeySource {
             next_refresh,
             fetches_ok: AtomicU64::new(0),
             fetches_failed: AtomicU64::new(0),
+            slash_warned: AtomicBool::new(false),
         }))
     }
 
@@ -376,7 +381,23 @@ impl RemoteKeySource {
     /// named; a discovering source learns the first issuer it may claim, then holds to it.
     fn accept_issuer(&self, url: &Url, named: &str) -> Result<(), String> {
         let learned = match (&self.config.issuer, self.learned.get()) {
-            (IssuerSetting::Fixed(issuer), _) => return same_issuer(named, issuer.as_str()),
+            (IssuerSetting::Fixed(issuer), _) => {
+                same_issuer(named, issuer.as_str())?;
+                if named != issuer.as_str() && !self.slash_warned.swap(true, Ordering::Relaxed) {
+                    // Tokens carry what the provider states: with the configured form they
+                    // would all be refused as of an unknown issuer.
+                    tracing::warn!(
+                        source = %self.config.name,
+                        url = %Shown(url),
+                        configured = %issuer,
+                        stated = named,
+                        "the discovery document states the issuer with a different trailing \
+                         slash: tokens are matched against the configured issuer exactly; \
+                         write it as the document does if the tokens carry that form"
+                    );
+                }
+                return Ok(());
+            }
             (IssuerSetting::Discovered, Some(learned)) => {
                 return same_issuer(named, learned.as_str()).map_err(|e| {
                     format!(
@@ -384,7 +405,7 @@ impl RemoteKeySource {
                     )
                 })
             }
-            (IssuerSetting::Discovered, None) => Issuer::new(named.trim_end_matches('/')),
+            (IssuerSetting::Discovered, None) => Issuer::new(named),
         };
         self.claims
             .claim(&self.config.name, &learned)
@@ -643,7 +664,8 @@ mod tests {
         gitlab
             .accept_issuer(&url(), "https://gitlab.example.com/")
             .unwrap();
-        let learned = Issuer::new("https://gitlab.example.com");
+        // Learned as the document states it: the slash is part of the issuer its tokens carry.
+        let learned = Issuer::new("https://gitlab.example.com/");
         assert_eq!(gitlab.issuer(), SourceIssuer::Discovered(Some(&learned)));
         // Fixed from now on: the same issuer (slash or not) is fine, another is refused.
         gitlab

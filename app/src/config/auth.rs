@@ -12,7 +12,7 @@ use duo_workflow_domain::ServiceName;
 use serde::Deserialize;
 
 use super::key_sources::{fetch_policy, refresh_policy, RefreshConfig};
-use super::values::{fetchable_url, issuer_url, parse_bool};
+use super::values::{base_url, fetchable_url, parse_bool};
 use super::{bad, ConfigError};
 
 pub const ENV_AUTH_ENABLED: &str = "DUO_WORKFLOW_AUTH__ENABLED";
@@ -118,7 +118,7 @@ pub(super) fn builtin_sources(
             disabled_sources.push((b.name, field));
             continue;
         }
-        let url = fetchable_url(field, &issuer_url(field, value)?, allow_insecure_http)?;
+        let url = fetchable_url(field, &base_url(field, value)?, allow_insecure_http)?;
         remote_sources.push(RemoteSourceConfig {
             name: b.name.into(),
             issuer: IssuerSetting::Discovered,

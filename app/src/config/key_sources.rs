@@ -18,7 +18,7 @@ use duo_workflow_domain::policy::Delegation;
 use duo_workflow_domain::{Issuer, UnitPrimitive};
 use serde::Deserialize;
 
-use super::values::{fetchable_url, issuer_url};
+use super::values::{base_url, fetchable_url, issuer_url};
 use super::{bad, ConfigError};
 
 /// A key source, chosen by its `type`; each type has its own settings.
@@ -268,13 +268,11 @@ fn remote_source(
             checked("issuer", &issuer)?;
             (issuer, Locator::Discovery { url: None })
         }
+        // The issuer of a peer instance is its service name, not a URL: any name, as written.
         (false, Some(base), None) => {
-            let base = issuer_url(&field("discovery_url"), base)?;
+            let base = base_url(&field("discovery_url"), base)?;
             let url = checked("discovery_url", &base)?;
-            (
-                s.issuer.trim_end_matches('/').to_owned(),
-                Locator::Discovery { url: Some(url) },
-            )
+            (s.issuer.clone(), Locator::Discovery { url: Some(url) })
         }
     };
     Ok(RemoteSourceConfig {
