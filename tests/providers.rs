@@ -538,3 +538,77 @@ async fn an_issuer_with_a_trailing_slash_is_compared_as_written() {
     .unwrap();
     once_keys_load(&gitlab, &token(&with_slash)).await.unwrap();
 }
+
+/// `GET /key-sources` of `service`: the entry of source `name`.
+async fn key_source(service: &Running, name: &str) -> Value {
+    let (status, _, body) =
+        support::get_with_host(service.operator_addr, "/key-sources", "localhost").await;
+    assert_eq!(status, 200, "{body}");
+    let all: Value = serde_json::from_str(&body).unwrap();
+    all["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no source {name}: {all}"))
+}
+
+/// Issue 16, the last row: a key set served without `Cache-Control` was trusted for an hour;
+/// it is now fetched again every `refresh.default_seconds`, and `/key-sources` says so.
+#[tokio::test]
+async fn a_jwks_without_cache_control_is_refreshed_every_default_seconds() {
+    let (old, new) = (key("rs256-idp"), key("rs256-idp-next"));
+    let idp = support::provider::start(vec![old.jwk(), new.jwk()]).await;
+    idp.state.lock().unwrap().cache_control = String::new();
+    let dir = TempDir::new();
+    let service = oidc_service(
+        &dir,
+        &idp.issuer(),
+        "refresh = { min_seconds = 1, default_seconds = 1 }\n",
+    )
+    .await;
+    let token = |k: &SigningKeyPem| {
+        jws(
+            k,
+            "RS256",
+            Some(k.kid()),
+            &support::good_claims(&idp.issuer()),
+        )
+    };
+    once_keys_load(&service, &token(&old)).await.unwrap();
+    let report = key_source(&service, "idp").await;
+    assert_eq!(report["refresh_seconds"], 1, "{report}");
+    assert_eq!(report["refresh_from"], "default", "{report}");
+
+    // The provider removes the old key: no token names an unknown kid, so only a refresh can
+    // tell. It comes within seconds, not an hour.
+    idp.set_keys(vec![new.jwk()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while generate_token(service.addr, &Headers::bearer(&token(&old)))
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed key is still trusted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(generate_token(service.addr, &Headers::bearer(&token(&new)))
+        .await
+        .is_ok());
+
+    // With a max-age, the provider decides, within the bounds (max_seconds, 3600 by default).
+    idp.state.lock().unwrap().cache_control = "public, max-age=86400".into();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let report = key_source(&service, "idp").await;
+        if report["refresh_from"] == "cache_control" {
+            assert_eq!(report["refresh_seconds"], 3600, "{report}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{report}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

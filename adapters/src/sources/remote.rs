@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use duo_workflow_domain::issuers::{IssuerClaims, SourceIssuer};
 use duo_workflow_domain::keys::{Algorithm, KeySet};
 use duo_workflow_domain::mapping::ClaimMapping;
-use duo_workflow_domain::ports::{Clock, KeySource, SourceState};
+use duo_workflow_domain::ports::{Clock, KeySource, RefreshBasis, RefreshSchedule, SourceState};
 use duo_workflow_domain::{Issuer, UnixTime};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use rand::Rng;
@@ -75,6 +75,9 @@ pub struct RefreshPolicy {
     /// Bounds applied to the provider's `Cache-Control: max-age`.
     pub min_interval: Duration,
     pub max_interval: Duration,
+    /// The interval when the key set comes without a `max-age` (within the bounds): short, so
+    /// that a key the provider removed is not trusted long.
+    pub default_interval: Duration,
     /// Keep serving the last good keys this long while refreshes fail.
     pub max_stale: Duration,
     /// At most one miss-triggered refetch per this interval.
@@ -91,6 +94,7 @@ impl Default for RefreshPolicy {
         Self {
             min_interval: Duration::from_secs(60),
             max_interval: Duration::from_secs(3600),
+            default_interval: Duration::from_secs(300),
             max_stale: Duration::from_secs(72 * 3600),
             miss_refetch_interval: Duration::from_secs(10),
             miss_wait: Duration::from_secs(5),
@@ -165,8 +169,8 @@ pub struct RemoteKeySource {
     clock: Arc<dyn Clock>,
     snapshot: RwLock<Arc<Snapshot>>,
     flight: Mutex<Flight>,
-    /// The refresh interval the last successful fetch earned.
-    next_refresh: Mutex<Duration>,
+    /// The refresh interval the last successful fetch earned (`None`: no fetch succeeded yet).
+    next_refresh: Mutex<Option<RefreshSchedule>>,
     /// Fetches (discovery, then JWKS) that installed keys, and those that failed.
     fetches_ok: AtomicU64,
     fetches_failed: AtomicU64,
@@ -207,8 +211,11 @@ impl RemoteKeySource {
         if config.algorithms.is_empty() {
             return Err("no algorithms allowed".into());
         }
+        if config.refresh.min_interval > config.refresh.max_interval {
+            return Err("the refresh interval's minimum is above its maximum".into());
+        }
         let fetcher = Fetcher::new(config.fetch.clone())?;
-        let next_refresh = Mutex::new(config.refresh.max_interval);
+        let next_refresh = Mutex::new(None);
         Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
             config,
@@ -284,7 +291,7 @@ impl RemoteKeySource {
             Ok((set, max_age)) => {
                 self.fetches_ok.fetch_add(1, Ordering::Relaxed);
                 let current = self.install(Arc::new(set));
-                *self.next_refresh.lock().expect("refresh lock") = self.interval_for(max_age);
+                *self.next_refresh.lock().expect("refresh lock") = Some(self.schedule_for(max_age));
                 Some(current)
             }
             Err(why) => {
@@ -305,11 +312,18 @@ impl RemoteKeySource {
         installed
     }
 
-    fn interval_for(&self, max_age: Option<Duration>) -> Duration {
+    /// When to fetch again: after the key set's `max-age`, or the default interval without one
+    /// (a provider that says nothing is not trusted for the maximum), within the bounds.
+    fn schedule_for(&self, max_age: Option<Duration>) -> RefreshSchedule {
         let r = &self.config.refresh;
-        max_age
-            .unwrap_or(r.max_interval)
-            .clamp(r.min_interval, r.max_interval)
+        let (interval, basis) = match max_age {
+            Some(age) => (age, RefreshBasis::CacheControl),
+            None => (r.default_interval, RefreshBasis::Default),
+        };
+        RefreshSchedule {
+            every_seconds: interval.clamp(r.min_interval, r.max_interval).as_secs(),
+            basis,
+        }
     }
 
     /// Installs a fetched set and returns the one now current: the previous `Arc` when nothing
@@ -502,7 +516,10 @@ async fn refresh_loop(source: Weak<RemoteKeySource>) {
             let fetch = source.join_or_start(&mut source.flight.lock().expect("flight lock"));
             if fetch.await.is_some() {
                 failures = 0;
-                *source.next_refresh.lock().expect("refresh lock")
+                let schedule = *source.next_refresh.lock().expect("refresh lock");
+                schedule.map_or(source.config.refresh.max_interval, |s| {
+                    Duration::from_secs(s.every_seconds)
+                })
             } else {
                 failures = failures.saturating_add(1);
                 backoff(&source.config.refresh, failures)
@@ -603,6 +620,10 @@ impl KeySource<PublicKey> for RemoteKeySource {
 
     fn required(&self) -> bool {
         self.config.required
+    }
+
+    fn refresh(&self) -> Option<RefreshSchedule> {
+        *self.next_refresh.lock().expect("refresh lock")
     }
 }
 

@@ -105,6 +105,9 @@ pub struct ClaimsConfig {
 pub struct RefreshConfig {
     pub min_seconds: Option<u64>,
     pub max_seconds: Option<u64>,
+    /// The interval for a key set served without `Cache-Control: max-age`; default 300, within
+    /// `min_seconds`..=`max_seconds`.
+    pub default_seconds: Option<u64>,
     pub max_stale_seconds: Option<u64>,
     pub miss_refetch_interval_seconds: Option<u64>,
     pub miss_wait_ms: Option<u64>,
@@ -165,6 +168,7 @@ pub(super) fn refresh_policy(field: &str, c: &RefreshConfig) -> Result<RefreshPo
     let policy = RefreshPolicy {
         min_interval: secs(c.min_seconds, d.min_interval),
         max_interval: secs(c.max_seconds, d.max_interval),
+        default_interval: secs(c.default_seconds, d.default_interval),
         max_stale: secs(c.max_stale_seconds, d.max_stale),
         miss_refetch_interval: secs(c.miss_refetch_interval_seconds, d.miss_refetch_interval),
         miss_wait: c
@@ -190,6 +194,20 @@ pub(super) fn refresh_policy(field: &str, c: &RefreshConfig) -> Result<RefreshPo
             "must be at least min_seconds",
         ));
     }
+    // Set, it must lie within the bounds; the default follows bounds moved past it.
+    let bounds = policy.min_interval..=policy.max_interval;
+    if c.default_seconds.is_some() && !bounds.contains(&policy.default_interval) {
+        return Err(bad(
+            format!("{field}.default_seconds"),
+            "must be from min_seconds to max_seconds",
+        ));
+    }
+    let policy = RefreshPolicy {
+        default_interval: policy
+            .default_interval
+            .clamp(policy.min_interval, policy.max_interval),
+        ..policy
+    };
     if policy.max_stale < policy.max_interval {
         return Err(bad(
             format!("{field}.max_stale_seconds"),
@@ -613,5 +631,35 @@ instance_id = "azp"
             e.problem.contains("instance"),
             "unknown keys are named: {e}"
         );
+    }
+
+    #[test]
+    fn a_key_set_without_max_age_is_refreshed_every_default_seconds_within_the_bounds() {
+        let oidc = "[[key_sources]]\ntype = \"oidc\"\nname = \"o\"\nissuer = \"https://a\"\n";
+        let default = |refresh: &str| {
+            load(&format!("{oidc}refresh = {{ {refresh} }}\n"))
+                .map(|s| s.remote_sources[0].refresh.default_interval.as_secs())
+        };
+        assert_eq!(default("").unwrap(), 300);
+        assert_eq!(default("default_seconds = 120").unwrap(), 120);
+        // Bounds moved past the default take it with them; a default set outside is refused.
+        assert_eq!(
+            default("min_seconds = 600, max_seconds = 900").unwrap(),
+            600
+        );
+        assert_eq!(default("max_seconds = 200").unwrap(), 200);
+        for bad in [
+            "default_seconds = 30",
+            "default_seconds = 7200",
+            "min_seconds = 100, default_seconds = 99",
+        ] {
+            let e = default(bad).unwrap_err();
+            assert_eq!(e.field, "key_sources[0].refresh.default_seconds", "{bad}");
+        }
+        // The built-in sources take [auth.refresh]'s.
+        let file: crate::config::FileConfig =
+            toml::from_str("[auth.refresh]\ndefault_seconds = 5\n").unwrap();
+        let e = Settings::from_parts(file, &env(&[])).unwrap_err();
+        assert_eq!(e.field, "auth.refresh.default_seconds");
     }
 }
