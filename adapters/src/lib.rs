@@ -11,6 +11,7 @@
 pub mod authenticator;
 pub mod authority;
 pub mod clock;
+pub mod explain;
 pub mod jose;
 pub mod metrics;
 pub mod reload;

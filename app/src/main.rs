@@ -162,6 +162,9 @@ enum KeysCommand {
         key: PathBuf,
         #[arg(long)]
         jwks: bool,
+        /// The JWK's `alg` (default: the key's own; RS256 for an RSA key).
+        #[arg(long, value_enum)]
+        alg: Option<Alg>,
     },
 }
 
@@ -199,14 +202,35 @@ enum TokenCommand {
         #[arg(long, value_enum)]
         alg: Option<Alg>,
     },
+    /// What the service would do with a token: which key source judges it, each check with its
+    /// outcome, the header binding, the unit primitives, and what GenerateToken and
+    /// ExecuteWorkflow answer. Loads the configuration as `serve` does (file and environment;
+    /// remote key sources are fetched once). Prints neither the token nor any key.
+    Explain {
+        /// A TOML configuration file; environment variables override it, as for `serve`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The flow GenerateToken and ExecuteWorkflow are asked about.
+        #[arg(long, value_name = "NAME", default_value = duo_workflow_service::explain::DEFAULT_FLOW)]
+        flow: String,
+        /// The token, or `-` (the default) to read it from standard input, which keeps it out
+        /// of the process list and the shell's history.
+        #[arg(value_name = "TOKEN", default_value = "-")]
+        token: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let command = Cli::parse().command;
     // `serve` sets up its logging from its configuration.
-    if !matches!(command, Command::Serve { .. }) {
-        init_logging();
+    match command {
+        Command::Serve { .. } => {}
+        // What went wrong while building the service; not the server's notes on its keys.
+        Command::Token(TokenCommand::Explain { .. }) => {
+            logging::init_cli_at("warn,duo_workflow_service::server=error")
+        }
+        _ => init_logging(),
     }
     let result = match command {
         Command::Serve { config, listen } => serve(config, listen).await,
@@ -220,7 +244,11 @@ async fn main() -> ExitCode {
             .map(|kid| {
                 println!("wrote {} (kid {kid})", out.display());
             }),
-        Command::Keys(KeysCommand::Public { key, jwks }) => cli::load_private_key(&key)
+        Command::Keys(KeysCommand::Public { key, jwks, alg }) => cli::load_private_key(&key)
+            .and_then(|k| match alg {
+                Some(alg) => k.with_algorithm(alg.into()),
+                None => Ok(k),
+            })
             .map(|k| println!("{}", cli::public_key(&k, jwks).trim_end())),
         Command::Token(TokenCommand::Mint {
             key,
@@ -253,6 +281,11 @@ async fn main() -> ExitCode {
                 };
                 println!("{}", cli::mint(&k, &request));
             }),
+        Command::Token(TokenCommand::Explain {
+            config,
+            flow,
+            token,
+        }) => explain(config, &flow, token).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -310,6 +343,37 @@ async fn serve(config: Option<PathBuf>, listen: Option<IpAddr>) -> Result<(), St
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn explain(config: Option<PathBuf>, flow: &str, token: String) -> Result<(), String> {
+    let token = if token == "-" {
+        read_token_from_stdin()?
+    } else {
+        token
+    };
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let settings = Settings::load(config.as_deref(), &env).map_err(|e| e.to_string())?;
+    let report = duo_workflow_service::explain::explain(&settings, &token, flow)
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{report}");
+    Ok(())
+}
+
+/// The token on standard input: one line, surrounding blanks ignored, at most 64 KiB read (the
+/// longest token any configuration accepts).
+fn read_token_from_stdin() -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin()
+        .take(64 * 1024 + 2)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the token from standard input: {e}"))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err("no token on standard input (give it there, or as an argument)".into());
+    }
+    Ok(token.to_owned())
 }
 
 /// An error binding `[::]` that means the machine has no IPv6.

@@ -53,6 +53,10 @@ fn config_error(field: &str, problem: impl Into<String>) -> StartError {
 /// The parts of the service, built from settings.
 pub struct Service {
     pub admission: AdmissionLayer,
+    /// Authentication and authorization, as the admission layer asks them (`token explain`).
+    pub gatekeeper: Arc<Gatekeeper>,
+    /// `None` while authentication is disabled.
+    pub authenticator: Option<Arc<JwtAuthenticator>>,
     pub generate_token: GenerateTokenEndpoint,
     /// `None`: no executor configured.
     pub relay: Option<Relay>,
@@ -220,6 +224,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         "Log lines dropped because stderr did not keep up (calls never wait for it).",
         crate::logging::dropped_lines,
     );
+    let mut jwt_authenticator = None;
     let mode = if settings.auth_enabled {
         let authenticator = Arc::new(
             JwtAuthenticator::new(sources, settings.claim_checks.clone(), clock.clone())
@@ -230,6 +235,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
                 .with_max_kidless_candidates(settings.max_kidless_candidates),
         );
         metrics.register_collector(CacheCollector(Some(authenticator.clone())));
+        jwt_authenticator = Some(authenticator.clone());
         AuthMode::Enabled(authenticator)
     } else {
         metrics.register_collector(CacheCollector(None));
@@ -283,10 +289,12 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     });
     Ok(Service {
         admission: AdmissionLayer::new(
-            gatekeeper,
+            gatekeeper.clone(),
             settings.methods.clone(),
             limits.max_message_bytes,
         ),
+        gatekeeper,
+        authenticator: jwt_authenticator,
         generate_token,
         relay,
         capabilities,

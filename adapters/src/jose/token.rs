@@ -1,9 +1,11 @@
 //! Compact JWS tokens. Parsing checks the cheap things first (length, alphabet, segment count)
 //! before any decoding; claims come out of a token only with proof that its signature verified.
 
-use duo_workflow_domain::keys::{Algorithm, KeySet, Selection, MAX_KID_LEN};
+use duo_workflow_domain::keys::{Algorithm, IssuerKey, KeySet, Selection, MAX_KID_LEN};
 use duo_workflow_domain::mapping::{ClaimMapping, ScopeClaim};
-use duo_workflow_domain::{ClaimName, Claims, CopiedClaim, Issuer, JsonText, Rejection, UnixTime};
+use duo_workflow_domain::{
+    ClaimName, Claims, CopiedClaim, Issuer, JsonText, KeyId, Rejection, UnixTime,
+};
 use serde_json::{Map, Value};
 
 use super::json::unique_object;
@@ -28,7 +30,16 @@ pub struct UnverifiedToken<'a> {
 
 /// Proof that a token's signature verified with one of its issuer's keys. Only
 /// [`UnverifiedToken::verify`] makes one.
-pub struct SignatureVerified(());
+pub struct SignatureVerified {
+    kid: Option<KeyId>,
+}
+
+impl SignatureVerified {
+    /// The `kid` of the key that verified the signature (for `token explain`).
+    pub fn kid(&self) -> Option<&KeyId> {
+        self.kid.as_ref()
+    }
+}
 
 /// Why no key verified the token.
 #[derive(Debug, PartialEq, Eq)]
@@ -118,18 +129,23 @@ impl<'a> UnverifiedToken<'a> {
         keys: &KeySet<PublicKey>,
         max_candidates: usize,
     ) -> Result<SignatureVerified, SignatureFailure> {
-        let fits = |k: &duo_workflow_domain::keys::IssuerKey<PublicKey>| {
+        let fits = |k: &IssuerKey<PublicKey>| {
             k.algorithms.contains(self.algorithm)
                 && k.key
                     .verify(self.algorithm, self.signing_input, &self.signature)
         };
+        let proof = |key: &IssuerKey<PublicKey>| SignatureVerified {
+            kid: key.kid.clone(),
+        };
         match keys.select(self.kid.as_deref(), self.algorithm, max_candidates) {
-            Selection::Named(key) if fits(key) => Ok(SignatureVerified(())),
+            Selection::Named(key) if fits(key) => Ok(proof(key)),
             Selection::Named(_) => Err(SignatureFailure::Invalid),
             Selection::UnknownKid => Err(SignatureFailure::NoMatchingKey),
             Selection::AmbiguousKid => Err(SignatureFailure::Ambiguous),
-            Selection::Each(all) if all.iter().any(|k| fits(k)) => Ok(SignatureVerified(())),
-            Selection::Each(_) => Err(SignatureFailure::NoMatchingKey),
+            Selection::Each(all) => match all.into_iter().find(|k| fits(k)) {
+                Some(key) => Ok(proof(key)),
+                None => Err(SignatureFailure::NoMatchingKey),
+            },
         }
     }
 

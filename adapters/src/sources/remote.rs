@@ -245,6 +245,13 @@ impl RemoteKeySource {
         )
     }
 
+    /// Fetches the keys once, now (or joins the fetch under way), without a background refresh
+    /// (`token explain`); whether keys were installed.
+    pub async fn fetch_once(&self) -> bool {
+        let fetch = self.join_or_start(&mut self.flight.lock().expect("flight lock"));
+        fetch.await.is_some()
+    }
+
     /// Starts the background refresh (the first fetch starts now); it ends with the source.
     pub fn spawn_refresh(&self) {
         tokio::spawn(refresh_loop(self.me.clone()));
