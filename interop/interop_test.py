@@ -25,7 +25,9 @@ Then the hostile-input battery of hostile_test.py runs against a process of its 
 deploy_test.py checks the deployment files (deploy/Dockerfile, deploy/kubernetes/) against the code
 and starts the binary with the Kubernetes configuration, and rotation_test.py rotates the local
 authority's key across three replicas one at a time (SIGHUP and the poll, RSA to Ed25519) while a
-client mints and uses user tokens across them: no good call may be refused.
+client mints and uses user tokens across them: no good call may be refused. Last, providers_test.py
+puts four real OpenID providers (panva's oidc-provider on Node, shaped like Keycloak, Okta, Auth0 and
+Azure AD) in front of one process configured for them by TOML alone.
 
 Usage: interop_test.py BINARY.  Prints `PASS name` / `FAIL name: why` per check and ends with
 `N passed, N failed`; exits non-zero on any failure.
@@ -65,6 +67,7 @@ import contract_test  # noqa: E402 (interop/contract_test.py, beside this file)
 import hostile_test  # noqa: E402 (interop/hostile_test.py, beside this file)
 import deploy_test  # noqa: E402 (interop/deploy_test.py, beside this file)
 import rotation_test  # noqa: E402 (interop/rotation_test.py, beside this file)
+import providers_test  # noqa: E402 (interop/providers_test.py, beside this file)
 
 REPO = Path(__file__).resolve().parent.parent
 CONTRACT_PROTO = REPO / "proto" / "contract.proto"
@@ -2332,6 +2335,8 @@ def main(argv) -> int:
         deploy_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
         # GitLab's key rotation, one replica at a time, under a client's load.
         rotation_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
+        # Real OpenID providers (oidc-provider, Node) shaped like Keycloak, Okta, Auth0, Azure AD.
+        providers_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
         keep = os.environ.get("INTEROP_KEEP_LOGS")
         if keep:  # every process's whole log, for a failure that the last lines do not explain
             Path(keep).mkdir(parents=True, exist_ok=True)
