@@ -10,6 +10,7 @@ use duo_workflow_adapters::authenticator::{DynKeySource, JwtAuthenticator};
 use duo_workflow_adapters::metrics::{code_label, RefusalReason};
 use duo_workflow_adapters::transport::status_of;
 use duo_workflow_domain::gatekeeper::Gatekeeper;
+use duo_workflow_domain::keys::Algorithm;
 use duo_workflow_domain::mapping::{Audiences, ClaimMapping};
 use duo_workflow_domain::method::{Call, Flow, FlowFields};
 use duo_workflow_domain::ports::{Clock, SourceState};
@@ -80,6 +81,11 @@ fn sources(out: &mut String, sources: &[DynKeySource], clock: &dyn Clock) {
             }
         };
         let algorithms: Vec<&str> = s.algorithms().iter().map(|a| a.jose_name()).collect();
+        let algorithms = if algorithms.len() == Algorithm::ALL.len() {
+            vec!["any (each key its own)"]
+        } else {
+            algorithms
+        };
         let _ = writeln!(
             out,
             "  {}: issuer {}, algorithms {}, {}; {state}",
