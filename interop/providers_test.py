@@ -34,20 +34,14 @@ CACHE = Path(__file__).resolve().parent.parent / ".interop-cache" / "oidc"
 DEFAULT_SECONDS = 2  # the sources' refresh.default_seconds: the providers send no Cache-Control
 READY_TIMEOUT = 15.0
 TOKEN_TIMEOUT = 5.0
+# The claims of a Keycloak token, as the Rust tests and the README read them too.
+KEYCLOAK_CLAIMS = (Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "keycloak_claims.toml").read_text()
 
 # Per provider: the TOML of its key source (beside name, type and issuer), the scope to ask for,
 # what the instance header must carry, and the unit primitives its user token must hold.
 SHAPES = {
     "keycloak": {
-        "toml": """audiences = ["dws"]
-algorithms = ["RS256"]
-[key_sources.claims]
-scopes = ["scope"]
-instance_id = "azp"
-[key_sources.claims.scope_map]
-"dws:run" = ["duo_agent_platform", "duo_workflow_execute_workflow"]
-"dws:chat" = ["duo_chat"]
-""",
+        "toml": 'algorithms = ["RS256"]\n' + KEYCLOAK_CLAIMS,
         "scope": "dws:run",
         "delegated": ["duo_agent_platform", "duo_workflow_execute_workflow"],
     },

@@ -71,14 +71,7 @@ fn headers(token: &str, instance: &str) -> Headers {
     h
 }
 
-const KEYCLOAK_CLAIMS: &str = r#"audiences = ["dws"]
-[key_sources.claims]
-scopes = ["scope"]
-instance_id = "azp"
-[key_sources.claims.scope_map]
-"dws:run" = ["duo_agent_platform", "duo_workflow_execute_workflow"]
-"dws:chat" = ["duo_chat"]
-"#;
+const KEYCLOAK_CLAIMS: &str = include_str!("fixtures/keycloak_claims.toml");
 
 fn keycloak_claims(scope: &str) -> Value {
     json!({

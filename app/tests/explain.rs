@@ -83,16 +83,10 @@ type = "static"
 name = "keycloak"
 issuer = "{ISSUER}"
 jwks_file = "{}"
-audiences = ["dws"]
 algorithms = ["RS256", "PS256"]
-[key_sources.claims]
-scopes = ["scope"]
-instance_id = "azp"
-[key_sources.claims.scope_map]
-"dws:run" = ["duo_agent_platform", "duo_workflow_execute_workflow"]
-"dws:chat" = ["duo_chat"]
-"#,
-            jwks.display()
+{}"#,
+            jwks.display(),
+            include_str!("../../tests/fixtures/keycloak_claims.toml")
         ),
     )
     .unwrap();

@@ -539,20 +539,11 @@ mod tests {
         loaded
     }
 
-    const KEYCLOAK: &str = r#"
-[[key_sources]]
-type = "oidc"
-name = "keycloak"
-issuer = "https://kc.example.com/realms/acme"
-audiences = ["dws"]
-algorithms = ["RS256"]
-[key_sources.claims]
-scopes = ["scope"]
-instance_id = "azp"
-[key_sources.claims.scope_map]
-"dws:run" = ["duo_agent_platform", "duo_workflow_execute_workflow"]
-"dws:chat" = ["duo_chat"]
-"#;
+    const KEYCLOAK: &str = concat!(
+        "[[key_sources]]\ntype = \"oidc\"\nname = \"keycloak\"\n",
+        "issuer = \"https://kc.example.com/realms/acme\"\nalgorithms = [\"RS256\"]\n",
+        include_str!("../../../tests/fixtures/keycloak_claims.toml")
+    );
 
     #[test]
     fn a_provider_is_mapped_by_configuration_and_gitlabs_shape_stays_the_default() {
