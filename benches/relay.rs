@@ -834,16 +834,41 @@ async fn bench(budget: Duration) {
     );
     println!(
         "{:>7} | {:>9} {:>9} {:>7} | {:>21} {:>21} | {:>10} | {:>8} {:>8} {:>8}",
-        "conn x", "calls/s", "calls/s", "through", "p50 / p99", "p50 / p99", "added p50", "direct", "service", "service"
+        "conn x",
+        "calls/s",
+        "calls/s",
+        "through",
+        "p50 / p99",
+        "p50 / p99",
+        "added p50",
+        "direct",
+        "service",
+        "service"
     );
     println!(
         "{:>7} | {:>9} {:>9} {:>7} | {:>21} {:>21} | {:>10} | {:>8} {:>8} {:>8}",
-        "flight", "direct", "through", "/direct", "direct", "through", "per hop", "CPU µs", "CPU µs", "/direct"
+        "flight",
+        "direct",
+        "through",
+        "/direct",
+        "direct",
+        "through",
+        "per hop",
+        "CPU µs",
+        "CPU µs",
+        "/direct"
     );
     for load in UNARY_LOADS {
         let direct = measure_unary(executor, None, &token, load, warmup, budget).await;
-        let through =
-            measure_unary(service.addr, Some(service.pid()), &token, load, warmup, budget).await;
+        let through = measure_unary(
+            service.addr,
+            Some(service.pid()),
+            &token,
+            load,
+            warmup,
+            budget,
+        )
+        .await;
         let p50_p99 = |f: &Figures| {
             let (p50, p99) = (f.p50.as_secs_f64(), f.p99.as_secs_f64());
             format!("{} / {}", latency(p50), latency(p99))

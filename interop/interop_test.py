@@ -25,7 +25,9 @@ Then the hostile-input battery of hostile_test.py runs against a process of its 
 deploy_test.py checks the deployment files (deploy/Dockerfile, deploy/kubernetes/) against the code
 and starts the binary with the Kubernetes configuration, and rotation_test.py rotates the local
 authority's key across three replicas one at a time (SIGHUP and the poll, RSA to Ed25519) while a
-client mints and uses user tokens across them: no good call may be refused.
+client mints and uses user tokens across them: no good call may be refused. Last, providers_test.py
+puts four real OpenID providers (panva's oidc-provider on Node, shaped like Keycloak, Okta, Auth0 and
+Azure AD) in front of one process configured for them by TOML alone.
 
 Usage: interop_test.py BINARY.  Prints `PASS name` / `FAIL name: why` per check and ends with
 `N passed, N failed`; exits non-zero on any failure.
@@ -65,6 +67,7 @@ import contract_test  # noqa: E402 (interop/contract_test.py, beside this file)
 import hostile_test  # noqa: E402 (interop/hostile_test.py, beside this file)
 import deploy_test  # noqa: E402 (interop/deploy_test.py, beside this file)
 import rotation_test  # noqa: E402 (interop/rotation_test.py, beside this file)
+import providers_test  # noqa: E402 (interop/providers_test.py, beside this file)
 
 REPO = Path(__file__).resolve().parent.parent
 CONTRACT_PROTO = REPO / "proto" / "contract.proto"
@@ -1958,7 +1961,7 @@ def scenarios_outage(s: Suite, w: World, mode: str) -> None:
 def scenarios_discovery_issuer(s: Suite, w: World) -> None:
     """The built-in sources take their issuer from the discovery document under their URL: a GitLab
     reached by an internal URL names its external issuer there, and its tokens carry that one. A
-    trailing slash in the document is dropped."""
+    trailing slash in the document is part of the issuer (issue 16): tokens carry it too."""
     process = w.extra["issuer-mismatch"]
     mismatch = w.providers["mismatch"]
     slash = w.providers["slash"]
@@ -1969,8 +1972,19 @@ def scenarios_discovery_issuer(s: Suite, w: World) -> None:
         lambda: expect_ok(
             generate_token(
                 process.stub,
-                metadata(mint(w.cdot, iss=slash.base, realm="self-managed", scopes=(GENERATE,)), realm="self-managed"),
+                metadata(mint(w.cdot, iss=slash.base + "/", realm="self-managed", scopes=(GENERATE,)), realm="self-managed"),
             )
+        ),
+    )
+    s.check(
+        "discovery_issuer.trailing_slash.token_without_it_forbidden",
+        lambda: expect_status(
+            generate_token(
+                process.stub,
+                metadata(mint(w.cdot, iss=slash.base, realm="self-managed", scopes=(GENERATE,)), realm="self-managed"),
+            ),
+            UNAUTHENTICATED,
+            FORBIDDEN,
         ),
     )
 
@@ -2002,7 +2016,7 @@ def scenarios_discovery_issuer(s: Suite, w: World) -> None:
         gitlab = sources.get("gitlab", {})
         expect_equal("gitlab issuer", gitlab.get("issuer"), EXTERNAL_GITLAB)
         expect_equal("gitlab issuer_from", gitlab.get("issuer_from"), "discovery")
-        expect_equal("customers-dot issuer", sources.get("customers-dot", {}).get("issuer"), slash.base)
+        expect_equal("customers-dot issuer", sources.get("customers-dot", {}).get("issuer"), slash.base + "/")
 
     s.check("discovery_issuer.key_sources_report_learned_issuers", reported)
 
@@ -2321,6 +2335,8 @@ def main(argv) -> int:
         deploy_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
         # GitLab's key rotation, one replica at a time, under a client's load.
         rotation_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
+        # Real OpenID providers (oidc-provider, Node) shaped like Keycloak, Okta, Auth0, Azure AD.
+        providers_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
         keep = os.environ.get("INTEROP_KEEP_LOGS")
         if keep:  # every process's whole log, for a failure that the last lines do not explain
             Path(keep).mkdir(parents=True, exist_ok=True)

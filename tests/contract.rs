@@ -143,6 +143,8 @@ fn claims_with(
         scopes: scopes.iter().map(|s| UnitPrimitive::new(*s)).collect(),
         realm: Some("self-managed".into()),
         instance_id: Some("instance-1".into()),
+        caller_instance: sub.map(str::to_owned),
+        scope_evidence: Default::default(),
         duo_seat_count: Some("5".into()),
         copied,
         jti: None,

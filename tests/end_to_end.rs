@@ -657,11 +657,11 @@ async fn the_first_user_token_carries_the_capabilities_of_an_executor_whose_auth
                 .ok_or_else(refuse)?;
             let (signed, signature) = bearer.rsplit_once('.').ok_or_else(refuse)?;
             let signature = support::b64_decode(signature);
-            if !verifier
-                .key
-                .public_key()
-                .verify(signed.as_bytes(), &signature)
-            {
+            if !verifier.key.public_key().verify(
+                duo_workflow_domain::keys::Algorithm::RS256,
+                signed.as_bytes(),
+                &signature,
+            ) {
                 return Err(refuse());
             }
             let claims = decode_segment(bearer, 1);

@@ -68,7 +68,7 @@ fn customers() -> std::sync::Arc<SigningKeyPem> {
 }
 
 /// GitLab: an RS256 key and an ES256 key, but only RS256 allowed. CustomersDot: its own RS256 key.
-/// Edge: ES256 and EdDSA keys, plus a P-384 entry (dropped: unsupported).
+/// Edge: ES256 and EdDSA keys, plus a P-384 entry (dropped: its point is not on the curve).
 async fn fixture() -> Fixture {
     count_panics();
     let dir = TempDir::new();

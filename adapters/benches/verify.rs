@@ -71,7 +71,7 @@ fn main() {
             &format!("{alg}: ring signature verification alone"),
             budget,
             || {
-                assert!(public.verify(input.as_bytes(), &sig));
+                assert!(public.verify(alg, input.as_bytes(), &sig));
             },
         );
 

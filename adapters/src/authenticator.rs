@@ -19,6 +19,7 @@ use duo_workflow_domain::ports::{Authenticator, Clock, KeySource, VerificationEr
 use duo_workflow_domain::request::BearerToken;
 use duo_workflow_domain::{Issuer, Rejection, VerifiedClaims};
 
+use crate::explain::{self, Explanation, Notes, Step, Trail};
 use crate::jose::keys::PublicKey;
 use crate::jose::token::{
     SignatureFailure, SignatureVerified, UnverifiedToken, DEFAULT_MAX_TOKEN_BYTES,
@@ -190,14 +191,42 @@ impl JwtAuthenticator {
         &self,
         token: &UnverifiedToken<'_>,
         sources: &'s [DynKeySource],
+        notes: &mut impl Notes,
     ) -> Result<Verified<'s>, Refusal> {
         let allowed: Vec<&DynKeySource> = sources
             .iter()
             .filter(|s| s.algorithms().contains(&token.algorithm()))
             .collect();
+        let allowing = |all: &[&DynKeySource]| {
+            let each: Vec<String> = all
+                .iter()
+                .map(|s| format!("{} ({:?})", s.name(), s.algorithms()))
+                .collect();
+            each.join(", ")
+        };
         if allowed.is_empty() {
-            return Err(Rejection::AlgorithmNotAllowed.into());
+            let refusal: Refusal = Rejection::AlgorithmNotAllowed.into();
+            notes.note(|| {
+                let all: Vec<&DynKeySource> = sources.iter().collect();
+                let step = Step::refused_for("algorithm", &refusal.error);
+                Step::refused(
+                    "algorithm",
+                    format!(
+                        "{}; {} allowed by {}",
+                        step.detail,
+                        token.algorithm(),
+                        allowing(&all)
+                    ),
+                )
+            });
+            return Err(refusal);
         }
+        notes.note(|| {
+            Step::passed(
+                "algorithm",
+                format!("{} allowed by {}", token.algorithm(), allowing(&allowed)),
+            )
+        });
         let n = self.max_kidless_candidates;
         let refused =
             |r: Rejection, source: &DynKeySource, keys: &Arc<KeySet<PublicKey>>| Refusal {
@@ -274,23 +303,175 @@ impl JwtAuthenticator {
     }
 
     /// Parse, route, verify, check claims; a refusal after signature work says what judged it.
-    async fn judge(&self, text: &str) -> Result<(VerifiedClaims, Entry), Refusal> {
-        let token = UnverifiedToken::parse(text, self.max_token_bytes)?;
-        let iss = token.claimed_issuer()?;
+    /// Each step is noted in `notes` (nothing, for calls; everything, for `token explain`).
+    async fn judge(
+        &self,
+        text: &str,
+        notes: &mut impl Notes,
+    ) -> Result<(VerifiedClaims, Entry), Refusal> {
+        let token = match UnverifiedToken::parse(text, self.max_token_bytes) {
+            Ok(token) => token,
+            Err(r) => {
+                let error = r.into();
+                notes.note(Step::refusal("token", &error));
+                return Err(error.into());
+            }
+        };
+        notes.note(|| {
+            let kid = token
+                .kid()
+                .map_or("no kid (its issuer's keys are tried)".to_owned(), |k| {
+                    format!("kid {k:?}")
+                });
+            Step::passed("token", format!("a JWS, alg {}, {kid}", token.algorithm()))
+        });
+        let iss = match token.claimed_issuer() {
+            Ok(iss) => iss,
+            Err(r) => {
+                let error = r.into();
+                notes.note(Step::refusal("issuer", &error));
+                return Err(error.into());
+            }
+        };
         let sources = self.sources_of(iss).await;
         note_token_issuer(self.issuer_label(iss));
-        let verified = self.verify_signature(&token, sources?).await?;
+        let sources = match sources {
+            Ok(sources) => sources,
+            Err(error) => {
+                notes.note(|| self.issuer_refused(iss, &error));
+                return Err(error.into());
+            }
+        };
+        notes.note(|| {
+            let names: Vec<&str> = sources.iter().map(|s| s.name()).collect();
+            Step::passed(
+                "issuer",
+                format!("iss {iss:?}, served by key source {}", names.join(", ")),
+            )
+        });
+        let verified = match self.verify_signature(&token, sources, notes).await {
+            Ok(verified) => verified,
+            Err(refusal) => {
+                notes.note(Step::refusal("signature", &refusal.error));
+                return Err(refusal);
+            }
+        };
+        notes.judged_by(verified.source);
+        notes.note(|| {
+            let kid = verified
+                .proof
+                .kid()
+                .map_or("a key without kid".to_owned(), |k| {
+                    format!("key {:?}", k.as_str())
+                });
+            Step::passed(
+                "signature",
+                format!(
+                    "verified with {kid} of key source {}",
+                    verified.source.name()
+                ),
+            )
+        });
         let (source, keys) = (verified.source.clone(), verified.keys);
-        let claims = token.into_claims(verified.proof).map_err(|r| Refusal {
-            error: r.into(),
+        let mapping = source.claim_mapping();
+        let judged = |error: VerificationError| Refusal {
+            error,
             judged_with: vec![JudgedWith::new(&source, Some(&keys))],
-        })?;
-        match self.checks.accept(claims.clone(), self.clock.now()) {
-            Ok(accepted) => Ok((accepted, Entry::new(claims, source, &keys, text.len()))),
-            Err(r) => Err(Refusal {
-                error: r.into(),
-                judged_with: vec![JudgedWith::new(&source, Some(&keys))],
-            }),
+        };
+        let claims = match token.into_claims(verified.proof, mapping) {
+            Ok(claims) => claims,
+            Err(r) => {
+                let error = r.into();
+                notes.note(Step::refusal("claims", &error));
+                return Err(judged(error));
+            }
+        };
+        notes.note(|| {
+            let instance = match &claims.caller_instance {
+                Some(v) => format!("{} = {v:?}", mapping.instance_claim()),
+                None => format!("{} absent", mapping.instance_claim()),
+            };
+            let primitives: Vec<&str> = claims.scopes.iter().map(|p| p.as_str()).collect();
+            let unmapped = match mapping.scope_map() {
+                Some(map) if primitives.is_empty() => {
+                    let known: Vec<&str> = map.entries().iter().map(|(s, _)| s.as_str()).collect();
+                    format!(", none of them in the scope map {known:?}")
+                }
+                _ => String::new(),
+            };
+            Step::passed(
+                "claims",
+                format!(
+                    "unit primitives {primitives:?} ({}{unmapped}); instance claim {instance}",
+                    claims.scope_evidence
+                ),
+            )
+        });
+        let now = self.clock.now();
+        notes.note_all(|| explain::claim_checks(&self.checks, mapping.audiences(), &claims, now));
+        match self
+            .checks
+            .accept_for(mapping.audiences(), claims.clone(), now)
+        {
+            Ok(accepted) => {
+                if claims.scopes.is_empty() {
+                    // Once per token verified (the cache spares the rest): what an operator
+                    // mapping a new provider's claims needs to see, names only.
+                    tracing::info!(
+                        source = source.name(),
+                        issuer = %claims.issuer,
+                        "token verified without any unit primitive ({})",
+                        claims.scope_evidence
+                    );
+                }
+                Ok((accepted, Entry::new(claims, source, &keys, text.len())))
+            }
+            Err(r) => Err(judged(r.into())),
+        }
+    }
+
+    /// An issuer no source serves, explained: a configured issuer that differs only by a
+    /// trailing slash is named, since the slash is part of an issuer.
+    fn issuer_refused(&self, iss: &str, error: &VerificationError) -> Step {
+        let step = Step::refused_for("issuer", error);
+        let near = self
+            .by_issuer
+            .values()
+            .flatten()
+            .chain(&self.discovering)
+            .find_map(|s| {
+                let known = s.issuer().known()?;
+                (known.as_str() != iss
+                    && known.as_str().trim_end_matches('/') == iss.trim_end_matches('/'))
+                .then(|| (s.name().to_owned(), known.as_str().to_owned()))
+            });
+        match near {
+            Some((name, known)) => Step::refused(
+                "issuer",
+                format!(
+                    "{}; iss {iss:?}, but key source {name} serves {known:?}: a trailing slash \
+                     is part of an issuer",
+                    step.detail
+                ),
+            ),
+            None => Step::refused("issuer", format!("{}; iss {iss:?}", step.detail)),
+        }
+    }
+
+    /// Explains `text`: each step the server takes for it, the source that judged it, and the
+    /// verdict, without the caches (what a fresh token meets). Keys are not fetched beyond
+    /// what a call would fetch (a miss may refetch, rate-limited).
+    pub async fn explain(&self, text: &str) -> Explanation {
+        let mut trail = Trail::default();
+        let result = self
+            .judge(text, &mut trail)
+            .await
+            .map(|(accepted, _)| accepted)
+            .map_err(|refusal| refusal.error);
+        Explanation {
+            steps: trail.steps,
+            source: trail.source,
+            result,
         }
     }
 }
@@ -314,7 +495,10 @@ impl Authenticator for JwtAuthenticator {
         if let Some(digest) = &digest {
             if let Some(entry) = self.cache.lookup(digest) {
                 note_token_issuer(LabelText::Shared(entry.claims.issuer.as_str().into()));
-                let checked = self.checks.accept(entry.claims, self.clock.now());
+                let audiences = entry.source.claim_mapping().audiences();
+                let checked = self
+                    .checks
+                    .accept_for(audiences, entry.claims, self.clock.now());
                 if checked.is_err() {
                     self.cache.remove(digest);
                 }
@@ -327,7 +511,7 @@ impl Authenticator for JwtAuthenticator {
                 return Err(rejection.into());
             }
         }
-        let (accepted, entry) = match self.judge(text).await {
+        let (accepted, entry) = match self.judge(text, &mut ()).await {
             Ok(judged) => judged,
             Err(refusal) => {
                 if let (Some(digest), VerificationError::Rejected(r)) = (digest, &refusal.error) {

@@ -39,7 +39,7 @@ impl AuthorityKeys {
         let validation = validation.filter(|v| v.kid() != signing.kid());
         let keys: Vec<Value> = std::iter::once(&signing)
             .chain(validation.iter())
-            .map(|k| k.public_key().to_jwk(k.kid()))
+            .map(|k| k.jwk())
             .collect();
         let jwks = Bytes::from(serde_json::to_vec(&json!({ "keys": keys })).expect("JSON"));
         Self {
@@ -199,11 +199,7 @@ impl TokenIssuer for LocalAuthority {
 fn public_keys(keys: &AuthorityKeys) -> Vec<IssuerKey<PublicKey>> {
     std::iter::once(keys.signing())
         .chain(keys.validation())
-        .map(|k| {
-            k.public_key()
-                .clone()
-                .into_issuer_key(Some(k.kid().to_owned()))
-        })
+        .map(|k| k.issuer_key())
         .collect()
 }
 

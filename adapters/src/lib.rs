@@ -12,6 +12,7 @@ pub mod authenticator;
 pub mod authority;
 pub mod clock;
 pub mod executors;
+pub mod explain;
 pub mod jose;
 pub mod metrics;
 pub mod reload;

@@ -361,7 +361,9 @@ impl From<&AuthError> for RefusalReason {
                 RefusalReason::HeaderMismatchGlobalUserId
             }
             AuthError::InvalidFlow(_) => RefusalReason::FlowInvalid,
-            AuthError::Unauthorized(_) => RefusalReason::Unauthorized,
+            AuthError::Unauthorized(_) | AuthError::NoUnitPrimitive(..) => {
+                RefusalReason::Unauthorized
+            }
             AuthError::MissingGlobalUserId => RefusalReason::GlobalUserIdMissing,
         }
     }

@@ -65,10 +65,21 @@ impl Entry {
             + c.subject.as_ref().map_or(0, String::len)
             + c.audience.iter().map(String::len).sum::<usize>()
             + c.scopes.iter().map(|s| s.as_str().len()).sum::<usize>()
-            + [&c.realm, &c.instance_id, &c.duo_seat_count, &c.jti]
+            + c.scope_evidence
+                .provider_scopes
                 .iter()
-                .map(|s| s.as_ref().map_or(0, String::len))
-                .sum::<usize>();
+                .map(String::len)
+                .sum::<usize>()
+            + [
+                &c.realm,
+                &c.instance_id,
+                &c.caller_instance,
+                &c.duo_seat_count,
+                &c.jti,
+            ]
+            .iter()
+            .map(|s| s.as_ref().map_or(0, String::len))
+            .sum::<usize>();
         let bytes = std::mem::size_of::<Self>() + strings + 64 + token_len / 8;
         Self {
             claims,
@@ -359,6 +370,8 @@ mod tests {
             scopes: vec![],
             realm: None,
             instance_id: None,
+            caller_instance: Some(sub.into()),
+            scope_evidence: Default::default(),
             duo_seat_count: None,
             copied: vec![],
             jti: None,

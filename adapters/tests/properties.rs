@@ -4,8 +4,9 @@
 //! - the authenticator accepts a validly signed token of a static source, and rejects every token
 //!   that differs from it in any byte (header, payload or signature), every splice of it with
 //!   another valid token, and every token signed by a key the source does not hold;
-//! - the key-material parsers (`parse_jwks`, `parse_jwk`, `jwks_uri_of`, `pem::parse_all`,
-//!   `der::parse_spki`, `PublicKey::from_pem_all`) never panic on arbitrary input.
+//! - the key-material parsers (`parse_jwks`, `parse_jwk`, `jwks_uri_of`,
+//!   `PublicKey::from_pem_each` over PEM, SubjectPublicKeyInfo and PKCS#1 blocks,
+//!   `SigningKey::from_pem`) never panic on arbitrary input.
 //!
 //! Keys (RS256, ES256, EdDSA; trusted and outsider) are generated once per test binary. Case
 //! counts are modest so the file runs in seconds in debug mode; raise them for a soak run with
@@ -16,10 +17,8 @@ use std::sync::{Arc, OnceLock};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use duo_workflow_adapters::authenticator::JwtAuthenticator;
-use duo_workflow_adapters::jose::der;
 use duo_workflow_adapters::jose::jwk::{parse_jwk, parse_jwks};
 use duo_workflow_adapters::jose::keys::PublicKey;
-use duo_workflow_adapters::jose::pem;
 use duo_workflow_adapters::jose::signing::{generate_pem, SigningKey};
 use duo_workflow_adapters::jose::token::{sign, UnverifiedToken, DEFAULT_MAX_TOKEN_BYTES};
 use duo_workflow_adapters::sources::remote::jwks_uri_of;
@@ -32,6 +31,7 @@ use duo_workflow_domain::{Issuer, ServiceName, UnixTime, VerifiedClaims};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::FileFailurePersistence;
+use rsa::pkcs8::der::pem;
 use serde_json::{json, Map, Value};
 
 const ISSUER: &str = "https://issuer.test";
@@ -119,7 +119,7 @@ fn exercise(token: &str) -> (bool, Result<VerifiedClaims, VerificationError>) {
             let _ = (parsed.claimed_issuer(), parsed.kid(), parsed.algorithm());
             if let Ok(proof) = parsed.verify(&fixture().trusted_set, usize::MAX) {
                 verified = true;
-                let _ = parsed.into_claims(proof);
+                let _ = parsed.into_claims(proof, &duo_workflow_domain::mapping::GITLAB_SHAPE);
             }
         }
     }
@@ -625,7 +625,7 @@ fn apply(token: &str, m: &Mutation, spec: &TokenSpec, signed: &mut Vec<String>) 
                     } else {
                         &f.trusted[spec.key]
                     };
-                    h.insert("jwk".into(), key.public_key().to_jwk(key.kid()));
+                    h.insert("jwk".into(), key.jwk());
                 }
                 HeaderEdit::Set(k, v) => {
                     h.insert(k.clone(), v.clone());
@@ -1246,7 +1246,7 @@ fn mutated_real_jwk() -> impl Strategy<Value = Value> {
             } else {
                 &f.outsiders[key - 3]
             };
-            let mut jwk = k.public_key().to_jwk(k.kid());
+            let mut jwk = k.jwk();
             let names = ["n", "e", "x", "y"];
             let name = names[member];
             if let Some(bytes) = jwk.get(name).and_then(Value::as_str).and_then(unb64) {
@@ -1324,7 +1324,7 @@ fn pem_like() -> impl Strategy<Value = String> {
         any::<bool>(),
     )
         .prop_map(|(label, der, extra, close, crlf)| {
-            let mut text = pem::encode(label, &der);
+            let mut text = armour(label, &der);
             if !extra.is_empty() {
                 let at = text.find('\n').map_or(0, |i| i + 1);
                 text.insert_str(at, extra);
@@ -1365,7 +1365,7 @@ fn spki_like() -> impl Strategy<Value = Vec<u8>> {
             &f.outsiders[key - 3]
         };
         let pem_text = k.public_key().to_pem();
-        let mut der = pem::parse_all(&pem_text).unwrap().remove(0).der;
+        let mut der = pem::decode_vec(pem_text.as_bytes()).unwrap().1;
         let i = at.index(der.len());
         match how {
             0 => der[i] = byte,
@@ -1399,22 +1399,48 @@ fn key_parsers(bytes: &[u8]) {
         let _ = url.as_str();
     }
     let text = String::from_utf8_lossy(bytes);
-    let _ = pem::parse_all(&text);
-    if let Ok(keys) = PublicKey::from_pem_all(&text) {
-        for key in keys {
-            key_is_usable(&key.into_issuer_key(None));
+    let _ = SigningKey::from_pem(&text);
+    // As PEM text, and as the DER inside a public key block of either kind.
+    for text in [
+        text.into_owned(),
+        armour("PUBLIC KEY", bytes),
+        armour("RSA PUBLIC KEY", bytes),
+    ] {
+        if let Ok(keys) = PublicKey::from_pem_each(&text) {
+            for key in keys.into_iter().flatten() {
+                key_is_usable(&key.into_issuer_key(None));
+            }
         }
     }
-    let _ = der::parse_spki(bytes);
-    let _ = der::parse_rsa_public_key(bytes);
+}
+
+/// PEM armour around any bytes, with any label (even ones RFC 7468 refuses): parser input.
+fn armour(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 /// A key that parsed can be used and printed, and round-trips through JWK and PEM.
 fn key_is_usable(key: &IssuerKey<PublicKey>) {
-    assert_eq!(key.algorithm, key.key.algorithm());
-    let _ = key.key.verify(b"message", &[0u8; 256]);
-    let _ = key.key.verify(b"message", &[1u8; 64]);
-    let jwk = key.key.to_jwk("kid");
+    assert!(!key.algorithms.is_empty());
+    assert_eq!(
+        key.key.family().intersection(key.algorithms),
+        key.algorithms
+    );
+    for alg in Algorithm::ALL {
+        let _ = key.key.verify(alg, b"message", &[0u8; 256]);
+        let _ = key.key.verify(alg, b"message", &[1u8; 64]);
+    }
+    let alg = key.algorithms.iter().next().unwrap();
+    let jwk = key.key.to_jwk("kid", alg);
     let again = parse_jwk(&jwk).expect("a published JWK parses");
     assert_eq!(again.key, key.key);
     let from_pem = PublicKey::from_pem_all(&key.key.to_pem()).expect("a published PEM parses");
@@ -1437,7 +1463,7 @@ proptest! {
             .prop_map(|keys| serde_json::to_vec(&json!({"keys": keys})).unwrap()),
         (0..200usize).prop_map(|n| {
             let k = &fixture().trusted[1];
-            serde_json::to_vec(&json!({"keys": vec![k.public_key().to_jwk(k.kid()); n]})).unwrap()
+            serde_json::to_vec(&json!({"keys": vec![k.jwk(); n]})).unwrap()
         }),
         discovery_document(),
     ]) {
@@ -1460,6 +1486,6 @@ proptest! {
     fn pem_and_der_parsers_never_panic(text in pem_like(), der in spki_like()) {
         key_parsers(text.as_bytes());
         key_parsers(&der);
-        let _ = pem::parse_all(&text);
+        let _ = SigningKey::from_pem(&text);
     }
 }

@@ -95,7 +95,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 /// The public half of a private key, as PEM or as a one-key JWKS.
 pub fn public_key(key: &SigningKey, jwks: bool) -> String {
     if jwks {
-        let doc = json!({"keys": [key.public_key().to_jwk(key.kid())]});
+        let doc = json!({"keys": [key.jwk()]});
         serde_json::to_string_pretty(&doc).expect("JSON")
     } else {
         key.public_key().to_pem()

@@ -1,9 +1,11 @@
 //! The application: configuration ([`config`]), logging ([`logging`]), reading files again
-//! ([`reload`]), wiring and serving ([`server`]), and the command-line tools ([`cli`]).
+//! ([`reload`]), wiring and serving ([`server`]), and the command-line tools ([`cli`],
+//! [`explain`]).
 //! `main.rs` only parses arguments and dispatches.
 
 pub mod cli;
 pub mod config;
+pub mod explain;
 pub mod logging;
 pub mod reload;
 pub mod server;

@@ -64,8 +64,14 @@ pub fn init_service(settings: &LogSettings) -> LogGuard {
 /// Logging of the command-line tools: text on stderr, written directly, filtered by `RUST_LOG`
 /// (default `info`).
 pub fn init_cli() {
+    init_cli_at("info")
+}
+
+/// [`init_cli`] with another default level (`token explain` says at `warn` only what went
+/// wrong while it built the service: its report is on stdout).
+pub fn init_cli_at(default: &str) {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter("info"))
+        .with_env_filter(filter(default))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();

@@ -119,7 +119,13 @@ impl ClientArgs {
 #[derive(Clone, Copy, ValueEnum)]
 enum Alg {
     Rs256,
+    Rs384,
+    Rs512,
+    Ps256,
+    Ps384,
+    Ps512,
     Es256,
+    Es384,
     Eddsa,
 }
 
@@ -127,7 +133,13 @@ impl From<Alg> for Algorithm {
     fn from(a: Alg) -> Self {
         match a {
             Alg::Rs256 => Algorithm::RS256,
+            Alg::Rs384 => Algorithm::RS384,
+            Alg::Rs512 => Algorithm::RS512,
+            Alg::Ps256 => Algorithm::PS256,
+            Alg::Ps384 => Algorithm::PS384,
+            Alg::Ps512 => Algorithm::PS512,
             Alg::Es256 => Algorithm::ES256,
+            Alg::Es384 => Algorithm::ES384,
             Alg::Eddsa => Algorithm::EdDSA,
         }
     }
@@ -136,7 +148,8 @@ impl From<Alg> for Algorithm {
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Write a new private key (PKCS#8 PEM, mode 0600) for the signing or validation slot, or for
-    /// signing instance tokens with `token mint`.
+    /// signing instance tokens with `token mint` (rs* and ps*: an RSA 2048 key; es256: P-256;
+    /// es384: P-384; eddsa: Ed25519).
     Generate {
         #[arg(long)]
         out: PathBuf,
@@ -149,6 +162,9 @@ enum KeysCommand {
         key: PathBuf,
         #[arg(long)]
         jwks: bool,
+        /// The JWK's `alg` (default: the key's own; RS256 for an RSA key).
+        #[arg(long, value_enum)]
+        alg: Option<Alg>,
     },
 }
 
@@ -182,6 +198,25 @@ enum TokenCommand {
         /// Leave out the `kid` header, as GitLab Rails did.
         #[arg(long)]
         no_kid: bool,
+        /// The algorithm to sign with (default: the key's own; RS256 for an RSA key).
+        #[arg(long, value_enum)]
+        alg: Option<Alg>,
+    },
+    /// What the service would do with a token: which key source judges it, each check with its
+    /// outcome, the header binding, the unit primitives, and what GenerateToken and
+    /// ExecuteWorkflow answer. Loads the configuration as `serve` does (file and environment;
+    /// remote key sources are fetched once). Prints neither the token nor any key.
+    Explain {
+        /// A TOML configuration file; environment variables override it, as for `serve`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The flow GenerateToken and ExecuteWorkflow are asked about.
+        #[arg(long, value_name = "NAME", default_value = duo_workflow_service::explain::DEFAULT_FLOW)]
+        flow: String,
+        /// The token, or `-` (the default) to read it from standard input, which keeps it out
+        /// of the process list and the shell's history.
+        #[arg(value_name = "TOKEN", default_value = "-")]
+        token: String,
     },
 }
 
@@ -189,8 +224,13 @@ enum TokenCommand {
 async fn main() -> ExitCode {
     let command = Cli::parse().command;
     // `serve` sets up its logging from its configuration.
-    if !matches!(command, Command::Serve { .. }) {
-        init_logging();
+    match command {
+        Command::Serve { .. } => {}
+        // What went wrong while building the service; not the server's notes on its keys.
+        Command::Token(TokenCommand::Explain { .. }) => {
+            logging::init_cli_at("warn,duo_workflow_service::server=error")
+        }
+        _ => init_logging(),
     }
     let result = match command {
         Command::Serve { config, listen } => serve(config, listen).await,
@@ -204,7 +244,11 @@ async fn main() -> ExitCode {
             .map(|kid| {
                 println!("wrote {} (kid {kid})", out.display());
             }),
-        Command::Keys(KeysCommand::Public { key, jwks }) => cli::load_private_key(&key)
+        Command::Keys(KeysCommand::Public { key, jwks, alg }) => cli::load_private_key(&key)
+            .and_then(|k| match alg {
+                Some(alg) => k.with_algorithm(alg.into()),
+                None => Ok(k),
+            })
             .map(|k| println!("{}", cli::public_key(&k, jwks).trim_end())),
         Command::Token(TokenCommand::Mint {
             key,
@@ -217,20 +261,31 @@ async fn main() -> ExitCode {
             duo_seat_count,
             lifetime,
             no_kid,
-        }) => cli::load_private_key(&key).map(|k| {
-            let request = MintRequest {
-                issuer,
-                audience,
-                subject,
-                scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
-                realm,
-                instance_id,
-                duo_seat_count,
-                lifetime_seconds: lifetime,
-                with_kid: !no_kid,
-            };
-            println!("{}", cli::mint(&k, &request));
-        }),
+            alg,
+        }) => cli::load_private_key(&key)
+            .and_then(|k| match alg {
+                Some(alg) => k.with_algorithm(alg.into()),
+                None => Ok(k),
+            })
+            .map(|k| {
+                let request = MintRequest {
+                    issuer,
+                    audience,
+                    subject,
+                    scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
+                    realm,
+                    instance_id,
+                    duo_seat_count,
+                    lifetime_seconds: lifetime,
+                    with_kid: !no_kid,
+                };
+                println!("{}", cli::mint(&k, &request));
+            }),
+        Command::Token(TokenCommand::Explain {
+            config,
+            flow,
+            token,
+        }) => explain(config, &flow, token).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -288,6 +343,37 @@ async fn serve(config: Option<PathBuf>, listen: Option<IpAddr>) -> Result<(), St
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn explain(config: Option<PathBuf>, flow: &str, token: String) -> Result<(), String> {
+    let token = if token == "-" {
+        read_token_from_stdin()?
+    } else {
+        token
+    };
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let settings = Settings::load(config.as_deref(), &env).map_err(|e| e.to_string())?;
+    let report = duo_workflow_service::explain::explain(&settings, &token, flow)
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{report}");
+    Ok(())
+}
+
+/// The token on standard input: one line, surrounding blanks ignored, at most 64 KiB read (the
+/// longest token any configuration accepts).
+fn read_token_from_stdin() -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin()
+        .take(64 * 1024 + 2)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the token from standard input: {e}"))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err("no token on standard input (give it there, or as an argument)".into());
+    }
+    Ok(token.to_owned())
 }
 
 /// An error binding `[::]` that means the machine has no IPv6.

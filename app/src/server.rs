@@ -56,6 +56,10 @@ fn config_error(field: &str, problem: impl Into<String>) -> StartError {
 /// The parts of the service, built from settings.
 pub struct Service {
     pub admission: AdmissionLayer,
+    /// Authentication and authorization, as the admission layer asks them (`token explain`).
+    pub gatekeeper: Arc<Gatekeeper>,
+    /// `None` while authentication is disabled.
+    pub authenticator: Option<Arc<JwtAuthenticator>>,
     pub generate_token: GenerateTokenEndpoint,
     /// `None`: no executor configured.
     pub relay: Option<Relay>,
@@ -169,7 +173,8 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
                 &s.contents,
                 clock.clone(),
             )
-            .map_err(|e| config_error(&format!("key source {:?}", s.name), e))?,
+            .map_err(|e| config_error(&format!("key source {:?}", s.name), e))?
+            .with_claim_mapping(s.claims.clone()),
         );
         tracing::info!(source = %s.name, issuer = %s.issuer, kids = ?source.current_kids(), "static key source loaded");
         reloadable.push(source.clone());
@@ -224,6 +229,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         "Log lines dropped because stderr did not keep up (calls never wait for it).",
         crate::logging::dropped_lines,
     );
+    let mut jwt_authenticator = None;
     let mode = if settings.auth_enabled {
         let authenticator = Arc::new(
             JwtAuthenticator::new(sources, settings.claim_checks.clone(), clock.clone())
@@ -234,6 +240,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
                 .with_max_kidless_candidates(settings.max_kidless_candidates),
         );
         metrics.register_collector(CacheCollector(Some(authenticator.clone())));
+        jwt_authenticator = Some(authenticator.clone());
         AuthMode::Enabled(authenticator)
     } else {
         metrics.register_collector(CacheCollector(None));
@@ -296,7 +303,7 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         capabilities: capabilities.clone(),
         max_message_bytes: limits.max_message_bytes,
     });
-    let admission = AdmissionLayer::new(gatekeeper, settings.methods.clone(), &limits);
+    let admission = AdmissionLayer::new(gatekeeper.clone(), settings.methods.clone(), &limits);
     let held = admission.first_messages_held();
     metrics.gauge_fn(
         "duo_workflow_first_message_bytes_held",
@@ -305,6 +312,8 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
     );
     Ok(Service {
         admission,
+        gatekeeper,
+        authenticator: jwt_authenticator,
         generate_token,
         relay,
         capabilities,

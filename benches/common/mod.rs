@@ -42,11 +42,7 @@ impl Issuer {
         let dir = std::env::temp_dir().join(format!("dws-bench-{bench}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let jwks = dir.join("keys.jwks");
-        std::fs::write(
-            &jwks,
-            serde_json::json!({"keys": [key.public_key().to_jwk(key.kid())]}).to_string(),
-        )
-        .unwrap();
+        std::fs::write(&jwks, serde_json::json!({"keys": [key.jwk()]}).to_string()).unwrap();
         Self { key, dir, jwks }
     }
 

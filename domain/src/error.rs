@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::identity::Issuer;
+use crate::mapping::{ClaimName, ScopeEvidence};
 use crate::method::{Flow, FlowError};
 use crate::request::BoundHeader;
 
@@ -32,6 +33,10 @@ pub enum AuthError {
     /// The flow fields of a start request contradict each other (SPEC C2).
     InvalidFlow(FlowError),
     Unauthorized(Denied),
+    /// Like `Unauthorized`, for a caller whose token carries no unit primitive at all: the log
+    /// says where the service looked (claim names and provider scope names, never values of
+    /// other claims), which is what an operator mapping a new provider needs.
+    NoUnitPrimitive(Denied, ScopeEvidence),
     MissingGlobalUserId,
 }
 
@@ -52,7 +57,9 @@ impl AuthError {
             | AuthError::Forbidden(_)
             | AuthError::HeaderMismatch(_) => StatusKind::Unauthenticated,
             AuthError::KeysUnavailable(_) => StatusKind::Unavailable,
-            AuthError::Unauthorized(_) => StatusKind::PermissionDenied,
+            AuthError::Unauthorized(_) | AuthError::NoUnitPrimitive(..) => {
+                StatusKind::PermissionDenied
+            }
             AuthError::MissingGlobalUserId | AuthError::InvalidFlow(_) => {
                 StatusKind::InvalidArgument
             }
@@ -77,19 +84,28 @@ impl AuthError {
                 "Header mismatch 'X-Gitlab-Global-User-Id'"
             }
             AuthError::InvalidFlow(e) => e.message(),
-            AuthError::Unauthorized(Denied::GenerateToken) => "Unauthorized to generate token",
-            AuthError::Unauthorized(Denied::ExecuteWorkflow(flow)) if !flow.as_str().is_empty() => {
-                return Cow::Owned(format!("Unauthorized to execute {flow}"));
-            }
-            AuthError::Unauthorized(Denied::ExecuteWorkflow(_)) => {
-                "Unauthorized to execute workflow"
-            }
-            AuthError::Unauthorized(Denied::TrackSelfHostedExecuteWorkflow) => {
-                "Unauthorized to track self-hosted workflow execution"
+            AuthError::Unauthorized(denied) | AuthError::NoUnitPrimitive(denied, _) => {
+                return denied.details()
             }
             AuthError::MissingGlobalUserId => "Missing 'X-Gitlab-Global-User-Id' header",
         };
         Cow::Borrowed(fixed)
+    }
+}
+
+impl Denied {
+    /// SPEC C2's `details`.
+    pub fn details(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Denied::GenerateToken => "Unauthorized to generate token",
+            Denied::ExecuteWorkflow(flow) if !flow.as_str().is_empty() => {
+                return Cow::Owned(format!("Unauthorized to execute {flow}"));
+            }
+            Denied::ExecuteWorkflow(_) => "Unauthorized to execute workflow",
+            Denied::TrackSelfHostedExecuteWorkflow => {
+                "Unauthorized to track self-hosted workflow execution"
+            }
+        })
     }
 }
 
@@ -98,6 +114,11 @@ impl fmt::Display for AuthError {
         match self {
             AuthError::Forbidden(reason) => write!(f, "{}: {reason}", self.details()),
             AuthError::KeysUnavailable(issuer) => write!(f, "{} (issuer {issuer})", self.details()),
+            AuthError::NoUnitPrimitive(_, evidence) => write!(
+                f,
+                "{}: the token carries no unit primitive ({evidence})",
+                self.details()
+            ),
             other => f.write_str(&other.details()),
         }
     }
@@ -123,7 +144,7 @@ pub enum Rejection {
     /// Several keys of the issuer carry the token's `kid`.
     AmbiguousKeyId,
     BadSignature,
-    InvalidClaim(&'static str),
+    InvalidClaim(ClaimName),
     MissingExpiry,
     Expired,
     NotYetValid,

@@ -149,6 +149,8 @@ mod tests {
             scopes: vec![UnitPrimitive::execute_workflow()],
             realm: Some("saas".into()),
             instance_id: Some("i-1".into()),
+            caller_instance: Some("i-1".into()),
+            scope_evidence: Default::default(),
             duo_seat_count: None,
             copied: vec![],
             jti: None,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::mapping::ScopeEvidence;
 use crate::time::UnixTime;
 
 macro_rules! string_newtype {
@@ -55,6 +56,14 @@ impl UnitPrimitive {
     /// What 2024 GitLab versions sent to `GenerateToken`.
     pub const GENERATE_TOKEN: &'static str = "duo_workflow_generate_token";
     pub const INCLUDE_FILE_CONTEXT: &'static str = "include_file_context";
+    /// Every unit primitive this service acts on (SPEC C2, C3's default delegable set).
+    pub const KNOWN: [&'static str; 5] = [
+        Self::DUO_AGENT_PLATFORM,
+        Self::DUO_CHAT,
+        Self::EXECUTE_WORKFLOW,
+        Self::GENERATE_TOKEN,
+        Self::INCLUDE_FILE_CONTEXT,
+    ];
 
     pub fn execute_workflow() -> Self {
         Self::new(Self::EXECUTE_WORKFLOW)
@@ -116,9 +125,17 @@ pub struct Claims {
     pub subject: Option<String>,
     /// Empty when the token has no `aud`, which the claim checks reject.
     pub audience: Vec<String>,
+    /// The unit primitives, after the source's scope map (if any).
     pub scopes: Vec<UnitPrimitive>,
+    /// Where `scopes` came from (claim and provider scope names), for logs.
+    pub scope_evidence: ScopeEvidence,
     pub realm: Option<String>,
+    /// The `gitlab_instance_id` claim.
     pub instance_id: Option<String>,
+    /// The claim the source's mapping binds to `x-gitlab-instance-id` in a token not issued by
+    /// this service: `sub` in GitLab's tokens, the client's id (`azp`, `appid`, ...) in an
+    /// OpenID provider's.
+    pub caller_instance: Option<String>,
     pub duo_seat_count: Option<String>,
     /// The claims of [`CopiedClaim::NAMES`] the token carries, in that order.
     pub copied: Vec<CopiedClaim>,

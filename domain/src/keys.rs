@@ -15,30 +15,69 @@ pub const MAX_KID_LEN: usize = 256;
 /// configuration and its keys, never from a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256, -384, -512 (RSA keys of 2048 to 8192 bits).
     RS256,
+    RS384,
+    RS512,
+    /// RSASSA-PSS with SHA-256, -384, -512 (the same RSA keys).
+    PS256,
+    PS384,
+    PS512,
+    /// ECDSA over P-256 with SHA-256.
     ES256,
+    /// ECDSA over P-384 with SHA-384.
+    ES384,
+    /// EdDSA over Ed25519 (RFC 8037's `EdDSA`, RFC 9864's `Ed25519`).
     EdDSA,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+    /// The algorithms of an RSA key.
+    pub const RSA: [Algorithm; 6] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ];
+
+    pub const ALL: [Algorithm; 9] = {
+        let r = Self::RSA;
+        let (es256, es384, eddsa) = (Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA);
+        [r[0], r[1], r[2], r[3], r[4], r[5], es256, es384, eddsa]
+    };
 
     /// Exact, case-sensitive JOSE names: `none`, `HS256` and every other name are unknown.
+    /// `Ed25519` (RFC 9864, fully specified) and `EdDSA` name the same algorithm here: the only
+    /// EdDSA curve this service knows is Ed25519.
     pub fn from_jose(name: &str) -> Option<Self> {
         match name {
-            "RS256" => Some(Algorithm::RS256),
-            "ES256" => Some(Algorithm::ES256),
-            "EdDSA" => Some(Algorithm::EdDSA),
-            _ => None,
+            "EdDSA" | "Ed25519" => Some(Algorithm::EdDSA),
+            _ => Self::ALL.into_iter().find(|a| a.jose_name() == name),
         }
     }
 
     pub fn jose_name(self) -> &'static str {
         match self {
             Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
             Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
             Algorithm::EdDSA => "EdDSA",
         }
+    }
+
+    /// Every name [`Algorithm::from_jose`] takes, for messages.
+    pub const NAMES: &'static str =
+        "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA (or Ed25519)";
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
     }
 }
 
@@ -48,11 +87,61 @@ impl fmt::Display for Algorithm {
     }
 }
 
+/// A set of algorithms: those one key may verify. A key's own kind bounds it (an RSA key the six
+/// RSA algorithms, a P-384 key ES384 only), its JWK's `alg` narrows it to one, and its source's
+/// configuration narrows it further.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Algorithms(u16);
+
+impl Algorithms {
+    pub const NONE: Algorithms = Algorithms(0);
+
+    pub fn of(algorithms: &[Algorithm]) -> Self {
+        Self(algorithms.iter().fold(0, |bits, a| bits | a.bit()))
+    }
+
+    pub fn one(algorithm: Algorithm) -> Self {
+        Self(algorithm.bit())
+    }
+
+    pub fn contains(self, algorithm: Algorithm) -> bool {
+        self.0 & algorithm.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn intersection(self, other: Algorithms) -> Algorithms {
+        Self(self.0 & other.0)
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Algorithm> {
+        Algorithm::ALL
+            .into_iter()
+            .filter(move |a| self.contains(*a))
+    }
+}
+
+impl fmt::Debug for Algorithms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl fmt::Display for Algorithms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(Algorithm::jose_name).collect();
+        f.write_str(&names.join(", "))
+    }
+}
+
 /// One key of an issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuerKey<K> {
     pub kid: Option<KeyId>,
-    pub algorithm: Algorithm,
+    /// What the key may verify: never empty in a key set.
+    pub algorithms: Algorithms,
     pub key: K,
 }
 
@@ -88,7 +177,7 @@ pub enum Selection<'a, K> {
     /// The token names a `kid` that several keys carry: refused.
     AmbiguousKid,
     /// The token names no key: try these, the most recent first (at most the caller's bound).
-    Each(&'a [IssuerKey<K>]),
+    Each(Vec<&'a IssuerKey<K>>),
 }
 
 impl<K> KeySet<K> {
@@ -131,11 +220,23 @@ impl<K> KeySet<K> {
             .collect()
     }
 
-    /// The keys a token may be verified with: the one its `kid` names, or for a kid-less token
-    /// the `max_candidates` most recent (a bad kid-less token costs at most that many checks).
-    pub fn select(&self, kid: Option<&str>, max_candidates: usize) -> Selection<'_, K> {
+    /// The keys a token of `algorithm` may be verified with: the one its `kid` names, or for a
+    /// kid-less token the `max_candidates` most recent keys that verify `algorithm` (a bad
+    /// kid-less token costs at most that many checks; keys of another algorithm cost none).
+    pub fn select(
+        &self,
+        kid: Option<&str>,
+        algorithm: Algorithm,
+        max_candidates: usize,
+    ) -> Selection<'_, K> {
         match kid {
-            None => Selection::Each(&self.keys[..self.keys.len().min(max_candidates)]),
+            None => Selection::Each(
+                self.keys
+                    .iter()
+                    .filter(|k| k.algorithms.contains(algorithm))
+                    .take(max_candidates)
+                    .collect(),
+            ),
             Some(kid) if self.ambiguous.iter().any(|a| a.as_str() == kid) => {
                 Selection::AmbiguousKid
             }
@@ -171,7 +272,7 @@ mod tests {
     fn key(kid: Option<&str>, k: u8) -> IssuerKey<u8> {
         IssuerKey {
             kid: kid.map(KeyId::new),
-            algorithm: Algorithm::RS256,
+            algorithms: Algorithms::one(Algorithm::RS256),
             key: k,
         }
     }
@@ -179,20 +280,45 @@ mod tests {
     #[test]
     fn a_named_key_is_selected_alone() {
         let (set, _) = KeySet::new(vec![key(Some("a"), 1), key(Some("b"), 2)]);
-        assert!(matches!(set.select(Some("b"), 5), Selection::Named(k) if k.key == 2));
-        assert!(matches!(set.select(Some("c"), 5), Selection::UnknownKid));
+        assert!(
+            matches!(set.select(Some("b"), Algorithm::RS256, 5), Selection::Named(k) if k.key == 2)
+        );
+        assert!(matches!(
+            set.select(Some("c"), Algorithm::RS256, 5),
+            Selection::UnknownKid
+        ));
     }
 
     #[test]
     fn a_kidless_token_tries_the_most_recent_keys_up_to_the_bound() {
         let (set, _) = KeySet::new(vec![key(Some("a"), 1), key(None, 2), key(Some("c"), 3)]);
-        assert!(matches!(set.select(None, 5), Selection::Each(keys) if keys.len() == 3));
-        match set.select(None, 2) {
+        assert!(
+            matches!(set.select(None, Algorithm::RS256, 5), Selection::Each(keys) if keys.len() == 3)
+        );
+        match set.select(None, Algorithm::RS256, 2) {
             Selection::Each(keys) => {
                 assert_eq!(keys.iter().map(|k| k.key).collect::<Vec<_>>(), [1, 2])
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_kidless_token_tries_only_keys_of_its_algorithm() {
+        let mut es = key(Some("es"), 9);
+        es.algorithms = Algorithms::one(Algorithm::ES384);
+        let mut keys: Vec<_> = (0..6).map(|i| key(Some(&i.to_string()), i)).collect();
+        keys.push(es);
+        let (set, _) = KeySet::new(keys);
+        match set.select(None, Algorithm::ES384, 5) {
+            Selection::Each(keys) => {
+                assert_eq!(keys.iter().map(|k| k.key).collect::<Vec<_>>(), [9])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(set.select(None, Algorithm::PS256, 5), Selection::Each(k) if k.is_empty())
+        );
     }
 
     #[test]
@@ -213,10 +339,12 @@ mod tests {
         ]);
         assert_eq!(report.ambiguous, [KeyId::new("dup")]);
         assert!(matches!(
-            set.select(Some("dup"), 5),
+            set.select(Some("dup"), Algorithm::RS256, 5),
             Selection::AmbiguousKid
         ));
-        assert!(matches!(set.select(Some("a"), 5), Selection::Named(k) if k.key == 1));
+        assert!(
+            matches!(set.select(Some("a"), Algorithm::RS256, 5), Selection::Named(k) if k.key == 1)
+        );
     }
 
     #[test]
@@ -233,9 +361,27 @@ mod tests {
 
     #[test]
     fn algorithm_names_are_exact() {
-        assert_eq!(Algorithm::from_jose("RS256"), Some(Algorithm::RS256));
-        for bad in ["none", "None", "NONE", "rs256", "HS256", "ES384", ""] {
+        for a in Algorithm::ALL {
+            assert_eq!(Algorithm::from_jose(a.jose_name()), Some(a));
+        }
+        assert_eq!(Algorithm::from_jose("Ed25519"), Some(Algorithm::EdDSA));
+        for bad in [
+            "none", "None", "NONE", "rs256", "HS256", "ES512", "Ed448", "ed25519", "PS256 ", "",
+        ] {
             assert_eq!(Algorithm::from_jose(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn algorithm_sets_hold_what_they_are_given() {
+        let rsa = Algorithms::of(&[Algorithm::RS256, Algorithm::PS256]);
+        assert!(rsa.contains(Algorithm::PS256) && !rsa.contains(Algorithm::RS384));
+        let narrowed = rsa.intersection(Algorithms::one(Algorithm::RS256));
+        assert_eq!(narrowed.iter().collect::<Vec<_>>(), [Algorithm::RS256]);
+        assert!(rsa
+            .intersection(Algorithms::one(Algorithm::ES384))
+            .is_empty());
+        assert_eq!(rsa.to_string(), "RS256, PS256");
+        assert_eq!(Algorithms::of(&Algorithm::ALL).iter().count(), 9);
     }
 }

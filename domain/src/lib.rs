@@ -10,6 +10,7 @@ pub mod gatekeeper;
 pub mod identity;
 pub mod issuers;
 pub mod keys;
+pub mod mapping;
 pub mod method;
 pub mod policy;
 pub mod ports;
@@ -22,6 +23,7 @@ pub use identity::{
     Claims, CopiedClaim, Identity, Issuer, JsonText, KeyId, ServiceName, UnitPrimitive,
     VerifiedClaims,
 };
+pub use mapping::{ClaimMapping, ClaimName};
 pub use method::{Access, Call, Flow, MethodTable, Rpc};
 pub use request::{AuthorizationHeader, RequestMetadata};
 pub use time::{Seconds, UnixTime};

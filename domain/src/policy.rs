@@ -3,6 +3,7 @@
 
 use crate::error::{AuthError, Denied, Rejection};
 use crate::identity::{Claims, Identity, ServiceName, UnitPrimitive, VerifiedClaims};
+use crate::mapping::Audiences;
 use crate::method::{Call, Flow};
 use crate::request::{BoundHeader, RequestMetadata};
 use crate::time::{Seconds, UnixTime};
@@ -30,37 +31,116 @@ impl ClaimChecks {
         }
     }
 
-    /// Accepts the claims of a token whose signature has verified.
+    /// Accepts the claims of a token whose signature has verified, for this service's name as
+    /// audience (GitLab's tokens).
     pub fn accept(&self, claims: Claims, now: UnixTime) -> Result<VerifiedClaims, Rejection> {
-        if claims.audience.is_empty() {
-            return Err(Rejection::MissingAudience);
-        }
-        if !claims.audience.iter().any(|a| a == self.audience.as_str()) {
-            return Err(Rejection::WrongAudience);
+        self.accept_for(&Audiences::ServiceName, claims, now)
+    }
+
+    /// Accepts the claims of a token whose signature has verified with a key of a source whose
+    /// tokens carry `audiences`: every check of [`ClaimCheck::ALL`], in order, the first
+    /// failure refusing.
+    pub fn accept_for(
+        &self,
+        audiences: &Audiences,
+        claims: Claims,
+        now: UnixTime,
+    ) -> Result<VerifiedClaims, Rejection> {
+        for check in ClaimCheck::ALL {
+            self.check(check, audiences, &claims, now)?;
         }
         let expires_at = claims.expires_at.ok_or(Rejection::MissingExpiry)?;
-        if now.minus(self.leeway) >= expires_at {
-            return Err(Rejection::Expired);
-        }
-        if let Some(nbf) = claims.not_before {
-            if nbf > now.plus(self.leeway) {
-                return Err(Rejection::NotYetValid);
-            }
-        }
-        if let Some(iat) = claims.issued_at {
-            if iat > now.plus(self.leeway) {
-                return Err(Rejection::IssuedInFuture);
-            }
-        }
-        let start = match (claims.issued_at, claims.not_before) {
-            (Some(iat), Some(nbf)) => iat.min(nbf),
-            (Some(t), None) | (None, Some(t)) => t,
-            (None, None) => now,
-        };
-        if expires_at.as_secs() - start.as_secs() > self.max_lifetime.as_u64() as i64 {
-            return Err(Rejection::LifetimeTooLong);
-        }
         Ok(VerifiedClaims::new(claims, expires_at))
+    }
+
+    /// One check's outcome (what `accept_for` runs, and `token explain` shows one by one).
+    pub fn check(
+        &self,
+        check: ClaimCheck,
+        audiences: &Audiences,
+        claims: &Claims,
+        now: UnixTime,
+    ) -> Result<(), Rejection> {
+        match check {
+            ClaimCheck::Audience => {
+                if claims.audience.is_empty() {
+                    return Err(Rejection::MissingAudience);
+                }
+                let accepted = |a: &String| match audiences {
+                    Audiences::ServiceName => a == self.audience.as_str(),
+                    Audiences::Listed(list) => list.contains(a),
+                };
+                if !claims.audience.iter().any(accepted) {
+                    return Err(Rejection::WrongAudience);
+                }
+            }
+            ClaimCheck::Expiry => {
+                let expires_at = claims.expires_at.ok_or(Rejection::MissingExpiry)?;
+                if now.minus(self.leeway) >= expires_at {
+                    return Err(Rejection::Expired);
+                }
+            }
+            ClaimCheck::NotBefore => {
+                if claims
+                    .not_before
+                    .is_some_and(|nbf| nbf > now.plus(self.leeway))
+                {
+                    return Err(Rejection::NotYetValid);
+                }
+            }
+            ClaimCheck::IssuedAt => {
+                if claims
+                    .issued_at
+                    .is_some_and(|iat| iat > now.plus(self.leeway))
+                {
+                    return Err(Rejection::IssuedInFuture);
+                }
+            }
+            ClaimCheck::Lifetime => {
+                // Without `exp` there is no lifetime to bound: `Expiry` refuses that token.
+                if let Some(expires_at) = claims.expires_at {
+                    let start = match (claims.issued_at, claims.not_before) {
+                        (Some(iat), Some(nbf)) => iat.min(nbf),
+                        (Some(t), None) | (None, Some(t)) => t,
+                        (None, None) => now,
+                    };
+                    if expires_at.as_secs() - start.as_secs() > self.max_lifetime.as_u64() as i64 {
+                        return Err(Rejection::LifetimeTooLong);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The checks of a token's claims, in the order they are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimCheck {
+    Audience,
+    Expiry,
+    NotBefore,
+    IssuedAt,
+    Lifetime,
+}
+
+impl ClaimCheck {
+    pub const ALL: [ClaimCheck; 5] = [
+        ClaimCheck::Audience,
+        ClaimCheck::Expiry,
+        ClaimCheck::NotBefore,
+        ClaimCheck::IssuedAt,
+        ClaimCheck::Lifetime,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClaimCheck::Audience => "audience (aud)",
+            ClaimCheck::Expiry => "expiry (exp)",
+            ClaimCheck::NotBefore => "not before (nbf)",
+            ClaimCheck::IssuedAt => "issued at (iat)",
+            ClaimCheck::Lifetime => "lifetime (exp - iat)",
+        }
     }
 }
 
@@ -72,7 +152,8 @@ pub struct SeatCountMismatch {
 }
 
 /// Header binding (SPEC Part A): each claim, where present and non-empty, must equal its header.
-/// `sub` binds to the global user id for this service's own user tokens, else to the instance id.
+/// `sub` binds to the global user id for this service's own user tokens; in other tokens the
+/// claim their source's mapping names (`sub` in GitLab's) binds to the instance id.
 pub fn bind_headers(
     claims: &Claims,
     metadata: &RequestMetadata,
@@ -104,7 +185,7 @@ pub fn bind_headers(
         )?;
     } else {
         bound(
-            claims.subject.as_deref(),
+            claims.caller_instance.as_deref(),
             &metadata.instance_id,
             BoundHeader::InstanceId,
         )?;
@@ -155,6 +236,9 @@ pub fn authorize(identity: &Identity, call: &Call, service: &ServiceName) -> Res
     };
     match denied {
         None => Ok(()),
+        Some(d) if claims.scopes.is_empty() => {
+            Err(AuthError::NoUnitPrimitive(d, claims.scope_evidence.clone()))
+        }
         Some(d) => Err(AuthError::Unauthorized(d)),
     }
 }
@@ -233,6 +317,8 @@ mod tests {
             scopes: vec![],
             realm: Some("self-managed".into()),
             instance_id: Some("instance-1".into()),
+            caller_instance: Some("instance-1".into()),
+            scope_evidence: Default::default(),
             duo_seat_count: None,
             copied: vec![],
             jti: None,
@@ -272,6 +358,44 @@ mod tests {
         let mut c = claims("x");
         c.audience = vec!["other".into(), ServiceName::DEFAULT.into()];
         assert!(ClaimChecks::new(service()).accept(c, now()).is_ok());
+    }
+
+    #[test]
+    fn a_source_may_name_its_own_audiences_instead_of_the_service_name() {
+        let checks = ClaimChecks::new(service());
+        let listed = Audiences::Listed(vec!["api://dws".into(), "dws".into()]);
+        let mut c = claims("x");
+        assert_eq!(
+            checks.accept_for(&listed, c.clone(), now()),
+            Err(Rejection::WrongAudience),
+            "the service name counts only where no audience is configured"
+        );
+        c.audience = vec!["account".into(), "dws".into()];
+        assert!(checks.accept_for(&listed, c.clone(), now()).is_ok());
+        assert_eq!(checks.accept(c, now()), Err(Rejection::WrongAudience));
+    }
+
+    #[test]
+    fn each_check_can_be_asked_alone_and_accept_stops_at_the_first_failure() {
+        let checks = ClaimChecks::new(service());
+        let mut c = claims("x");
+        c.audience = vec!["other".into()];
+        c.expires_at = UnixTime::from_secs(1_000);
+        let outcomes: Vec<_> = ClaimCheck::ALL
+            .iter()
+            .map(|k| checks.check(*k, &Audiences::ServiceName, &c, now()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                Err(Rejection::WrongAudience),
+                Err(Rejection::Expired),
+                Ok(()),
+                Ok(()),
+                Ok(())
+            ]
+        );
+        assert_eq!(checks.accept(c, now()), Err(Rejection::WrongAudience));
     }
 
     #[test]
@@ -375,14 +499,19 @@ mod tests {
     }
 
     #[test]
-    fn binding_checks_sub_against_instance_for_instance_tokens() {
+    fn binding_checks_the_mapped_instance_claim_against_the_instance_for_instance_tokens() {
         let mut c = claims("x");
         c.instance_id = None;
-        c.subject = Some("instance-9".into());
+        // GitLab's shape maps `sub`; a provider's its client id (`azp`, ...). The claim the
+        // mapping named is what binds, whatever `sub` says.
+        c.caller_instance = Some("instance-9".into());
         assert_eq!(
             bind_headers(&c, &metadata(), &service()),
             Err(AuthError::HeaderMismatch(BoundHeader::InstanceId))
         );
+        c.subject = Some("service-account-4f1e".into());
+        c.caller_instance = Some("instance-1".into());
+        assert_eq!(bind_headers(&c, &metadata(), &service()), Ok(None));
     }
 
     #[test]
@@ -403,6 +532,7 @@ mod tests {
         c.realm = Some(String::new());
         c.instance_id = None;
         c.subject = None;
+        c.caller_instance = None;
         assert_eq!(
             bind_headers(&c, &RequestMetadata::default(), &service()),
             Ok(None)
@@ -529,6 +659,40 @@ mod tests {
         assert_eq!(
             denied.unwrap_err().details(),
             "Unauthorized to track self-hosted workflow execution"
+        );
+    }
+
+    #[test]
+    fn a_caller_without_any_unit_primitive_is_refused_saying_where_the_service_looked() {
+        let mut c = claims(CDOT);
+        c.scope_evidence = crate::mapping::ScopeEvidence {
+            looked_at: vec![crate::ClaimName::new("scope")],
+            found_in: Some(crate::ClaimName::new("scope")),
+            provider_scopes: vec!["openid".into(), "dws:run".into()],
+        };
+        let refused = authorize(
+            &verified(c),
+            &Call::ExecuteWorkflow(flow("chat")),
+            &service(),
+        )
+        .unwrap_err();
+        assert_eq!(refused.details(), "Unauthorized to execute chat");
+        assert_eq!(refused.kind(), crate::error::StatusKind::PermissionDenied);
+        assert_eq!(
+            refused.to_string(),
+            "Unauthorized to execute chat: the token carries no unit primitive \
+             (claims looked at: scope; provider scopes in scope: [openid, dws:run])"
+        );
+        // With some unit primitive, the refusal is the ordinary one.
+        assert_eq!(
+            authorize(
+                &scoped(CDOT, &[UnitPrimitive::DUO_AGENT_PLATFORM]),
+                &Call::ExecuteWorkflow(flow("chat")),
+                &service()
+            ),
+            Err(AuthError::Unauthorized(Denied::ExecuteWorkflow(flow(
+                "chat"
+            ))))
         );
     }
 

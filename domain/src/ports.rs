@@ -9,6 +9,7 @@ use crate::error::{AuthError, Rejection};
 use crate::identity::{Identity, Issuer, VerifiedClaims};
 use crate::issuers::SourceIssuer;
 use crate::keys::{Algorithm, KeySet};
+use crate::mapping::{ClaimMapping, GITLAB_SHAPE};
 use crate::method::Call;
 use crate::request::BearerToken;
 use crate::time::UnixTime;
@@ -94,6 +95,31 @@ impl SourceState {
     }
 }
 
+/// How often a remote source refreshes its keys, as its last good fetch decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshSchedule {
+    pub every_seconds: u64,
+    pub basis: RefreshBasis,
+}
+
+/// What decided a source's refresh interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshBasis {
+    /// The key set's `Cache-Control: max-age`, within the source's bounds.
+    CacheControl,
+    /// The key set came without a `max-age`: the source's default interval.
+    Default,
+}
+
+impl RefreshBasis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshBasis::CacheControl => "cache_control",
+            RefreshBasis::Default => "default",
+        }
+    }
+}
+
 /// Where one issuer's public keys come from (static file, local authority, OIDC discovery, ...).
 /// `K` is the adapters' parsed key material, parsed once when a set loads.
 #[async_trait]
@@ -108,6 +134,11 @@ pub trait KeySource<K: Send + Sync>: Send + Sync {
     /// The algorithms this source accepts, from configuration.
     fn algorithms(&self) -> &[Algorithm];
 
+    /// How this source's tokens are read: audiences, scope claims, the instance claim.
+    fn claim_mapping(&self) -> &ClaimMapping {
+        &GITLAB_SHAPE
+    }
+
     /// The current keys; `None` while the source has never produced keys.
     fn current(&self) -> Option<Arc<KeySet<K>>>;
 
@@ -121,6 +152,12 @@ pub trait KeySource<K: Send + Sync>: Send + Sync {
     }
 
     fn state(&self) -> SourceState;
+
+    /// How often the keys are fetched again; `None` for sources that are not fetched (files
+    /// reload on their own schedule) or not yet fetched successfully.
+    fn refresh(&self) -> Option<RefreshSchedule> {
+        None
+    }
 
     /// Whether readiness waits for this source's first keys.
     fn required(&self) -> bool {

@@ -145,6 +145,8 @@ mod tests {
             scopes: vec![UnitPrimitive::new(UnitPrimitive::GENERATE_TOKEN)],
             realm: None,
             instance_id: None,
+            caller_instance: Some("ee-1".into()),
+            scope_evidence: Default::default(),
             duo_seat_count: Some("12".into()),
             copied: vec![CopiedClaim {
                 name: "tool_access_policies",

@@ -1,6 +1,6 @@
 //! Fuzzes the key-material parsers a key source feeds with provider responses and files:
-//! `parse_jwks` / `parse_jwk`, `jwks_uri_of` (OIDC discovery), `pem::parse_all`,
-//! `PublicKey::from_pem_all`, `der::parse_spki`, `der::parse_rsa_public_key`.
+//! `parse_jwks` / `parse_jwk`, `jwks_uri_of` (OIDC discovery), `PublicKey::from_pem_each` over
+//! PEM text and over the bytes as SubjectPublicKeyInfo and PKCS#1 blocks, `SigningKey::from_pem`.
 //!
 //! Beyond "no panic": every key that parses is usable (verification and thumbprint do not panic)
 //! and round-trips through its published JWK and PEM forms; `jwks_uri_of` never accepts a document
@@ -8,12 +8,11 @@
 
 #![no_main]
 
-use duo_workflow_adapters::jose::der::{self, SpkiKey};
 use duo_workflow_adapters::jose::jwk::{parse_jwk, parse_jwks};
 use duo_workflow_adapters::jose::keys::PublicKey;
-use duo_workflow_adapters::jose::pem;
+use duo_workflow_adapters::jose::signing::SigningKey;
 use duo_workflow_adapters::sources::remote::jwks_uri_of;
-use duo_workflow_domain::keys::{IssuerKey, MAX_KEYS_PER_SOURCE};
+use duo_workflow_domain::keys::{Algorithm, IssuerKey, MAX_KEYS_PER_SOURCE};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -21,11 +20,15 @@ const ISSUERS: [&str; 2] = ["https://issuer.test", "https://issuer.test/"];
 const PRIVATE_OR_SYMMETRIC: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "k"];
 
 fn usable(key: &IssuerKey<PublicKey>) {
-    assert_eq!(key.algorithm, key.key.algorithm());
-    let _ = key.key.verify(b"message", &[0x5a; 256]);
-    let _ = key.key.verify(b"message", &[0x5a; 64]);
+    assert!(!key.algorithms.is_empty());
+    assert_eq!(key.key.family().intersection(key.algorithms), key.algorithms);
+    for alg in Algorithm::ALL {
+        let _ = key.key.verify(alg, b"message", &[0x5a; 256]);
+        let _ = key.key.verify(alg, b"message", &[0x5a; 64]);
+    }
     let _ = key.key.thumbprint();
-    let again = parse_jwk(&key.key.to_jwk("kid")).expect("a published JWK parses");
+    let alg = key.algorithms.iter().next().expect("not empty");
+    let again = parse_jwk(&key.key.to_jwk("kid", alg)).expect("a published JWK parses");
     assert_eq!(again.key, key.key, "JWK round trip changed the key");
     let from_pem = PublicKey::from_pem_all(&key.key.to_pem()).expect("a published PEM parses");
     assert_eq!(
@@ -76,24 +79,31 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let text = String::from_utf8_lossy(data);
-    let _ = pem::parse_all(&text);
-    if let Ok(keys) = PublicKey::from_pem_all(&text) {
-        for key in keys {
-            usable(&key.into_issuer_key(None));
+    let _ = SigningKey::from_pem(&text);
+    for text in [
+        text.into_owned(),
+        armour("PUBLIC KEY", data),
+        armour("RSA PUBLIC KEY", data),
+    ] {
+        if let Ok(keys) = PublicKey::from_pem_each(&text) {
+            for key in keys.into_iter().flatten() {
+                usable(&key.into_issuer_key(None));
+            }
         }
     }
-
-    match der::parse_spki(data) {
-        Some(SpkiKey::Rsa(pkcs1)) => {
-            let _ = der::parse_rsa_public_key(pkcs1);
-        }
-        Some(SpkiKey::P256(point)) => {
-            let _ = PublicKey::p256(point);
-        }
-        Some(SpkiKey::Ed25519(x)) => {
-            let _ = PublicKey::ed25519(x);
-        }
-        None => {}
-    }
-    let _ = der::parse_rsa_public_key(data);
 });
+
+/// PEM armour around any bytes, so the DER parsers behind it see them.
+fn armour(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}

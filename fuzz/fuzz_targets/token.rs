@@ -102,7 +102,7 @@ fn parse_and_verify(token: &str) -> bool {
             let _ = (parsed.claimed_issuer(), parsed.kid(), parsed.algorithm());
             if let Ok(proof) = parsed.verify(&fixture().set, usize::MAX) {
                 verified = true;
-                let _ = parsed.into_claims(proof);
+                let _ = parsed.into_claims(proof, &duo_workflow_domain::mapping::GITLAB_SHAPE);
             }
         }
     }

@@ -29,20 +29,24 @@ pub const GENERATE: &str = "duo_workflow_generate_token";
 pub const AGENT_PLATFORM: &str = "duo_agent_platform";
 pub const CHAT: &str = "duo_chat";
 
-/// A private key generated once per test binary (RSA generation is the slow part), by label.
+/// A private key generated once per test binary (RSA generation is the slow part), by label;
+/// the label's prefix is the algorithm it signs with (`es384-…`, `ps256-…`; RS256 otherwise).
 pub fn key(label: &str) -> Arc<SigningKeyPem> {
     static KEYS: OnceLock<std::sync::Mutex<HashMap<String, Arc<SigningKeyPem>>>> = OnceLock::new();
     let mut keys = KEYS.get_or_init(Default::default).lock().unwrap();
     keys.entry(label.to_owned())
         .or_insert_with(|| {
-            let alg = if label.starts_with("es256") {
-                Algorithm::ES256
-            } else if label.starts_with("eddsa") {
-                Algorithm::EdDSA
-            } else {
-                Algorithm::RS256
-            };
-            Arc::new(SigningKeyPem::new(generate_pem(alg).unwrap()))
+            let prefix = label.split('-').next().unwrap_or_default();
+            let alg = Algorithm::ALL
+                .into_iter()
+                .find(|a| a.jose_name().eq_ignore_ascii_case(prefix))
+                .unwrap_or(Algorithm::RS256);
+            let pem = generate_pem(alg).unwrap();
+            let key = SigningKey::from_pem(&pem)
+                .unwrap()
+                .with_algorithm(alg)
+                .unwrap();
+            Arc::new(SigningKeyPem { pem, key })
         })
         .clone()
 }
@@ -61,7 +65,7 @@ impl SigningKeyPem {
 
     /// The public JWK of this key, with its thumbprint kid.
     pub fn jwk(&self) -> serde_json::Value {
-        self.key.public_key().to_jwk(self.key.kid())
+        self.key.jwk()
     }
 
     pub fn kid(&self) -> &str {

@@ -1,7 +1,9 @@
 //! JWK and JWKS parsing for key sources. Only public signature keys of the supported algorithms
 //! survive; everything else is dropped with a reason, and the rest of the set is kept.
 
-use duo_workflow_domain::keys::{Algorithm, IssuerKey, MAX_KEYS_PER_SOURCE, MAX_KID_LEN};
+use duo_workflow_domain::keys::{
+    Algorithm, Algorithms, IssuerKey, MAX_KEYS_PER_SOURCE, MAX_KID_LEN,
+};
 use duo_workflow_domain::KeyId;
 use serde_json::{Map, Value};
 
@@ -74,14 +76,22 @@ pub fn parse_jwk(entry: &Value) -> Result<IssuerKey<PublicKey>, String> {
     let key = match kty {
         "RSA" => PublicKey::rsa(&b64_member(obj, "n")?, &b64_member(obj, "e")?)?,
         "EC" => {
-            if string_member(obj, "crv")? != Some("P-256") {
-                return Err("EC curve other than P-256".into());
-            }
+            let curve = string_member(obj, "crv")?;
+            let size = match curve {
+                Some("P-256") => 32,
+                Some("P-384") => 48,
+                _ => return Err("EC curve other than P-256 or P-384".into()),
+            };
             let (x, y) = (b64_member(obj, "x")?, b64_member(obj, "y")?);
-            if x.len() != 32 || y.len() != 32 {
-                return Err("P-256 coordinates are not 32 bytes".into());
+            if x.len() != size || y.len() != size {
+                return Err(format!("EC coordinates are not {size} bytes"));
             }
-            PublicKey::p256(&[&[0x04][..], &x, &y].concat())?
+            let point = [&[0x04][..], &x, &y].concat();
+            if size == 32 {
+                PublicKey::p256(&point)?
+            } else {
+                PublicKey::p384(&point)?
+            }
         }
         "OKP" => {
             if string_member(obj, "crv")? != Some("Ed25519") {
@@ -91,14 +101,18 @@ pub fn parse_jwk(entry: &Value) -> Result<IssuerKey<PublicKey>, String> {
         }
         other => return Err(format!("unsupported kty {other:?}")),
     };
-    if let Some(alg) = string_member(obj, "alg")? {
-        if Algorithm::from_jose(alg) != Some(key.algorithm()) {
-            return Err(format!("alg {alg:?} does not fit a {kty} key"));
-        }
-    }
+    // `alg` pins the key to one algorithm of its kind (no PS256 with a key published for
+    // RS256); without it the key verifies its whole kind, as far as its source allows.
+    let algorithms = match string_member(obj, "alg")? {
+        None => key.family(),
+        Some(alg) => match Algorithm::from_jose(alg) {
+            Some(a) if key.family().contains(a) => Algorithms::one(a),
+            _ => return Err(format!("alg {alg:?} does not fit a {} key", key.kind())),
+        },
+    };
     Ok(IssuerKey {
         kid: kid.map(KeyId::new),
-        algorithm: key.algorithm(),
+        algorithms,
         key,
     })
 }
@@ -123,4 +137,57 @@ fn string_member<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<Option<&
 fn b64_member(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
     let s = string_member(obj, name)?.ok_or_else(|| format!("no {name}"))?;
     b64url_decode(s).ok_or_else(|| format!("{name} is not base64url"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jose::signing::{generate_pem, SigningKey};
+
+    fn jwk_of(alg: Algorithm) -> Value {
+        SigningKey::from_pem(&generate_pem(alg).unwrap())
+            .unwrap()
+            .public_key()
+            .to_jwk("k", alg)
+    }
+
+    #[test]
+    fn a_jwks_alg_pins_its_key_and_must_fit_its_kind() {
+        let mut rsa = jwk_of(Algorithm::RS256);
+        assert_eq!(
+            parse_jwk(&rsa).unwrap().algorithms,
+            Algorithms::one(Algorithm::RS256)
+        );
+        rsa["alg"] = "PS384".into();
+        assert_eq!(
+            parse_jwk(&rsa).unwrap().algorithms,
+            Algorithms::one(Algorithm::PS384)
+        );
+        // Azure AD publishes no alg: the key verifies its kind, as far as its source allows.
+        rsa.as_object_mut().unwrap().remove("alg");
+        assert_eq!(parse_jwk(&rsa).unwrap().algorithms.iter().count(), 6);
+        let mut p384 = jwk_of(Algorithm::ES384);
+        assert_eq!(p384["crv"], "P-384");
+        assert_eq!(
+            parse_jwk(&p384).unwrap().algorithms,
+            Algorithms::one(Algorithm::ES384)
+        );
+        for wrong in ["ES256", "RS256", "EdDSA"] {
+            p384["alg"] = wrong.into();
+            assert!(parse_jwk(&p384)
+                .unwrap_err()
+                .contains("does not fit a P-384 key"));
+        }
+        let mut ed = jwk_of(Algorithm::EdDSA);
+        ed["alg"] = "Ed25519".into();
+        assert_eq!(
+            parse_jwk(&ed).unwrap().algorithms,
+            Algorithms::one(Algorithm::EdDSA)
+        );
+        let mut p256 = jwk_of(Algorithm::ES256);
+        p256["crv"] = "P-384".into();
+        assert!(parse_jwk(&p256).unwrap_err().contains("not 48 bytes"));
+        p256["crv"] = "P-521".into();
+        assert!(parse_jwk(&p256).is_err());
+    }
 }

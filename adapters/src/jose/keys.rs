@@ -2,14 +2,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use duo_workflow_domain::keys::{Algorithm, IssuerKey};
+use duo_workflow_domain::keys::{Algorithm, Algorithms, IssuerKey};
 use duo_workflow_domain::KeyId;
-use ring::digest;
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
+use ring::{agreement, digest};
+use rsa::pkcs8::der::asn1::{AnyRef, BitStringRef, UintRef};
+use rsa::pkcs8::der::{pem, Decode, Encode};
+use rsa::pkcs8::spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
 use serde_json::{json, Value};
 
-use super::der::{self, SpkiKey};
-use super::{b64url_encode, pem};
+use super::b64url_encode;
 
 /// RSA moduli outside 2048..=8192 bits are refused (ring refuses them too, at verification).
 const RSA_MIN_MODULUS_BITS: usize = 2048;
@@ -65,7 +67,8 @@ const fn ed25519_p_plus(delta: i8) -> [u8; 32] {
     v
 }
 
-/// Public key material of one of the supported algorithms. Each key verifies exactly one algorithm.
+/// Public key material of one of the supported kinds. A key verifies only the algorithms of its
+/// kind ([`PublicKey::family`]), and its key set may narrow that further.
 #[derive(Clone, PartialEq, Eq)]
 pub enum PublicKey {
     /// Modulus and exponent, big-endian without leading zeros.
@@ -77,6 +80,10 @@ pub enum PublicKey {
     P256 {
         point: Vec<u8>,
     },
+    /// Uncompressed SEC1 point (`04 || x || y`).
+    P384 {
+        point: Vec<u8>,
+    },
     Ed25519 {
         x: Vec<u8>,
     },
@@ -84,8 +91,20 @@ pub enum PublicKey {
 
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PublicKey({}, {})", self.algorithm(), self.thumbprint())
+        write!(f, "PublicKey({}, {})", self.kind(), self.thumbprint())
     }
+}
+
+/// The OIDs of the SubjectPublicKeyInfo algorithms and curves read and written here.
+mod oid {
+    use rsa::pkcs8::ObjectIdentifier;
+
+    pub const RSA_ENCRYPTION: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+    pub const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+    pub const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+    pub const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+    pub const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 }
 
 impl PublicKey {
@@ -117,10 +136,23 @@ impl PublicKey {
         if point.len() != 65 || point[0] != 0x04 {
             return Err("P-256 key is not an uncompressed point".into());
         }
-        if !p256_point_is_valid(point) {
+        if !point_is_valid(&agreement::ECDH_P256, point) {
             return Err("P-256 point is not on the curve".into());
         }
         Ok(PublicKey::P256 {
+            point: point.to_vec(),
+        })
+    }
+
+    /// A P-384 key: an uncompressed point on the curve (ring's point validation, as for P-256).
+    pub fn p384(point: &[u8]) -> Result<Self, String> {
+        if point.len() != 97 || point[0] != 0x04 {
+            return Err("P-384 key is not an uncompressed point".into());
+        }
+        if !point_is_valid(&agreement::ECDH_P384, point) {
+            return Err("P-384 point is not on the curve".into());
+        }
+        Ok(PublicKey::P384 {
             point: point.to_vec(),
         })
     }
@@ -152,44 +184,81 @@ impl PublicKey {
         }
     }
 
-    /// The one algorithm this key verifies.
-    pub fn algorithm(&self) -> Algorithm {
+    /// The kind of key, for messages: `RSA`, `P-256`, `P-384`, `Ed25519`.
+    pub fn kind(&self) -> &'static str {
         match self {
-            PublicKey::Rsa { .. } => Algorithm::RS256,
-            PublicKey::P256 { .. } => Algorithm::ES256,
-            PublicKey::Ed25519 { .. } => Algorithm::EdDSA,
+            PublicKey::Rsa { .. } => "RSA",
+            PublicKey::P256 { .. } => "P-256",
+            PublicKey::P384 { .. } => "P-384",
+            PublicKey::Ed25519 { .. } => "Ed25519",
         }
     }
 
-    /// Verifies `signature` over `message`. Wrong lengths, DER-encoded ECDSA and zero `r`/`s`
-    /// fail here: ring accepts only fixed-size signatures of the right shape.
-    pub fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
-        SIGNATURE_CHECKS.fetch_add(1, Ordering::Relaxed);
+    /// Every algorithm a key of this kind can verify: an RSA key PKCS#1 v1.5 and PSS with the
+    /// three hashes, an EC key the one ECDSA of its curve, an Ed25519 key EdDSA.
+    pub fn family(&self) -> Algorithms {
         match self {
-            PublicKey::Rsa { n, e } => RsaPublicKeyComponents { n, e }
-                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, sig)
-                .is_ok(),
-            PublicKey::P256 { point } => {
-                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
-                    .verify(message, sig)
-                    .is_ok()
-            }
-            PublicKey::Ed25519 { x } => UnparsedPublicKey::new(&signature::ED25519, x)
-                .verify(message, sig)
-                .is_ok(),
+            PublicKey::Rsa { .. } => Algorithms::of(&Algorithm::RSA),
+            PublicKey::P256 { .. } => Algorithms::one(Algorithm::ES256),
+            PublicKey::P384 { .. } => Algorithms::one(Algorithm::ES384),
+            PublicKey::Ed25519 { .. } => Algorithms::one(Algorithm::EdDSA),
         }
+    }
+
+    /// Verifies `signature` over `message` with `algorithm`, which must be of this key's
+    /// family (anything else fails without a signature check). Wrong lengths, DER-encoded
+    /// ECDSA and zero `r`/`s` fail here: ring accepts only fixed-size signatures of the right
+    /// shape.
+    pub fn verify(&self, algorithm: Algorithm, message: &[u8], sig: &[u8]) -> bool {
+        use signature as s;
+        let rsa: Option<&s::RsaParameters> = match algorithm {
+            Algorithm::RS256 => Some(&s::RSA_PKCS1_2048_8192_SHA256),
+            Algorithm::RS384 => Some(&s::RSA_PKCS1_2048_8192_SHA384),
+            Algorithm::RS512 => Some(&s::RSA_PKCS1_2048_8192_SHA512),
+            Algorithm::PS256 => Some(&s::RSA_PSS_2048_8192_SHA256),
+            Algorithm::PS384 => Some(&s::RSA_PSS_2048_8192_SHA384),
+            Algorithm::PS512 => Some(&s::RSA_PSS_2048_8192_SHA512),
+            Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA => None,
+        };
+        let other: &dyn s::VerificationAlgorithm = match (self, algorithm) {
+            (PublicKey::Rsa { n, e }, _) => {
+                let Some(params) = rsa else { return false };
+                SIGNATURE_CHECKS.fetch_add(1, Ordering::Relaxed);
+                return RsaPublicKeyComponents { n, e }
+                    .verify(params, message, sig)
+                    .is_ok();
+            }
+            (PublicKey::P256 { .. }, Algorithm::ES256) => &s::ECDSA_P256_SHA256_FIXED,
+            (PublicKey::P384 { .. }, Algorithm::ES384) => &s::ECDSA_P384_SHA384_FIXED,
+            (PublicKey::Ed25519 { .. }, Algorithm::EdDSA) => &s::ED25519,
+            _ => return false,
+        };
+        let bytes = match self {
+            PublicKey::P256 { point } | PublicKey::P384 { point } => point,
+            PublicKey::Ed25519 { x } => x,
+            PublicKey::Rsa { .. } => unreachable!("RSA returned above"),
+        };
+        SIGNATURE_CHECKS.fetch_add(1, Ordering::Relaxed);
+        UnparsedPublicKey::new(other, bytes)
+            .verify(message, sig)
+            .is_ok()
     }
 
     /// The public members of this key's JWK, in RFC 7638's lexicographic order.
     fn required_members(&self) -> Value {
+        let ec = |crv: &str, point: &[u8]| {
+            let half = (point.len() - 1) / 2;
+            json!({
+                "crv": crv, "kty": "EC",
+                "x": b64url_encode(&point[1..1 + half]), "y": b64url_encode(&point[1 + half..]),
+            })
+        };
         match self {
             PublicKey::Rsa { n, e } => {
                 json!({"e": b64url_encode(e), "kty": "RSA", "n": b64url_encode(n)})
             }
-            PublicKey::P256 { point } => json!({
-                "crv": "P-256", "kty": "EC",
-                "x": b64url_encode(&point[1..33]), "y": b64url_encode(&point[33..65]),
-            }),
+            PublicKey::P256 { point } => ec("P-256", point),
+            PublicKey::P384 { point } => ec("P-384", point),
             PublicKey::Ed25519 { x } => {
                 json!({"crv": "Ed25519", "kty": "OKP", "x": b64url_encode(x)})
             }
@@ -204,31 +273,74 @@ impl PublicKey {
         b64url_encode(digest::digest(&digest::SHA256, &canonical).as_ref())
     }
 
-    /// The key as a public JWK, for publishing.
-    pub fn to_jwk(&self, kid: &str) -> Value {
+    /// The key as a public JWK for `algorithm` (the one its signer uses), for publishing.
+    pub fn to_jwk(&self, kid: &str, algorithm: Algorithm) -> Value {
         let mut jwk = self.required_members();
         let obj = jwk.as_object_mut().expect("object");
         obj.insert("kid".into(), Value::String(kid.into()));
         obj.insert("use".into(), Value::String("sig".into()));
-        obj.insert(
-            "alg".into(),
-            Value::String(self.algorithm().jose_name().into()),
-        );
+        obj.insert("alg".into(), Value::String(algorithm.jose_name().into()));
         jwk
     }
 
     /// `BEGIN PUBLIC KEY` PEM (SubjectPublicKeyInfo).
     pub fn to_pem(&self) -> String {
-        let spki = match self {
-            PublicKey::Rsa { n, e } => der::spki(&SpkiKey::Rsa(&der::rsa_public_key(n, e))),
-            PublicKey::P256 { point } => der::spki(&SpkiKey::P256(point)),
-            PublicKey::Ed25519 { x } => der::spki(&SpkiKey::Ed25519(x)),
-        };
-        pem::encode("PUBLIC KEY", &spki)
+        pem::encode_string("PUBLIC KEY", pem::LineEnding::LF, &self.to_spki_der())
+            .expect("a PEM of a few KiB")
     }
 
-    /// Public keys from PEM text: `PUBLIC KEY` (SubjectPublicKeyInfo: RSA, P-256, Ed25519) and
-    /// `RSA PUBLIC KEY` (PKCS#1) blocks. Fails on the first block that is not a usable key.
+    fn to_spki_der(&self) -> Vec<u8> {
+        let rsa;
+        let (algorithm, parameters, key): (_, Option<AnyRef<'_>>, &[u8]) = match self {
+            PublicKey::Rsa { n, e } => {
+                let pkcs1 = rsa::pkcs1::RsaPublicKey {
+                    modulus: UintRef::new(n).expect("a modulus of at most 8192 bits"),
+                    public_exponent: UintRef::new(e).expect("an exponent of 32 bits"),
+                };
+                rsa = pkcs1.to_der().expect("DER of an RSA public key");
+                (oid::RSA_ENCRYPTION, Some(AnyRef::NULL), &rsa)
+            }
+            PublicKey::P256 { point } => (oid::EC_PUBLIC_KEY, Some((&oid::P256).into()), point),
+            PublicKey::P384 { point } => (oid::EC_PUBLIC_KEY, Some((&oid::P384).into()), point),
+            PublicKey::Ed25519 { x } => (oid::ED25519, None, x),
+        };
+        SubjectPublicKeyInfoRef {
+            algorithm: AlgorithmIdentifierRef {
+                oid: algorithm,
+                parameters,
+            },
+            subject_public_key: BitStringRef::from_bytes(key).expect("a key of a few KiB"),
+        }
+        .to_der()
+        .expect("DER of a SubjectPublicKeyInfo")
+    }
+
+    /// A SubjectPublicKeyInfo (DER) as a key: RSA, P-256, P-384 or Ed25519.
+    fn from_spki_der(der: &[u8]) -> Result<Self, String> {
+        let spki = SubjectPublicKeyInfoRef::from_der(der)
+            .map_err(|e| format!("PUBLIC KEY block is not a SubjectPublicKeyInfo: {e}"))?;
+        let key = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or("PUBLIC KEY bit string has unused bits")?;
+        let params = spki.algorithm.parameters;
+        match spki.algorithm.oid {
+            oid::RSA_ENCRYPTION if params.is_none_or(|p| p.is_null()) => rsa_from_pkcs1(key),
+            oid::EC_PUBLIC_KEY => match spki.algorithm.parameters_oid() {
+                Ok(oid::P256) => PublicKey::p256(key),
+                Ok(oid::P384) => PublicKey::p384(key),
+                _ => Err("EC PUBLIC KEY on a curve other than P-256 or P-384".into()),
+            },
+            oid::ED25519 if params.is_none() => PublicKey::ed25519(key),
+            other => Err(format!(
+                "PUBLIC KEY of algorithm {other} is not an RSA, P-256, P-384 or Ed25519 key"
+            )),
+        }
+    }
+
+    /// Public keys from PEM text: `PUBLIC KEY` (SubjectPublicKeyInfo: RSA, P-256, P-384,
+    /// Ed25519) and `RSA PUBLIC KEY` (PKCS#1) blocks. Fails on the first block that is not a
+    /// usable key.
     pub fn from_pem_all(text: &str) -> Result<Vec<PublicKey>, String> {
         Self::from_pem_each(text)?.into_iter().collect()
     }
@@ -237,15 +349,17 @@ impl PublicKey {
     /// when the text holds no public key block at all, or a private key.
     pub fn from_pem_each(text: &str) -> Result<Vec<Result<PublicKey, String>>, String> {
         let mut keys = Vec::new();
-        for block in pem::parse_all(text)? {
-            let key = match block.label.as_str() {
-                "PUBLIC KEY" => match der::parse_spki(&block.der) {
-                    Some(SpkiKey::Rsa(pkcs1)) => rsa_from_pkcs1(pkcs1),
-                    Some(SpkiKey::P256(point)) => PublicKey::p256(point),
-                    Some(SpkiKey::Ed25519(x)) => PublicKey::ed25519(x),
-                    None => Err("PUBLIC KEY block is not an RSA, P-256 or Ed25519 key".into()),
-                },
-                "RSA PUBLIC KEY" => rsa_from_pkcs1(&block.der),
+        for block in super::pem_blocks(text) {
+            let (label, der) = match pem::decode_vec(block.as_bytes()) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    keys.push(Err(format!("PEM block is not valid PEM: {e}")));
+                    continue;
+                }
+            };
+            let key = match label {
+                "PUBLIC KEY" => Self::from_spki_der(&der),
+                "RSA PUBLIC KEY" => rsa_from_pkcs1(&der),
                 other if other.contains("PRIVATE") => {
                     return Err(format!("a {other} block where public keys were expected"))
                 }
@@ -259,32 +373,34 @@ impl PublicKey {
         Ok(keys)
     }
 
-    /// This key as a member of an issuer's key set, with the given `kid` or its thumbprint.
+    /// This key as a member of an issuer's key set, with the given `kid` or its thumbprint,
+    /// verifying every algorithm of its kind.
     pub fn into_issuer_key(self, kid: Option<String>) -> IssuerKey<PublicKey> {
         let kid = kid.unwrap_or_else(|| self.thumbprint());
         IssuerKey {
             kid: Some(KeyId::new(kid)),
-            algorithm: self.algorithm(),
+            algorithms: self.family(),
             key: self,
         }
     }
 }
 
-/// Whether a SEC1 uncompressed point is a valid P-256 public key: ring validates a peer's point
-/// (on the curve, not the identity) before an ECDH agreement, so one throwaway agreement asks it.
-fn p256_point_is_valid(point: &[u8]) -> bool {
-    use ring::agreement;
+/// Whether a SEC1 uncompressed point is a valid public key on `curve`: ring validates a peer's
+/// point (on the curve, not the identity) before an ECDH agreement, so one throwaway agreement
+/// asks it.
+fn point_is_valid(curve: &'static agreement::Algorithm, point: &[u8]) -> bool {
     let rng = ring::rand::SystemRandom::new();
-    let Ok(ours) = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng) else {
+    let Ok(ours) = agreement::EphemeralPrivateKey::generate(curve, &rng) else {
         return false;
     };
-    let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point);
+    let peer = agreement::UnparsedPublicKey::new(curve, point);
     agreement::agree_ephemeral(ours, &peer, |_| ()).is_ok()
 }
 
 fn rsa_from_pkcs1(der: &[u8]) -> Result<PublicKey, String> {
-    let (n, e) = der::parse_rsa_public_key(der).ok_or("malformed RSA public key")?;
-    PublicKey::rsa(n, e)
+    let key = rsa::pkcs1::RsaPublicKey::from_der(der)
+        .map_err(|e| format!("malformed RSA public key: {e}"))?;
+    PublicKey::rsa(key.modulus.as_bytes(), key.public_exponent.as_bytes())
 }
 
 fn strip_zeros(b: &[u8]) -> &[u8] {
@@ -351,5 +467,118 @@ mod tests {
                 any_rsa_exponent: true
             })
             .is_ok());
+    }
+
+    #[test]
+    fn p384_points_must_be_on_the_curve() {
+        let real = SigningKey::from_pem(&generate_pem(Algorithm::ES384).unwrap()).unwrap();
+        assert_eq!(real.algorithm(), Algorithm::ES384);
+        let PublicKey::P384 { point } = real.public_key() else {
+            panic!("a P-384 key")
+        };
+        assert!(PublicKey::p384(point).is_ok());
+        let mut off = point.clone();
+        off[96] ^= 1;
+        assert!(PublicKey::p384(&off).is_err());
+        assert!(PublicKey::p384(&[&[4][..], &[0; 96]].concat()).is_err());
+        // A P-256 point is not a P-384 key, and the other way round.
+        assert!(PublicKey::p256(point).is_err());
+    }
+
+    /// A key of each kind signs, and verifies exactly the algorithms of its kind.
+    #[test]
+    fn each_kind_verifies_its_own_algorithms_only() {
+        for (generate, signs) in [
+            (Algorithm::RS256, &Algorithm::RSA[..]),
+            (Algorithm::ES256, &[Algorithm::ES256][..]),
+            (Algorithm::ES384, &[Algorithm::ES384][..]),
+            (Algorithm::EdDSA, &[Algorithm::EdDSA][..]),
+        ] {
+            let pem = generate_pem(generate).unwrap();
+            for alg in signs {
+                let key = SigningKey::from_pem(&pem)
+                    .unwrap()
+                    .with_algorithm(*alg)
+                    .unwrap();
+                let sig = key.sign(b"message");
+                for other in Algorithm::ALL {
+                    assert_eq!(
+                        key.public_key().verify(other, b"message", &sig),
+                        other == *alg,
+                        "signed {alg}, verified as {other}"
+                    );
+                }
+            }
+            let key = SigningKey::from_pem(&pem).unwrap();
+            let foreign = Algorithm::ALL
+                .into_iter()
+                .find(|a| !key.public_key().family().contains(*a))
+                .unwrap();
+            assert!(key.with_algorithm(foreign).is_err());
+        }
+    }
+
+    #[test]
+    fn public_keys_of_every_kind_round_trip_through_pem_and_openssls_forms_load() {
+        for alg in [
+            Algorithm::RS256,
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+        ] {
+            let key = SigningKey::from_pem(&generate_pem(alg).unwrap()).unwrap();
+            let pem = key.public_key().to_pem();
+            assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+            assert_eq!(
+                PublicKey::from_pem_all(&format!("junk before\n{pem}\n{pem}")).unwrap(),
+                vec![key.public_key().clone(); 2]
+            );
+        }
+        // `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384 | openssl pkey -pubout`
+        let p384 = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEzw/6XcR+1tqK4IdQm87FSHLtl/rXoYco
+M+v+XGT1na9aU0opN4mrDsV0LkcbOoY1bszuISbNi6JCFR5Dvp1H/bxkdhfYCUrq
+rv3FhPyflrxwXmOXJ+1WXGypQ2fMcNp6
+-----END PUBLIC KEY-----
+";
+        let key = PublicKey::from_pem_all(p384).unwrap();
+        assert!(matches!(&key[..], [PublicKey::P384 { .. }]));
+        assert_eq!(key[0].family(), Algorithms::one(Algorithm::ES384));
+        // The same base64 wrapped at 76 columns (MIME's width, some tools' output).
+        let wide = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEzw/6XcR+1tqK4IdQm87FSHLtl/rXoYcoM+v+XGT1na9a
+U0opN4mrDsV0LkcbOoY1bszuISbNi6JCFR5Dvp1H/bxkdhfYCUrqrv3FhPyflrxwXmOXJ+1WXGyp
+Q2fMcNp6
+-----END PUBLIC KEY-----
+";
+        assert_eq!(PublicKey::from_pem_all(wide).as_ref().ok(), Some(&key));
+        // An RSA key as PKCS#1 (`openssl rsa -RSAPublicKey_out`) is the same key as its SPKI.
+        let rsa = SigningKey::from_pem(&generate_pem(Algorithm::RS256).unwrap()).unwrap();
+        let PublicKey::Rsa { n, e } = rsa.public_key() else {
+            panic!("an RSA key")
+        };
+        let pkcs1 = rsa::pkcs1::RsaPublicKey {
+            modulus: UintRef::new(n).unwrap(),
+            public_exponent: UintRef::new(e).unwrap(),
+        }
+        .to_der()
+        .unwrap();
+        let text = pem::encode_string("RSA PUBLIC KEY", pem::LineEnding::CRLF, &pkcs1).unwrap();
+        assert_eq!(
+            PublicKey::from_pem_all(&text).unwrap(),
+            vec![rsa.public_key().clone()]
+        );
+        // What is not a usable public key says so, block by block.
+        let each = PublicKey::from_pem_each(&format!(
+            "{}-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+            rsa.public_key().to_pem()
+        ))
+        .unwrap();
+        assert!(each[0].is_ok() && each[1].is_err());
+        assert!(PublicKey::from_pem_each(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+        )
+        .is_err());
+        assert!(PublicKey::from_pem_each("no pem here").is_err());
     }
 }

@@ -1,9 +1,10 @@
 //! Compact JWS tokens. Parsing checks the cheap things first (length, alphabet, segment count)
 //! before any decoding; claims come out of a token only with proof that its signature verified.
 
-use duo_workflow_domain::keys::{Algorithm, KeySet, Selection, MAX_KID_LEN};
+use duo_workflow_domain::keys::{Algorithm, IssuerKey, KeySet, Selection, MAX_KID_LEN};
+use duo_workflow_domain::mapping::{ClaimMapping, ScopeClaim};
 use duo_workflow_domain::{
-    Claims, CopiedClaim, Issuer, JsonText, Rejection, UnitPrimitive, UnixTime,
+    ClaimName, Claims, CopiedClaim, Issuer, JsonText, KeyId, Rejection, UnixTime,
 };
 use serde_json::{Map, Value};
 
@@ -29,7 +30,16 @@ pub struct UnverifiedToken<'a> {
 
 /// Proof that a token's signature verified with one of its issuer's keys. Only
 /// [`UnverifiedToken::verify`] makes one.
-pub struct SignatureVerified(());
+pub struct SignatureVerified {
+    kid: Option<KeyId>,
+}
+
+impl SignatureVerified {
+    /// The `kid` of the key that verified the signature (for `token explain`).
+    pub fn kid(&self) -> Option<&KeyId> {
+        self.kid.as_ref()
+    }
+}
 
 /// Why no key verified the token.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,7 +117,7 @@ impl<'a> UnverifiedToken<'a> {
         match self.payload.get("iss") {
             Some(Value::String(s)) => Ok(s),
             None => Err(Rejection::UnknownIssuer),
-            Some(_) => Err(Rejection::InvalidClaim("iss")),
+            Some(_) => Err(Rejection::InvalidClaim(ClaimName::fixed("iss"))),
         }
     }
 
@@ -119,22 +129,34 @@ impl<'a> UnverifiedToken<'a> {
         keys: &KeySet<PublicKey>,
         max_candidates: usize,
     ) -> Result<SignatureVerified, SignatureFailure> {
-        let fits = |k: &duo_workflow_domain::keys::IssuerKey<PublicKey>| {
-            k.algorithm == self.algorithm && k.key.verify(self.signing_input, &self.signature)
+        let fits = |k: &IssuerKey<PublicKey>| {
+            k.algorithms.contains(self.algorithm)
+                && k.key
+                    .verify(self.algorithm, self.signing_input, &self.signature)
         };
-        match keys.select(self.kid.as_deref(), max_candidates) {
-            Selection::Named(key) if fits(key) => Ok(SignatureVerified(())),
+        let proof = |key: &IssuerKey<PublicKey>| SignatureVerified {
+            kid: key.kid.clone(),
+        };
+        match keys.select(self.kid.as_deref(), self.algorithm, max_candidates) {
+            Selection::Named(key) if fits(key) => Ok(proof(key)),
             Selection::Named(_) => Err(SignatureFailure::Invalid),
             Selection::UnknownKid => Err(SignatureFailure::NoMatchingKey),
             Selection::AmbiguousKid => Err(SignatureFailure::Ambiguous),
-            Selection::Each(all) if all.iter().any(fits) => Ok(SignatureVerified(())),
-            Selection::Each(_) => Err(SignatureFailure::NoMatchingKey),
+            Selection::Each(all) => match all.into_iter().find(|k| fits(k)) {
+                Some(key) => Ok(proof(key)),
+                None => Err(SignatureFailure::NoMatchingKey),
+            },
         }
     }
 
-    /// The claims, now that the signature verified.
-    pub fn into_claims(self, _proof: SignatureVerified) -> Result<Claims, Rejection> {
-        read_claims(&self.payload)
+    /// The claims, now that the signature verified, read the way the verifying key's source
+    /// says its tokens are written.
+    pub fn into_claims(
+        self,
+        _proof: SignatureVerified,
+        mapping: &ClaimMapping,
+    ) -> Result<Claims, Rejection> {
+        read_claims(&self.payload, mapping)
     }
 }
 
@@ -164,10 +186,11 @@ fn decode_object(b64: &str) -> Option<Map<String, Value>> {
     unique_object(&b64url_decode(b64)?)
 }
 
-fn read_claims(p: &Map<String, Value>) -> Result<Claims, Rejection> {
+fn read_claims(p: &Map<String, Value>, mapping: &ClaimMapping) -> Result<Claims, Rejection> {
+    let invalid = |name: &'static str| Rejection::InvalidClaim(ClaimName::fixed(name));
     let issuer = match p.get("iss") {
         Some(Value::String(s)) => Issuer::new(s.clone()),
-        _ => return Err(Rejection::InvalidClaim("iss")),
+        _ => return Err(invalid("iss")),
     };
     let audience = match p.get("aud") {
         None | Some(Value::Null) => Vec::new(),
@@ -176,38 +199,47 @@ fn read_claims(p: &Map<String, Value>) -> Result<Claims, Rejection> {
             .iter()
             .map(|v| v.as_str().map(str::to_owned))
             .collect::<Option<Vec<_>>>()
-            .ok_or(Rejection::InvalidClaim("aud"))?,
-        Some(_) => return Err(Rejection::InvalidClaim("aud")),
+            .ok_or(invalid("aud"))?,
+        Some(_) => return Err(invalid("aud")),
     };
-    let scopes = match p.get("scopes") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().map(UnitPrimitive::new))
-            .collect::<Option<Vec<_>>>()
-            .ok_or(Rejection::InvalidClaim("scopes"))?,
-        Some(_) => return Err(Rejection::InvalidClaim("scopes")),
-    };
+    let scopes = mapping.scopes(|claim| scope_claim(p.get(claim.as_str())))?;
     let duo_seat_count = match p.get("duo_seat_count") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
-        Some(_) => return Err(Rejection::InvalidClaim("duo_seat_count")),
+        Some(_) => return Err(invalid("duo_seat_count")),
     };
+    let instance_claim = mapping.instance_claim();
     Ok(Claims {
         issuer,
-        subject: optional_string(p, "sub")?,
+        subject: optional_string(p, &ClaimName::SUB)?,
         audience,
-        scopes,
-        realm: optional_string(p, "gitlab_realm")?,
-        instance_id: optional_string(p, "gitlab_instance_id")?,
+        scopes: scopes.unit_primitives,
+        scope_evidence: scopes.evidence,
+        realm: optional_string(p, &ClaimName::fixed("gitlab_realm"))?,
+        instance_id: optional_string(p, &ClaimName::fixed("gitlab_instance_id"))?,
+        caller_instance: optional_string(p, instance_claim)?,
         duo_seat_count,
         copied: copied_claims(p),
-        jti: optional_string(p, "jti")?,
+        jti: optional_string(p, &ClaimName::fixed("jti"))?,
         expires_at: numeric_date(p, "exp")?,
         not_before: numeric_date(p, "nbf")?,
         issued_at: numeric_date(p, "iat")?,
     })
+}
+
+/// A claim of unit primitives as the domain's rules take it.
+fn scope_claim(value: Option<&Value>) -> ScopeClaim {
+    match value {
+        None | Some(Value::Null) => ScopeClaim::Absent,
+        Some(Value::String(s)) => ScopeClaim::Text(s.clone()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .map_or(ScopeClaim::Other, ScopeClaim::List),
+        Some(_) => ScopeClaim::Other,
+    }
 }
 
 /// The claims a user token copies from its caller's token, unchanged (any JSON value).
@@ -224,14 +256,11 @@ fn copied_claims(p: &Map<String, Value>) -> Vec<CopiedClaim> {
         .collect()
 }
 
-fn optional_string(
-    p: &Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<String>, Rejection> {
-    match p.get(name) {
+fn optional_string(p: &Map<String, Value>, name: &ClaimName) -> Result<Option<String>, Rejection> {
+    match p.get(name.as_str()) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Rejection::InvalidClaim(name)),
+        Some(_) => Err(Rejection::InvalidClaim(name.clone())),
     }
 }
 
@@ -247,13 +276,13 @@ fn numeric_date(p: &Map<String, Value>, name: &'static str) -> Result<Option<Uni
             {
                 f as i64
             }
-            _ => return Err(Rejection::InvalidClaim(name)),
+            _ => return Err(Rejection::InvalidClaim(ClaimName::fixed(name))),
         },
-        Some(_) => return Err(Rejection::InvalidClaim(name)),
+        Some(_) => return Err(Rejection::InvalidClaim(ClaimName::fixed(name))),
     };
     UnixTime::from_secs(secs)
         .map(Some)
-        .ok_or(Rejection::InvalidClaim(name))
+        .ok_or(Rejection::InvalidClaim(ClaimName::fixed(name)))
 }
 
 /// Signs `claims` as a compact JWS with `key`: `{"alg", "typ": "JWT"[, "kid"]}`.
@@ -274,6 +303,7 @@ pub fn sign(key: &SigningKey, claims: &Value, with_kid: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use duo_workflow_domain::mapping::GITLAB_SHAPE;
 
     fn seg(v: &Value) -> String {
         b64url_encode(&serde_json::to_vec(v).unwrap())
@@ -399,7 +429,7 @@ mod tests {
 
     #[test]
     fn claim_types_are_checked() {
-        let read = |payload: Value| read_claims(payload.as_object().unwrap());
+        let read = |payload: Value| read_claims(payload.as_object().unwrap(), &GITLAB_SHAPE);
         let base = serde_json::json!({"iss": "i", "aud": "a", "exp": 100});
         assert!(read(base.clone()).is_ok());
         let cases = [
@@ -422,7 +452,7 @@ mod tests {
             p[name] = value.clone();
             assert_eq!(
                 read(p).err(),
-                Some(Rejection::InvalidClaim(name)),
+                Some(Rejection::InvalidClaim(ClaimName::fixed(name))),
                 "{name} = {value}"
             );
         }
@@ -434,5 +464,41 @@ mod tests {
         assert_eq!(c.expires_at.unwrap().as_secs(), 100);
         assert_eq!(c.duo_seat_count.as_deref(), Some("12"));
         assert_eq!(c.audience, vec!["x".to_owned(), "a".to_owned()]);
+    }
+
+    #[test]
+    fn a_providers_claims_are_read_by_its_mapping() {
+        use duo_workflow_domain::mapping::{Audiences, ClaimMapping};
+        let mapping = ClaimMapping::new(
+            Audiences::Listed(vec!["dws".into()]),
+            vec![ClaimName::new("scp"), ClaimName::new("scope")],
+            ClaimName::new("azp"),
+            None,
+        )
+        .unwrap();
+        let read = |payload: Value| read_claims(payload.as_object().unwrap(), &mapping);
+        let base = serde_json::json!({
+            "iss": "i", "aud": "dws", "exp": 100, "sub": "sa-1", "azp": "inst-1",
+            "scope": "duo_chat openid",
+        });
+        let c = read(base.clone()).unwrap();
+        assert_eq!(c.caller_instance.as_deref(), Some("inst-1"));
+        assert_eq!(c.subject.as_deref(), Some("sa-1"));
+        assert_eq!(
+            c.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            ["duo_chat", "openid"]
+        );
+        assert_eq!(c.scope_evidence.found_in, Some(ClaimName::new("scope")));
+        for (name, value) in [
+            ("azp", serde_json::json!(7)),
+            ("scope", serde_json::json!(["a", 1])),
+        ] {
+            let mut p = base.clone();
+            p[name] = value;
+            assert_eq!(
+                read(p).err(),
+                Some(Rejection::InvalidClaim(ClaimName::new(name)))
+            );
+        }
     }
 }

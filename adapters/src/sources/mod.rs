@@ -8,7 +8,36 @@ pub mod static_keys;
 pub use remote::{IssuerSetting, Locator, RefreshPolicy, RemoteKeySource, RemoteSourceConfig};
 pub use static_keys::{KeyFile, KeyFormat, StaticKeySource};
 
-use duo_workflow_domain::keys::LoadReport;
+use duo_workflow_domain::keys::{Algorithm, Algorithms, IssuerKey, LoadReport};
+
+use crate::jose::keys::PublicKey;
+
+/// The keys narrowed to the algorithms their source allows: a key verifies only algorithms of
+/// its kind that its document and its source both allow; a key left with none is dropped, and
+/// why is returned.
+pub(crate) fn allowed_keys(
+    keys: Vec<IssuerKey<PublicKey>>,
+    allowed: &[Algorithm],
+) -> (Vec<IssuerKey<PublicKey>>, Vec<String>) {
+    let allowed = Algorithms::of(allowed);
+    let mut kept = Vec::with_capacity(keys.len());
+    let mut dropped = Vec::new();
+    for mut key in keys {
+        let narrowed = key.algorithms.intersection(allowed);
+        if narrowed.is_empty() {
+            dropped.push(format!(
+                "key {} ({} for {}): none of its algorithms is allowed ({allowed})",
+                key.kid.as_ref().map_or("without kid", |k| k.as_str()),
+                key.key.kind(),
+                key.algorithms,
+            ));
+        } else {
+            key.algorithms = narrowed;
+            kept.push(key);
+        }
+    }
+    (kept, dropped)
+}
 
 /// Warns about what a key set left out: keys beyond the cap, and `kid`s several keys carry
 /// (tokens naming them are refused).

@@ -12,14 +12,15 @@
 //! - the key set is swapped whole; a lock is only ever held to clone an `Arc`, never across a fetch;
 //! - the source never blocks or fails start-up: it starts empty and says why.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use duo_workflow_domain::issuers::{IssuerClaims, SourceIssuer};
 use duo_workflow_domain::keys::{Algorithm, KeySet};
-use duo_workflow_domain::ports::{Clock, KeySource, SourceState};
+use duo_workflow_domain::mapping::ClaimMapping;
+use duo_workflow_domain::ports::{Clock, KeySource, RefreshBasis, RefreshSchedule, SourceState};
 use duo_workflow_domain::{Issuer, UnixTime};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use rand::Rng;
@@ -56,11 +57,12 @@ impl std::fmt::Display for Locator {
 /// Which issuer a remote source serves.
 #[derive(Debug, Clone)]
 pub enum IssuerSetting {
-    /// Configured: the `iss` of the tokens these keys verify. A discovery document must name it
-    /// too (a trailing slash is the only difference tolerated; checklist row 17).
+    /// Configured: the `iss` of the tokens these keys verify, exactly as written (a trailing
+    /// slash is part of it). A discovery document must name it too, a trailing slash being the
+    /// only difference tolerated there (checklist row 17).
     Fixed(Issuer),
-    /// Whatever the discovery document under `Locator::Discovery { url: Some(_) }` names, without
-    /// a trailing slash: learned from the first document whose issuer [`IssuerClaims`] lets this
+    /// Whatever the discovery document under `Locator::Discovery { url: Some(_) }` names, exactly
+    /// as it names it: learned from the first document whose issuer [`IssuerClaims`] lets this
     /// source claim, and fixed from then on (a later document naming another is a failed
     /// refresh). The built-in GitLab and CustomersDot sources, reached by an internal URL whose
     /// document names the external issuer their tokens carry.
@@ -73,6 +75,9 @@ pub struct RefreshPolicy {
     /// Bounds applied to the provider's `Cache-Control: max-age`.
     pub min_interval: Duration,
     pub max_interval: Duration,
+    /// The interval when the key set comes without a `max-age` (within the bounds): short, so
+    /// that a key the provider removed is not trusted long.
+    pub default_interval: Duration,
     /// Keep serving the last good keys this long while refreshes fail.
     pub max_stale: Duration,
     /// At most one miss-triggered refetch per this interval.
@@ -89,6 +94,7 @@ impl Default for RefreshPolicy {
         Self {
             min_interval: Duration::from_secs(60),
             max_interval: Duration::from_secs(3600),
+            default_interval: Duration::from_secs(300),
             max_stale: Duration::from_secs(72 * 3600),
             miss_refetch_interval: Duration::from_secs(10),
             miss_wait: Duration::from_secs(5),
@@ -104,6 +110,8 @@ pub struct RemoteSourceConfig {
     pub issuer: IssuerSetting,
     pub locator: Locator,
     pub algorithms: Vec<Algorithm>,
+    /// How the source's tokens are read (GitLab's shape unless configured).
+    pub claims: ClaimMapping,
     pub required: bool,
     /// What keys the source accepts beyond the safe defaults.
     pub key_policy: KeyPolicy,
@@ -161,11 +169,14 @@ pub struct RemoteKeySource {
     clock: Arc<dyn Clock>,
     snapshot: RwLock<Arc<Snapshot>>,
     flight: Mutex<Flight>,
-    /// The refresh interval the last successful fetch earned.
-    next_refresh: Mutex<Duration>,
+    /// The refresh interval the last successful fetch earned (`None`: no fetch succeeded yet).
+    next_refresh: Mutex<Option<RefreshSchedule>>,
     /// Fetches (discovery, then JWKS) that installed keys, and those that failed.
     fetches_ok: AtomicU64,
     fetches_failed: AtomicU64,
+    /// Whether the difference of a trailing slash between the configured issuer and the
+    /// discovery document's was logged (once).
+    slash_warned: AtomicBool,
 }
 
 impl RemoteKeySource {
@@ -200,8 +211,11 @@ impl RemoteKeySource {
         if config.algorithms.is_empty() {
             return Err("no algorithms allowed".into());
         }
+        if config.refresh.min_interval > config.refresh.max_interval {
+            return Err("the refresh interval's minimum is above its maximum".into());
+        }
         let fetcher = Fetcher::new(config.fetch.clone())?;
-        let next_refresh = Mutex::new(config.refresh.max_interval);
+        let next_refresh = Mutex::new(None);
         Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
             config,
@@ -219,6 +233,7 @@ impl RemoteKeySource {
             next_refresh,
             fetches_ok: AtomicU64::new(0),
             fetches_failed: AtomicU64::new(0),
+            slash_warned: AtomicBool::new(false),
         }))
     }
 
@@ -228,6 +243,13 @@ impl RemoteKeySource {
             self.fetches_ok.load(Ordering::Relaxed),
             self.fetches_failed.load(Ordering::Relaxed),
         )
+    }
+
+    /// Fetches the keys once, now (or joins the fetch under way), without a background refresh
+    /// (`token explain`); whether keys were installed.
+    pub async fn fetch_once(&self) -> bool {
+        let fetch = self.join_or_start(&mut self.flight.lock().expect("flight lock"));
+        fetch.await.is_some()
     }
 
     /// Starts the background refresh (the first fetch starts now); it ends with the source.
@@ -276,7 +298,7 @@ impl RemoteKeySource {
             Ok((set, max_age)) => {
                 self.fetches_ok.fetch_add(1, Ordering::Relaxed);
                 let current = self.install(Arc::new(set));
-                *self.next_refresh.lock().expect("refresh lock") = self.interval_for(max_age);
+                *self.next_refresh.lock().expect("refresh lock") = Some(self.schedule_for(max_age));
                 Some(current)
             }
             Err(why) => {
@@ -297,11 +319,18 @@ impl RemoteKeySource {
         installed
     }
 
-    fn interval_for(&self, max_age: Option<Duration>) -> Duration {
+    /// When to fetch again: after the key set's `max-age`, or the default interval without one
+    /// (a provider that says nothing is not trusted for the maximum), within the bounds.
+    fn schedule_for(&self, max_age: Option<Duration>) -> RefreshSchedule {
         let r = &self.config.refresh;
-        max_age
-            .unwrap_or(r.max_interval)
-            .clamp(r.min_interval, r.max_interval)
+        let (interval, basis) = match max_age {
+            Some(age) => (age, RefreshBasis::CacheControl),
+            None => (r.default_interval, RefreshBasis::Default),
+        };
+        RefreshSchedule {
+            every_seconds: interval.clamp(r.min_interval, r.max_interval).as_secs(),
+            basis,
+        }
     }
 
     /// Installs a fetched set and returns the one now current: the previous `Arc` when nothing
@@ -340,11 +369,8 @@ impl RemoteKeySource {
         let fetched = self.fetcher.get(&jwks_uri).await?;
         let parsed = parse_jwks(&fetched.body, self.config.key_policy)?;
         super::report_dropped(&self.config.name, &self.issuer(), &parsed.dropped);
-        let usable: Vec<_> = parsed
-            .keys
-            .into_iter()
-            .filter(|k| self.config.algorithms.contains(&k.algorithm))
-            .collect();
+        let (usable, refused) = super::allowed_keys(parsed.keys, &self.config.algorithms);
+        super::report_dropped(&self.config.name, &self.issuer(), &refused);
         if usable.is_empty() {
             return Err(format!(
                 "{} holds no usable key for {:?}",
@@ -376,7 +402,23 @@ impl RemoteKeySource {
     /// named; a discovering source learns the first issuer it may claim, then holds to it.
     fn accept_issuer(&self, url: &Url, named: &str) -> Result<(), String> {
         let learned = match (&self.config.issuer, self.learned.get()) {
-            (IssuerSetting::Fixed(issuer), _) => return same_issuer(named, issuer.as_str()),
+            (IssuerSetting::Fixed(issuer), _) => {
+                same_issuer(named, issuer.as_str())?;
+                if named != issuer.as_str() && !self.slash_warned.swap(true, Ordering::Relaxed) {
+                    // Tokens carry what the provider states: with the configured form they
+                    // would all be refused as of an unknown issuer.
+                    tracing::warn!(
+                        source = %self.config.name,
+                        url = %Shown(url),
+                        configured = %issuer,
+                        stated = named,
+                        "the discovery document states the issuer with a different trailing \
+                         slash: tokens are matched against the configured issuer exactly; \
+                         write it as the document does if the tokens carry that form"
+                    );
+                }
+                return Ok(());
+            }
             (IssuerSetting::Discovered, Some(learned)) => {
                 return same_issuer(named, learned.as_str()).map_err(|e| {
                     format!(
@@ -384,7 +426,7 @@ impl RemoteKeySource {
                     )
                 })
             }
-            (IssuerSetting::Discovered, None) => Issuer::new(named.trim_end_matches('/')),
+            (IssuerSetting::Discovered, None) => Issuer::new(named),
         };
         self.claims
             .claim(&self.config.name, &learned)
@@ -481,7 +523,10 @@ async fn refresh_loop(source: Weak<RemoteKeySource>) {
             let fetch = source.join_or_start(&mut source.flight.lock().expect("flight lock"));
             if fetch.await.is_some() {
                 failures = 0;
-                *source.next_refresh.lock().expect("refresh lock")
+                let schedule = *source.next_refresh.lock().expect("refresh lock");
+                schedule.map_or(source.config.refresh.max_interval, |s| {
+                    Duration::from_secs(s.every_seconds)
+                })
             } else {
                 failures = failures.saturating_add(1);
                 backoff(&source.config.refresh, failures)
@@ -516,6 +561,10 @@ impl KeySource<PublicKey> for RemoteKeySource {
 
     fn algorithms(&self) -> &[Algorithm] {
         &self.config.algorithms
+    }
+
+    fn claim_mapping(&self) -> &ClaimMapping {
+        &self.config.claims
     }
 
     /// The last good keys, unless older than `max_stale`.
@@ -579,6 +628,10 @@ impl KeySource<PublicKey> for RemoteKeySource {
     fn required(&self) -> bool {
         self.config.required
     }
+
+    fn refresh(&self) -> Option<RefreshSchedule> {
+        *self.next_refresh.lock().expect("refresh lock")
+    }
 }
 
 #[cfg(test)]
@@ -602,6 +655,7 @@ mod tests {
                     url: Some(Url::parse(URL).unwrap()),
                 },
                 algorithms: vec![Algorithm::RS256],
+                claims: ClaimMapping::default(),
                 required: false,
                 key_policy: KeyPolicy::default(),
                 fetch: FetchPolicy::default(),
@@ -638,7 +692,8 @@ mod tests {
         gitlab
             .accept_issuer(&url(), "https://gitlab.example.com/")
             .unwrap();
-        let learned = Issuer::new("https://gitlab.example.com");
+        // Learned as the document states it: the slash is part of the issuer its tokens carry.
+        let learned = Issuer::new("https://gitlab.example.com/");
         assert_eq!(gitlab.issuer(), SourceIssuer::Discovered(Some(&learned)));
         // Fixed from now on: the same issuer (slash or not) is fine, another is refused.
         gitlab
@@ -685,6 +740,7 @@ mod tests {
             issuer: IssuerSetting::Discovered,
             locator,
             algorithms: vec![Algorithm::RS256],
+            claims: ClaimMapping::default(),
             required: false,
             key_policy: KeyPolicy::default(),
             fetch: FetchPolicy::default(),

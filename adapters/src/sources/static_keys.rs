@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use duo_workflow_domain::issuers::SourceIssuer;
 use duo_workflow_domain::keys::{Algorithm, IssuerKey, KeySet};
+use duo_workflow_domain::mapping::ClaimMapping;
 use duo_workflow_domain::ports::{Clock, KeySource, SourceState};
 use duo_workflow_domain::{Issuer, UnixTime};
 
@@ -48,13 +49,15 @@ pub struct StaticKeySource {
     name: String,
     issuer: Issuer,
     algorithms: Vec<Algorithm>,
+    claims: ClaimMapping,
     loaded: RwLock<Arc<Loaded>>,
     watch: Option<Watch>,
 }
 
 impl StaticKeySource {
     /// A source serving `keys`. `algorithms` empty means every supported algorithm: each key
-    /// still verifies only its own, and a reload may bring keys of another algorithm.
+    /// still verifies only those of its kind (and its JWK's `alg`), and a reload may bring keys
+    /// of another kind.
     pub fn new(
         name: impl Into<String>,
         issuer: Issuer,
@@ -63,16 +66,17 @@ impl StaticKeySource {
         loaded_at: UnixTime,
     ) -> Result<Self, String> {
         let name = name.into();
-        let keys = key_set(&name, &issuer, keys)?;
         let algorithms = if algorithms.is_empty() {
             Algorithm::ALL.to_vec()
         } else {
             algorithms
         };
+        let keys = key_set(&name, &issuer, &algorithms, keys)?;
         Ok(Self {
             name,
             issuer,
             algorithms,
+            claims: ClaimMapping::default(),
             loaded: RwLock::new(Arc::new(Loaded {
                 keys,
                 loaded_at,
@@ -129,6 +133,12 @@ impl StaticKeySource {
         Ok(source)
     }
 
+    /// This source's tokens are read with `claims` (default: GitLab's shape).
+    pub fn with_claim_mapping(mut self, claims: ClaimMapping) -> Self {
+        self.claims = claims;
+        self
+    }
+
     /// Swaps in new keys (the local authority's, on its reload). An empty list keeps the
     /// current keys.
     pub(crate) fn replace(
@@ -136,7 +146,7 @@ impl StaticKeySource {
         keys: Vec<IssuerKey<PublicKey>>,
         at: UnixTime,
     ) -> Result<(), String> {
-        let keys = key_set(&self.name, &self.issuer, keys)?;
+        let keys = key_set(&self.name, &self.issuer, &self.algorithms, keys)?;
         *self.loaded.write().expect("not poisoned") = Arc::new(Loaded {
             keys,
             loaded_at: at,
@@ -175,11 +185,15 @@ impl StaticKeySource {
     }
 }
 
+/// The key set of `keys`, each narrowed to the algorithms the source allows.
 fn key_set(
     name: &str,
     issuer: &Issuer,
+    algorithms: &[Algorithm],
     keys: Vec<IssuerKey<PublicKey>>,
 ) -> Result<Arc<KeySet<PublicKey>>, String> {
+    let (keys, refused) = super::allowed_keys(keys, algorithms);
+    super::report_dropped(name, issuer, &refused);
     if keys.is_empty() {
         return Err("no usable key".into());
     }
@@ -263,6 +277,10 @@ impl KeySource<PublicKey> for StaticKeySource {
 
     fn algorithms(&self) -> &[Algorithm] {
         &self.algorithms
+    }
+
+    fn claim_mapping(&self) -> &ClaimMapping {
+        &self.claims
     }
 
     fn current(&self) -> Option<Arc<KeySet<PublicKey>>> {

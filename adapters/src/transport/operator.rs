@@ -103,6 +103,12 @@ impl OperatorPages {
                 if let Some(reason) = reason {
                     v["reason"] = reason;
                 }
+                // Remote sources: how often the keys are fetched again, and whether the
+                // provider's `Cache-Control` or the source's default decided it.
+                if let Some(refresh) = s.refresh() {
+                    v["refresh_seconds"] = json!(refresh.every_seconds);
+                    v["refresh_from"] = json!(refresh.basis.as_str());
+                }
                 v
             })
             .collect();

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use duo_workflow_adapters::jose::keys::KeyPolicy;
 use duo_workflow_adapters::sources::{IssuerSetting, Locator, RemoteSourceConfig};
 use duo_workflow_domain::keys::Algorithm;
+use duo_workflow_domain::mapping::ClaimMapping;
 use duo_workflow_domain::policy::ClaimChecks;
 use duo_workflow_domain::ServiceName;
 use serde::Deserialize;
 
 use super::key_sources::{fetch_policy, refresh_policy, RefreshConfig};
-use super::values::{fetchable_url, issuer_url, parse_bool};
+use super::values::{base_url, fetchable_url, parse_bool};
 use super::{bad, ConfigError};
 
 pub const ENV_AUTH_ENABLED: &str = "DUO_WORKFLOW_AUTH__ENABLED";
@@ -117,12 +118,13 @@ pub(super) fn builtin_sources(
             disabled_sources.push((b.name, field));
             continue;
         }
-        let url = fetchable_url(field, &issuer_url(field, value)?, allow_insecure_http)?;
+        let url = fetchable_url(field, &base_url(field, value)?, allow_insecure_http)?;
         remote_sources.push(RemoteSourceConfig {
             name: b.name.into(),
             issuer: IssuerSetting::Discovered,
             locator: Locator::Discovery { url: Some(url) },
             algorithms: vec![Algorithm::RS256],
+            claims: ClaimMapping::default(),
             required: b.required,
             key_policy: KeyPolicy::default(),
             fetch: fetch_policy("auth.refresh", &auth.refresh, allow_insecure_http)?,

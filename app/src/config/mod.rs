@@ -40,8 +40,8 @@ pub use auth::{
 pub use authority::{SecretPem, SelfSignedJwtSection, ENV_SIGNING_KEY, ENV_VALIDATION_KEY};
 pub use file::FileConfig;
 pub use key_sources::{
-    parse_algorithms, KeySourceConfig, RefreshConfig, RemoteSourceFields, StaticSource,
-    StaticSourceConfig,
+    parse_algorithms, ClaimsConfig, KeySourceConfig, RefreshConfig, RemoteSourceFields,
+    StaticSource, StaticSourceConfig,
 };
 pub use limits::{LimitsSection, ENV_SHUTDOWN_GRACE_PERIOD};
 pub use logging::{
@@ -159,7 +159,7 @@ impl Settings {
         let methods = upstream::allowed_methods(&file.upstream, methods, env)?;
         let delegation = service::delegation(&file.user_tokens, env)?;
         let static_sources =
-            key_sources::configured_sources(file.key_sources, &mut remote_sources)?;
+            key_sources::configured_sources(file.key_sources, &mut remote_sources, &delegation)?;
         let http_public_url = service::http_public_url(&file.http)?;
         let limits = limits::limits(&file.limits, env)?;
         let tls = tls::tls(&file.tls, env)?;

@@ -10,7 +10,7 @@ use duo_workflow_domain::policy::Delegation;
 use duo_workflow_domain::{ServiceName, UnitPrimitive};
 use serde::Deserialize;
 
-use super::values::{comma_list, issuer_url, names, parse_bool, parse_ip, parse_port};
+use super::values::{base_url, comma_list, names, parse_bool, parse_ip, parse_port};
 use super::{bad, ConfigError, FileConfig};
 
 pub const ENV_PORT: &str = "PORT";
@@ -207,7 +207,7 @@ pub(super) fn delegation(
 pub(super) fn http_public_url(http: &HttpSection) -> Result<Option<String>, ConfigError> {
     match &http.public_url {
         None => Ok(None),
-        Some(u) => Ok(Some(issuer_url("http.public_url", u)?)),
+        Some(u) => Ok(Some(base_url("http.public_url", u)?)),
     }
 }
 

@@ -97,10 +97,26 @@ pub(super) fn names(field: &str, list: &[String]) -> Result<Vec<String>, ConfigE
     Ok(list.to_vec())
 }
 
-/// An http(s) URL with a host and no query or fragment, returned without a trailing slash
-/// (GitLab's issuers are written without one).
+/// A base URL (of a provider's discovery document, of the published keys): an http(s) URL with
+/// a host and no query or fragment, returned without a trailing slash, to which paths are added.
+pub(super) fn base_url(field: &str, value: &str) -> Result<String, ConfigError> {
+    Ok(http_url(field, value.trim())?
+        .trim_end_matches('/')
+        .to_owned())
+}
+
+/// An issuer that is a URL, exactly as written: the `iss` of the tokens is compared with it
+/// byte for byte, so its trailing slash, if any, is part of it (Auth0's and Azure AD's issuers
+/// end with one, GitLab's do not). Blanks around it are refused rather than trimmed.
 pub(super) fn issuer_url(field: &str, value: &str) -> Result<String, ConfigError> {
-    let value = value.trim();
+    if value.trim() != value {
+        return Err(bad(field, "an issuer has no blanks around it"));
+    }
+    http_url(field, value)
+}
+
+/// An http(s) URL with a host and no query or fragment.
+fn http_url(field: &str, value: &str) -> Result<String, ConfigError> {
     // The value is not echoed whole: a URL may carry credentials (checklist row 30).
     let url = Url::parse(value).map_err(|e| bad(field, format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -112,7 +128,7 @@ pub(super) fn issuer_url(field: &str, value: &str) -> Result<String, ConfigError
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad(field, "an issuer URL has no query or fragment"));
     }
-    Ok(value.trim_end_matches('/').to_owned())
+    Ok(value.to_owned())
 }
 
 /// A URL this service may fetch from (HTTPS, or HTTP to loopback unless allowed).
