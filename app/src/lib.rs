@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod explain;
 pub mod logging;
+pub mod readiness;
 pub mod reload;
 pub mod server;
 
