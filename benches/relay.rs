@@ -746,6 +746,18 @@ fn latency(seconds: f64) -> String {
     }
 }
 
+/// A figure's p50 and p99 latencies.
+fn p50_p99(f: &Figures) -> String {
+    let (p50, p99) = (f.p50.as_secs_f64(), f.p99.as_secs_f64());
+    format!("{} / {}", latency(p50), latency(p99))
+}
+
+/// What going through the service adds to the p50 latency, signed.
+fn added_p50(direct: &Figures, through: &Figures) -> String {
+    let added = through.p50.as_secs_f64() - direct.p50.as_secs_f64();
+    format!("{}{}", if added >= 0.0 { "+" } else { "" }, latency(added))
+}
+
 fn size_label(size: usize) -> String {
     format!("{} KiB", size / KIB)
 }
@@ -810,11 +822,6 @@ async fn bench(budget: Duration) {
             budget,
         )
         .await;
-        let p50_p99 = |f: &Figures| {
-            let (p50, p99) = (f.p50.as_secs_f64(), f.p99.as_secs_f64());
-            format!("{} / {}", latency(p50), latency(p99))
-        };
-        let added = through.p50.as_secs_f64() - direct.p50.as_secs_f64();
         println!(
             "{:>7} {:>6} | {:>9.0} {:>9.0} | {:>21} {:>21} | {:>10}",
             load.0,
@@ -823,7 +830,7 @@ async fn bench(budget: Duration) {
             through.per_second,
             p50_p99(&direct),
             p50_p99(&through),
-            format!("{}{}", if added >= 0.0 { "+" } else { "" }, latency(added)),
+            added_p50(&direct, &through),
         );
         measured.push((load, direct, through));
     }
@@ -869,11 +876,6 @@ async fn bench(budget: Duration) {
             budget,
         )
         .await;
-        let p50_p99 = |f: &Figures| {
-            let (p50, p99) = (f.p50.as_secs_f64(), f.p99.as_secs_f64());
-            format!("{} / {}", latency(p50), latency(p99))
-        };
-        let added = through.p50.as_secs_f64() - direct.p50.as_secs_f64();
         let service_cpu = through.per_trip(through.service.unwrap_or_default().cpu);
         println!(
             "{:>7} | {:>9.0} {:>9.0} {:>6.2}x | {:>21} {:>21} | {:>10} | {:>8} {:>8} {:>7.2}x",
@@ -883,7 +885,7 @@ async fn bench(budget: Duration) {
             through.per_second / direct.per_second,
             p50_p99(&direct),
             p50_p99(&through),
-            format!("{}{}", if added >= 0.0 { "+" } else { "" }, latency(added)),
+            added_p50(&direct, &through),
             micros(direct.cpu()),
             micros(service_cpu),
             service_cpu.as_secs_f64() / direct.cpu().as_secs_f64(),

@@ -124,6 +124,29 @@ fn caller(dir: &TempDir) -> (std::path::PathBuf, Vec<(String, String)>) {
     (config, headers)
 }
 
+/// The service in front of `executors.test:port`, a name `names` resolves, again every second;
+/// and a caller's metadata.
+async fn service_resolving(
+    dir: &TempDir,
+    port: u16,
+    names: &Arc<Names>,
+) -> (Running, Vec<(String, String)>) {
+    let (config, headers) = caller(dir);
+    let url = format!("http://executors.test:{port}");
+    let service = support::start_service_resolving(
+        Some(&config),
+        &[
+            (ENV_UPSTREAM_URL, &url),
+            (ENV_UPSTREAM_SERVER_CAPABILITIES, ""),
+            (ENV_UPSTREAM_RESOLVE_SECONDS, "1"),
+        ],
+        names.clone(),
+    )
+    .await
+    .unwrap();
+    (service, headers)
+}
+
 type Events = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
 
 /// An open `ExecuteWorkflow` stream through the service.
@@ -348,19 +371,7 @@ async fn a_name_resolving_to_three_executors_spreads_streams_and_follows_the_add
     let names = Arc::new(Names::default());
     names.set(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
     let dir = TempDir::new();
-    let (config, headers) = caller(&dir);
-    let url = format!("http://executors.test:{port}");
-    let service = support::start_service_resolving(
-        Some(&config),
-        &[
-            (ENV_UPSTREAM_URL, &url),
-            (ENV_UPSTREAM_SERVER_CAPABILITIES, ""),
-            (ENV_UPSTREAM_RESOLVE_SECONDS, "1"),
-        ],
-        names.clone(),
-    )
-    .await
-    .unwrap();
+    let (service, headers) = service_resolving(&dir, port, &names).await;
     let [e2, e3, e4, e5] = [&executors[0], &executors[1], &executors[2], &executors[3]];
 
     let mut streams = open_streams(&service, &headers, 300).await;
@@ -443,19 +454,7 @@ async fn a_name_resolving_to_nothing_at_start_is_unavailable_until_it_resolves()
     let executor = Executor::on(listeners.into_iter().next().unwrap());
     let names = Arc::new(Names::default());
     let dir = TempDir::new();
-    let (config, headers) = caller(&dir);
-    let url = format!("http://executors.test:{port}");
-    let service = support::start_service_resolving(
-        Some(&config),
-        &[
-            (ENV_UPSTREAM_URL, &url),
-            (ENV_UPSTREAM_SERVER_CAPABILITIES, ""),
-            (ENV_UPSTREAM_RESOLVE_SECONDS, "1"),
-        ],
-        names.clone(),
-    )
-    .await
-    .unwrap();
+    let (service, headers) = service_resolving(&dir, port, &names).await;
     let h: Vec<(&str, &str)> = headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
