@@ -33,11 +33,18 @@ pub struct Readiness {
     reloader: Arc<Reloader>,
     /// Where `server_capabilities` come from: `""` waits for the executor's first list.
     capabilities: ServerCapabilities,
-    /// What the entries say now: each source's (and whether the capabilities settled), and
-    /// `reload`'s. One update at a time.
-    reported: tokio::sync::Mutex<(Option<(Vec<bool>, bool)>, Option<bool>)>,
+    /// What the entries say now. One update at a time.
+    reported: tokio::sync::Mutex<Reported>,
     /// Shutting down: `""` stays NOT_SERVING whatever the sources say.
     stopping: AtomicBool,
+}
+
+/// What the entries were last set to.
+#[derive(Default)]
+struct Reported {
+    /// Each source's state, and whether the executor's capabilities settled.
+    sources: Option<(Vec<bool>, bool)>,
+    reload: Option<bool>,
 }
 
 fn status(ok: bool) -> ServingStatus {
@@ -61,7 +68,7 @@ impl Readiness {
             sources,
             reloader,
             capabilities,
-            reported: tokio::sync::Mutex::new((None, None)),
+            reported: tokio::sync::Mutex::default(),
             stopping: AtomicBool::new(false),
         });
         let service = UpToDate {
@@ -75,16 +82,16 @@ impl Readiness {
     pub async fn refresh(&self) {
         let mut reported = self.reported.lock().await;
         let reload_ok = self.reloader.healthy();
-        if reported.1 != Some(reload_ok) {
+        if reported.reload != Some(reload_ok) {
             self.reporter
                 .set_service_status(RELOAD_HEALTH_NAME, status(reload_ok))
                 .await;
-            reported.1 = Some(reload_ok);
+            reported.reload = Some(reload_ok);
         }
         let states: Vec<bool> = self.sources.iter().map(|s| s.state().has_keys()).collect();
         // The executor's first capabilities, for the first user tokens (or the wait is over).
         let settled = self.capabilities.settled();
-        if reported.0.as_ref() != Some(&(states.clone(), settled)) {
+        if reported.sources.as_ref() != Some(&(states.clone(), settled)) {
             for (source, ok) in self.sources.iter().zip(&states) {
                 self.reporter
                     .set_service_status(health_name(source.name()), status(*ok))
@@ -102,7 +109,7 @@ impl Readiness {
             self.reporter
                 .set_service_status(Rpc::SERVICE, status(ready))
                 .await;
-            reported.0 = Some((states, settled));
+            reported.sources = Some((states, settled));
         }
     }
 
