@@ -442,6 +442,13 @@ async fn a_name_resolving_to_three_executors_spreads_streams_and_follows_the_add
             .any(|(a, _, _)| *a == second)
     })
     .await;
+    // Its series went with it; the others' remain.
+    let metrics = support::get_with_host(service.operator_addr, "/metrics", "localhost")
+        .await
+        .2;
+    let series = |endpoint: &str| format!("endpoint=\"{endpoint}\"");
+    assert!(!metrics.contains(&series(&second)), "{metrics}");
+    assert!(metrics.contains(&series(&fifth)), "{metrics}");
     assert_eq!(counts(&[e2, e3, e4, e5]), [0, 0, 0, 0]);
 }
 
