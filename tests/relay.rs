@@ -17,10 +17,10 @@ use duo_workflow_contract::*;
 use duo_workflow_service::config::{
     ENV_UPSTREAM_CA_FILE, ENV_UPSTREAM_SERVER_CAPABILITIES, ENV_UPSTREAM_URL,
 };
-use duo_workflow_service::server::Running;
 use hyper::body::Frame;
 use prost::Message;
 use support::raw::{self, RawExecutor};
+use support::Running;
 use support::{instance_token, key, start_service, static_source_config, TempDir, AGENT_PLATFORM};
 use tonic::Code;
 

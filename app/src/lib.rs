@@ -1,10 +1,11 @@
-//! The application: configuration ([`config`]), logging ([`logging`]), reading files again
+//! The application: configuration ([`config`]), logging ([`logging`]) and panics ([`panics`]), reading files again
 //! ([`reload`]), wiring and serving ([`server`]), and the command-line tools ([`cli`]).
 //! `main.rs` only parses arguments and dispatches.
 
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod panics;
 pub mod reload;
 pub mod server;
 

@@ -219,6 +219,13 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         "Log lines dropped because stderr did not keep up (calls never wait for it).",
         crate::logging::dropped_lines,
     );
+    // A panic anywhere in the process is logged and counted, never a silent dead task.
+    crate::panics::install();
+    metrics.counter_fn(
+        "duo_workflow_panics",
+        "Panics in the process since it started (each logged at ERROR with its task's span).",
+        crate::panics::count,
+    );
     let mode = if settings.auth_enabled {
         let authenticator = Arc::new(
             JwtAuthenticator::new(sources, settings.claim_checks.clone(), clock.clone())
