@@ -664,6 +664,20 @@ impl Metrics {
         });
     }
 
+    /// A gauge kept elsewhere, read when scraped.
+    pub fn gauge_fn(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        read: impl Fn() -> i64 + Send + Sync + 'static,
+    ) {
+        self.register_collector(GaugeFn {
+            name,
+            help,
+            read: Box::new(read),
+        });
+    }
+
     /// Every family, in Prometheus's text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -695,6 +709,26 @@ impl Collector for CounterFn {
         let counter = ConstCounter::new((self.read)());
         let m = encoder.encode_descriptor(self.name, self.help, None, counter.metric_type())?;
         counter.encode(m)
+    }
+}
+
+struct GaugeFn {
+    name: &'static str,
+    help: &'static str,
+    read: Box<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for GaugeFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GaugeFn").field("name", &self.name).finish()
+    }
+}
+
+impl Collector for GaugeFn {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new((self.read)());
+        let m = encoder.encode_descriptor(self.name, self.help, None, gauge.metric_type())?;
+        gauge.encode(m)
     }
 }
 
@@ -928,6 +962,7 @@ mod tests {
             .executor_error("UNAVAILABLE", ErrorOrigin::Relay);
         let open = metrics.relay().stream_opened();
         metrics.counter_fn("test_dropped", "test", || 7);
+        metrics.gauge_fn("test_level", "test", || 3);
         let text = metrics.render();
         assert!(text.contains(
             r#"grpc_server_handled_total{grpc_type="unary",grpc_service="DuoWorkflow",grpc_method="ListTools",grpc_code="OK"} 1"#
@@ -941,6 +976,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("test_dropped_total 7"), "{text}");
+        assert!(text.contains("test_level 3"), "{text}");
         assert!(
             text.contains(r#"duo_workflow_auth_build_info{version=""#),
             "{text}"
