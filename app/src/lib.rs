@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod panics;
+pub mod readiness;
 pub mod reload;
 pub mod server;
 

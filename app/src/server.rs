@@ -23,7 +23,7 @@ use duo_workflow_domain::gatekeeper::{AuthMode, Gatekeeper, UnitPrimitiveAuthori
 use duo_workflow_domain::issuers::{IssuerClaims, SourceIssuer};
 use duo_workflow_domain::keys::Algorithm;
 use duo_workflow_domain::ports::Clock;
-use duo_workflow_domain::{Issuer, Rpc};
+use duo_workflow_domain::Issuer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -393,53 +393,6 @@ pub fn health_name(source: &str) -> String {
 /// that do not load (the previous ones are in use; the service itself stays ready).
 pub const RELOAD_HEALTH_NAME: &str = "reload";
 
-/// Keeps the health service in step with the key sources: one entry per source (serving when it
-/// has keys), the overall state and `DuoWorkflow` serving once every required source has keys,
-/// and the `reload` entry.
-async fn report_readiness(
-    reporter: tonic_health::server::HealthReporter,
-    sources: Vec<DynKeySource>,
-    reloader: Arc<Reloader>,
-) {
-    use tonic_health::ServingStatus;
-    let status = |ok: bool| {
-        if ok {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        }
-    };
-    let mut last: Option<Vec<bool>> = None;
-    let mut last_reload: Option<bool> = None;
-    loop {
-        let reload_ok = reloader.healthy();
-        if last_reload != Some(reload_ok) {
-            reporter
-                .set_service_status(RELOAD_HEALTH_NAME, status(reload_ok))
-                .await;
-            last_reload = Some(reload_ok);
-        }
-        let states: Vec<bool> = sources.iter().map(|s| s.state().has_keys()).collect();
-        if last.as_ref() != Some(&states) {
-            for (source, ok) in sources.iter().zip(&states) {
-                reporter
-                    .set_service_status(health_name(source.name()), status(*ok))
-                    .await;
-            }
-            let ready = sources
-                .iter()
-                .zip(&states)
-                .all(|(s, ok)| *ok || !s.required());
-            reporter.set_service_status("", status(ready)).await;
-            reporter
-                .set_service_status(Rpc::SERVICE, status(ready))
-                .await;
-            last = Some(states);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// Serves until `shutdown` resolves; then stops accepting, lets in-flight calls finish for the
 /// grace period, and returns.
 pub async fn serve(
@@ -450,12 +403,9 @@ pub async fn serve(
     for source in &service.remote {
         source.spawn_refresh();
     }
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    let readiness = tokio::spawn(report_readiness(
-        health_reporter.clone(),
-        service.sources.clone(),
-        service.reloader.clone(),
-    ));
+    let (readiness, health) =
+        crate::readiness::Readiness::new(service.sources.clone(), service.reloader.clone());
+    let readiness_updates = tokio::spawn(readiness.clone().run());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stopped_http = {
         let mut rx = stop.subscribe();
@@ -521,16 +471,14 @@ pub async fn serve(
         () = &mut server => true,
         () = shutdown => false,
     };
-    readiness.abort();
+    readiness_updates.abort();
     reloads.abort();
     if !stopped_early {
         tracing::info!(
             grace_seconds = service.grace.as_secs(),
             "shutting down: no new calls; in-flight calls may finish"
         );
-        health_reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        readiness.stopping().await;
         let _ = stop.send(true);
         if tokio::time::timeout(service.grace, server).await.is_err() {
             tracing::warn!("grace period over: remaining calls are cut off");
