@@ -184,6 +184,10 @@ pub struct Sample {
     pub relayed: u64,
     /// `duo_workflow_panics_total`.
     pub panics: u64,
+    /// `duo_workflow_auth_verified_token_cache_entries` and `_bytes`: bounded by design
+    /// (10 000 entries, 16 MiB), and filling as distinct user tokens are seen.
+    pub cache_entries: u64,
+    pub cache_bytes: u64,
 }
 
 pub async fn sample(pid: u32, operator: std::net::SocketAddr, at: f64) -> Option<Sample> {
@@ -222,6 +226,8 @@ pub async fn sample(pid: u32, operator: std::net::SocketAddr, at: f64) -> Option
         tasks: metric("duo_workflow_runtime_alive_tasks").max(0.0) as u64,
         relayed: metric("duo_workflow_auth_relay_open_streams").max(0.0) as u64,
         panics: metric("duo_workflow_panics_total").max(0.0) as u64,
+        cache_entries: metric("duo_workflow_auth_verified_token_cache_entries").max(0.0) as u64,
+        cache_bytes: metric("duo_workflow_auth_verified_token_cache_bytes").max(0.0) as u64,
     })
 }
 
