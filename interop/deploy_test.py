@@ -13,7 +13,7 @@ the code says (the source files, and the binary itself):
 * every key of the ConfigMap's TOML is a field of `FileConfig` and its sections in config.rs;
 * every container, Service, probe, NetworkPolicy and scrape port is the port the service listens
   on with that environment and file (or its default, from config.rs);
-* every gRPC probe asks for a health entry `app/src/server.rs` sets, readiness for `""`, liveness
+* every gRPC probe asks for a health entry `app/src/readiness.rs` sets, readiness for `""`, liveness
   and start-up for one that stays SERVING whenever the process answers;
 * the Secret is mounted whole (no subPath, which the kubelet never refreshes) where the TOML looks
   for the key files, the example Secret holds no key, the pods and containers run as non-root
@@ -47,6 +47,8 @@ DOCKERFILE = REPO / "deploy" / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 CONFIG_RS = REPO / "app" / "src" / "config.rs"
 SERVER_RS = REPO / "app" / "src" / "server.rs"
+# Where the health entries are set (server.rs keeps their names: health_name, the constants).
+READINESS_RS = REPO / "app" / "src" / "readiness.rs"
 METHOD_RS = REPO / "domain" / "src" / "method.rs"
 AUTHORITY_RS = REPO / "adapters" / "src" / "authority.rs"
 
@@ -136,12 +138,13 @@ class Code:
         return errors
 
     def health_names(self, static_sources: list, remote_sources: list) -> set:
-        """The entries server.rs sets in the health service, resolved to names: string literals,
+        """The entries readiness.rs (or server.rs) sets in the health service, resolved to names: string literals,
         server.rs's own `&str` constants, `Rpc::SERVICE` (domain/src/method.rs) and `health_name(source)` for every key source the
         configuration can have (the local authority, the two built-in ones, the file's)."""
         server = SERVER_RS.read_text()
-        args = re.findall(r"set_service_status\(\s*([^,]+?)\s*,", server)
-        self.h.expect(args, "server.rs sets no health entry (set_service_status)")
+        setters = server + (READINESS_RS.read_text() if READINESS_RS.exists() else "")
+        args = re.findall(r"set_service_status\(\s*([^,]+?)\s*,", setters)
+        self.h.expect(args, "readiness.rs and server.rs set no health entry (set_service_status)")
         prefix = re.search(r'fn health_name\(\w+: &str\) -> String \{\s*format!\("([^"{]*)\{\w+\}"\)', server)
         self.h.expect(prefix is not None, "server.rs: health_name is no longer format!(\"<prefix>{source}\")")
         authority = re.search(r'pub const KEY_SOURCE_NAME: &str = "([^"]+)";', AUTHORITY_RS.read_text())
