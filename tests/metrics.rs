@@ -323,6 +323,7 @@ async fn every_family_moves_as_good_refused_unavailable_and_relayed_calls_go_thr
     );
     assert!(after.has("duo_workflow_auth_log_lines_dropped_total", &[]));
     assert_eq!(after.value("duo_workflow_panics_total", &[]), 0.0);
+    assert!(after.value("duo_workflow_runtime_alive_tasks", &[]) > 0.0);
     assert!(after.has("duo_workflow_auth_refusal_log_lines_suppressed_total", &[]));
 
     // An unreachable executor: the relay's own UNAVAILABLE.

@@ -1112,17 +1112,24 @@ async fn run(args: Args) -> usize {
                  [auth.refresh]\nmin_seconds = {REFRESH_SECONDS}\nmax_seconds = {REFRESH_SECONDS}\ntimeout_ms = 5000\n\
                  [self_signed_jwt]\nsigning_key_file = \"{}\"\nvalidation_key_file = \"{}\"\n\
                  [reload]\npoll_seconds = {poll}\n\
-                 [limits]\nshutdown_grace_seconds = {GRACE_SECONDS}\nhandshake_timeout_seconds = {HANDSHAKE_SECONDS}\n",
+                 [limits]\nshutdown_grace_seconds = {GRACE_SECONDS}\nhandshake_timeout_seconds = {HANDSHAKE_SECONDS}\n{}\n",
                 provider.url(),
                 dir.join("signing.pem").display(),
                 dir.join("validation.pem").display(),
+                // More `[limits]` keys for every replica, e.g. to take a cache out of a run.
+                std::env::var("SOAK_REPLICA_LIMITS").unwrap_or_default(),
             ),
         )
         .unwrap();
+        // `SOAK_REPLICA_ENV_<NAME>=value` gives every replica `<NAME>=value` (e.g. allocator
+        // settings for an experiment); nothing else of this environment reaches them.
+        let env = std::env::vars()
+            .filter_map(|(k, v)| Some((k.strip_prefix("SOAK_REPLICA_ENV_")?.to_owned(), v)))
+            .collect();
         replicas.push(Replica {
             index: r,
             config,
-            env: Vec::new(),
+            env,
             live: RwLock::new(None),
             draining: AtomicBool::new(false),
             proc: tokio::sync::Mutex::new(None),
