@@ -637,10 +637,18 @@ impl World {
         let mut open = 0;
         for mut s in idle {
             use tokio::io::AsyncReadExt;
-            let mut buf = [0u8; 64];
+            // The server's own SETTINGS come first; closed is the end of the stream (or an error).
+            let closed = async {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            };
             let left = limit.saturating_sub(opened.elapsed());
-            match tokio::time::timeout(left, s.read(&mut buf)).await {
-                Ok(_) => latest = latest.max(opened.elapsed()),
+            match tokio::time::timeout(left, closed).await {
+                Ok(()) => latest = latest.max(opened.elapsed()),
                 Err(_) => open += 1,
             }
         }
