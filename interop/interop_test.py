@@ -686,9 +686,14 @@ def clean_environment() -> dict:
     return env
 
 
+# Every service process any module started, for the closing panic check.
+ALL_PROCESSES = []
+
+
 class ServiceProcess:
     def __init__(self, name: str, binary: str, settings: dict, log_dir: Path, listen="127.0.0.1", credentials=None,
                  config: Path = None):
+        ALL_PROCESSES.append(self)
         self.name = name
         self.listen = listen  # the address to serve on, and to call
         self.credentials = credentials  # grpc.ssl_channel_credentials for a TLS process
@@ -863,6 +868,18 @@ def h2_call_frames(port: int, header_block: bytes, body: bytes, timeout: float):
         except (EOFError, ConnectionResetError):
             yield ("CLOSED", None, None)
 
+def check_no_panics(s: "Suite") -> None:
+    """A panic is a failure wherever it happened, even when every call a check made passed: one
+    check per service process started, on its whole log."""
+    s.deadline = max(s.deadline, time.monotonic() + 10.0)  # reading logs, whatever time is left
+    for p in ALL_PROCESSES:
+        def check(p=p):
+            line = next((l for l in p.log_text().splitlines() if "panicked at" in l), None)
+            expect(line is None, f"the process panicked: {line}")
+
+        s.check(f"panics.{p.name}.none_in_log", check)
+
+
 def run_alone(argv, run, prefix: str) -> int:
     """Runs one module's checks (`run(suite, h, binary, tmp)`) on their own: what
     `python interop/<module>.py BINARY` does (interop/run.sh runs them all as one suite)."""
@@ -874,6 +891,7 @@ def run_alone(argv, run, prefix: str) -> int:
         (tmp / "stubs").mkdir()
         load_stubs(tmp / "stubs")
         run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
+        check_no_panics(suite)
     print(f"{suite.passed} passed, {suite.failed} failed", flush=True)
     return 0 if suite.failed == 0 else 1
 
@@ -2337,6 +2355,7 @@ def main(argv) -> int:
         rotation_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
         # Real OpenID providers (oidc-provider, Node) shaped like Keycloak, Okta, Auth0, Azure AD.
         providers_test.run(suite, sys.modules[__name__], str(binary.resolve()), tmp)
+        check_no_panics(suite)
         keep = os.environ.get("INTEROP_KEEP_LOGS")
         if keep:  # every process's whole log, for a failure that the last lines do not explain
             Path(keep).mkdir(parents=True, exist_ok=True)

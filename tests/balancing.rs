@@ -18,10 +18,10 @@ use duo_workflow_domain::ports::NameResolver;
 use duo_workflow_service::config::{
     ENV_UPSTREAM_RESOLVE_SECONDS, ENV_UPSTREAM_SERVER_CAPABILITIES, ENV_UPSTREAM_URL,
 };
-use duo_workflow_service::server::Running;
 use hyper::body::Frame;
 use prost::Message;
 use support::raw::{self, RawExecutor};
+use support::Running;
 use support::{instance_token, key, static_source_config, TempDir, AGENT_PLATFORM};
 
 const GITLAB: &str = "https://gitlab.test";

@@ -284,12 +284,13 @@ async fn an_authority_pair_replaced_one_file_at_a_time_refuses_no_good_token() {
     ));
     std::fs::write(&config, toml).unwrap();
     let service = start_service(Some(&config), &[]).await.unwrap();
+    let addr = service.addr;
 
     let claims = user_token_claims();
     let accepted = |k: &support::SigningKeyPem| {
         let user_token = token::sign(&k.key, &claims, true);
         async move {
-            match execute_workflow(service.addr, &Headers::bearer(&user_token)).await {
+            match execute_workflow(addr, &Headers::bearer(&user_token)).await {
                 Err(s) if s.code() == Code::Unimplemented => true, // past authentication
                 Err(s) if s.code() == Code::Unauthenticated => false,
                 other => panic!("unexpected {other:?}"),

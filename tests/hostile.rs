@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 
-use duo_workflow_service::server::Running;
 use serde_json::{json, Value};
+use support::Running;
 use support::{
     assert_status, b64, generate_token, good_claims, key, sign_raw, start_service, Headers,
     SigningKeyPem, TempDir, EXECUTE, SERVICE,

@@ -10,8 +10,9 @@ use duo_workflow_service::cli::mint;
 use duo_workflow_service::config::{
     ENV_AIGW_GITLAB_URL, ENV_OIDC_CUSTOMER_PORTAL_URL, ENV_OIDC_GITLAB_URL, ENV_SIGNING_KEY,
 };
-use duo_workflow_service::server::{health_name, Running};
+use duo_workflow_service::server::health_name;
 use support::provider::{self, Mode, Provider};
+use support::Running;
 use support::{
     assert_status, execute_workflow, generate_token, get_with_host, instance_request, key,
     start_service, start_service_unsetting, Headers, TempDir, EXECUTE, SERVICE,

@@ -38,7 +38,7 @@ async fn service_with(
     dir: &TempDir,
     limits: &str,
     env: &[(&str, &str)],
-) -> (duo_workflow_service::server::Running, Headers) {
+) -> (support::Running, Headers) {
     let instance = key("rs256-instance");
     let config = static_source_config(dir, GITLAB, &[&instance]);
     let text = std::fs::read_to_string(&config).unwrap();
@@ -60,6 +60,7 @@ fn health_request() -> raw::ChannelBody {
 async fn metadata_of_24_kib_passes_and_more_is_resource_exhausted_as_a_grpc_status() {
     let dir = TempDir::new();
     let (service, headers) = service_with(&dir, "", &[]).await;
+    let addr = service.addr;
     // A request whose metadata (counted as HPACK does, pseudo-headers included) is `total` bytes.
     let request_of = |total: usize| {
         let bare = raw::request(HEALTH_CHECK, &[("x-padding", "")], health_request());
@@ -71,7 +72,7 @@ async fn metadata_of_24_kib_passes_and_more_is_resource_exhausted_as_a_grpc_stat
     };
     let status_of = |total: usize| {
         let req = request_of(total);
-        async move { raw::call(service.addr, req).await }
+        async move { raw::call(addr, req).await }
     };
     let at_limit = status_of(24 * 1024).await;
     assert_eq!(at_limit.grpc_status(), Some("0"), "{at_limit:?}");
@@ -93,7 +94,7 @@ async fn metadata_of_24_kib_passes_and_more_is_resource_exhausted_as_a_grpc_stat
             headers.apply(req.metadata_mut());
             req.metadata_mut()
                 .insert("x-padding", "p".repeat(pad).parse().unwrap());
-            client(service.addr).await.generate_token(req).await
+            client(addr).await.generate_token(req).await
         }
     };
     call(22 * 1024).await.expect("22 KiB of padding passes");

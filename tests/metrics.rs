@@ -88,7 +88,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 /// The service with a working static source (`test-gitlab`), a source whose provider is down
 /// (`down`), and a fake executor.
 struct World {
-    service: duo_workflow_service::server::Running,
+    service: support::Running,
     executor: support::executor::RunningExecutor,
     _dir: TempDir,
 }
@@ -322,6 +322,8 @@ async fn every_family_moves_as_good_refused_unavailable_and_relayed_calls_go_thr
         1.0
     );
     assert!(after.has("duo_workflow_auth_log_lines_dropped_total", &[]));
+    assert_eq!(after.value("duo_workflow_panics_total", &[]), 0.0);
+    assert!(after.value("duo_workflow_runtime_alive_tasks", &[]) > 0.0);
     assert!(after.has("duo_workflow_auth_refusal_log_lines_suppressed_total", &[]));
 
     // An unreachable executor: the relay's own UNAVAILABLE.

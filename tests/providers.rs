@@ -5,8 +5,8 @@
 mod support;
 
 use duo_workflow_service::config::ENV_SIGNING_KEY;
-use duo_workflow_service::server::Running;
 use serde_json::{json, Value};
+use support::Running;
 use support::{
     assert_status, decode_segment, execute_workflow, generate_token, generate_token_for, key,
     sign_raw, start_service, Headers, SigningKeyPem, TempDir, AGENT_PLATFORM, CHAT, EXECUTE,

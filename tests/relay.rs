@@ -17,10 +17,10 @@ use duo_workflow_contract::*;
 use duo_workflow_service::config::{
     ENV_UPSTREAM_CA_FILE, ENV_UPSTREAM_SERVER_CAPABILITIES, ENV_UPSTREAM_URL,
 };
-use duo_workflow_service::server::Running;
 use hyper::body::Frame;
 use prost::Message;
 use support::raw::{self, RawExecutor};
+use support::Running;
 use support::{instance_token, key, start_service, static_source_config, TempDir, AGENT_PLATFORM};
 use tonic::Code;
 
@@ -629,6 +629,51 @@ async fn an_executor_giving_up_at_the_forwarded_deadline_is_a_deadline_exceeded(
         );
         drop(events);
     }
+}
+
+/// An executor whose own status comes once the caller's deadline has passed, before the relay's
+/// timer fires (a tonic executor answers `CANCELLED "Timeout expired"` at the deadline it was
+/// given, a moment after ours; the soak saw it reach callers 2 times in 76): the caller gets
+/// `DEADLINE_EXCEEDED`, whichever the relay sees first. A deadline of one microsecond has always
+/// passed when the executor's instant answer arrives, and the relay's timer fires at the next
+/// millisecond tick at the earliest, so without the rule most of these calls got `CANCELLED`.
+#[tokio::test]
+async fn an_executor_status_after_the_callers_deadline_is_a_deadline_exceeded() {
+    let executor = RawExecutor::start(|_req| async move {
+        let (tx, body) = raw::channel_body(1);
+        drop(tx);
+        raw::response(
+            &[("grpc-status", "1"), ("grpc-message", "Timeout expired")],
+            body,
+        )
+    })
+    .await;
+    let (service, headers, _dir) = service_before(&executor, &[AGENT_PLATFORM], &[]).await;
+    let mut h = pairs(&headers);
+    h.push(("grpc-timeout", "1u"));
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..50 {
+        let body = raw::frames_body(vec![Frame::data(raw::framed(
+            &ListToolsRequest {}.encode_to_vec(),
+        ))]);
+        let response = raw::call(
+            service.addr,
+            raw::request("/DuoWorkflow/ListTools", &h, body),
+        )
+        .await;
+        *statuses
+            .entry(format!(
+                "{:?} {:?}",
+                response.grpc_status(),
+                response.grpc_message()
+            ))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        statuses.keys().collect::<Vec<_>>(),
+        [r#"Some("4") Some("Deadline Exceeded")"#],
+        "{statuses:?}"
+    );
 }
 
 /// An executor that reads the request whole and answers with one message of `answer_len` bytes.

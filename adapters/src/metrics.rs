@@ -1023,6 +1023,7 @@ mod tests {
             .executor_error("UNAVAILABLE", ErrorOrigin::Relay);
         let open = metrics.relay().stream_opened();
         metrics.counter_fn("test_dropped", "test", || 7);
+        metrics.gauge_fn("test_level", "test", || 3);
         let text = metrics.render();
         assert!(text.contains(
             r#"grpc_server_handled_total{grpc_type="unary",grpc_service="DuoWorkflow",grpc_method="ListTools",grpc_code="OK"} 1"#
@@ -1036,6 +1037,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("test_dropped_total 7"), "{text}");
+        assert!(text.contains("test_level 3"), "{text}");
         assert!(
             text.contains(r#"duo_workflow_auth_build_info{version=""#),
             "{text}"

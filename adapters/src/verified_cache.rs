@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use duo_workflow_domain::identity::CopiedClaim;
 use duo_workflow_domain::keys::KeySet;
-use duo_workflow_domain::{Claims, Issuer, Rejection};
+use duo_workflow_domain::mapping::ClaimName;
+use duo_workflow_domain::{Claims, Issuer, Rejection, UnitPrimitive};
 use ring::digest;
 
 use crate::authenticator::DynKeySource;
@@ -60,33 +62,63 @@ impl Entry {
         keys: &Arc<KeySet<PublicKey>>,
         token_len: usize,
     ) -> Self {
-        let c = &claims;
-        let strings = c.issuer.as_str().len()
-            + c.subject.as_ref().map_or(0, String::len)
-            + c.audience.iter().map(String::len).sum::<usize>()
-            + c.scopes.iter().map(|s| s.as_str().len()).sum::<usize>()
-            + c.scope_evidence
-                .provider_scopes
-                .iter()
-                .map(String::len)
-                .sum::<usize>()
-            + [
-                &c.realm,
-                &c.instance_id,
-                &c.caller_instance,
-                &c.duo_seat_count,
-                &c.jti,
-            ]
-            .iter()
-            .map(|s| s.as_ref().map_or(0, String::len))
-            .sum::<usize>();
-        let bytes = std::mem::size_of::<Self>() + strings + 64 + token_len / 8;
+        let bytes = Self::heap_bytes(&claims) + 64 + token_len / 8;
         Self {
             claims,
             source,
             keys: Arc::downgrade(keys),
             bytes,
         }
+    }
+
+    /// What an entry takes from the heap, counted so that the byte bound bounds it
+    /// (`adapters/tests/verified_cache_memory.rs` holds this to an allocator's count): its slot
+    /// in the map and in the order queue, each counted twice (a table just grown is half
+    /// empty), the claims' strings and vectors by capacity, and 16 bytes per allocation.
+    fn heap_bytes(c: &Claims) -> usize {
+        let digest = std::mem::size_of::<TokenDigest>();
+        let slots = 2 * (digest + std::mem::size_of::<Self>()) + 2 * digest;
+        let optional = [
+            &c.subject,
+            &c.realm,
+            &c.instance_id,
+            &c.caller_instance,
+            &c.duo_seat_count,
+            &c.jti,
+        ];
+        let strings = c.issuer.as_str().len()
+            + optional
+                .iter()
+                .flat_map(|s| s.as_ref())
+                .map(String::capacity)
+                .sum::<usize>()
+            + c.audience.capacity() * std::mem::size_of::<String>()
+            + c.audience.iter().map(String::capacity).sum::<usize>()
+            + c.scopes.capacity() * std::mem::size_of::<UnitPrimitive>()
+            + c.scopes.iter().map(|s| s.as_str().len()).sum::<usize>()
+            + c.copied.capacity() * std::mem::size_of::<CopiedClaim>()
+            + c.copied
+                .iter()
+                .map(|k| k.value.as_str().len())
+                .sum::<usize>()
+            + c.scope_evidence.looked_at.capacity() * std::mem::size_of::<ClaimName>()
+            + c.scope_evidence.provider_scopes.capacity() * std::mem::size_of::<String>()
+            + c.scope_evidence
+                .provider_scopes
+                .iter()
+                .map(String::capacity)
+                .sum::<usize>();
+        let allocations = 1
+            + optional.iter().filter(|s| s.is_some()).count()
+            + 1
+            + c.audience.len()
+            + 1
+            + c.scopes.len()
+            + 1
+            + c.copied.len()
+            + 2
+            + c.scope_evidence.provider_scopes.len();
+        slots + strings + 16 * allocations
     }
 
     /// Whether the key set that verified the token is still its source's current set.

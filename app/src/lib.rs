@@ -1,12 +1,13 @@
-//! The application: configuration ([`config`]), logging ([`logging`]), reading files again
-//! ([`reload`]), wiring and serving ([`server`]), and the command-line tools ([`cli`],
-//! [`explain`]).
+//! The application: configuration ([`config`]), logging ([`logging`]) and panics ([`panics`]),
+//! readiness ([`readiness`]), reading files again ([`reload`]), wiring and serving ([`server`]),
+//! and the command-line tools ([`cli`], [`explain`]).
 //! `main.rs` only parses arguments and dispatches.
 
 pub mod cli;
 pub mod config;
 pub mod explain;
 pub mod logging;
+pub mod panics;
 pub mod readiness;
 pub mod reload;
 pub mod server;

@@ -7,7 +7,10 @@
 
 use std::sync::OnceLock;
 
+use tracing::Subscriber;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogSettings;
@@ -43,22 +46,36 @@ pub fn init_service(settings: &LogSettings) -> LogGuard {
         .thread_name("log-writer")
         .finish(std::io::stderr());
     let _ = DROPPED.set(writer.error_counter());
+    let ansi = !settings.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let installed = subscriber(settings, writer, ansi).try_init();
+    LogGuard(installed.is_ok().then_some(guard))
+}
+
+/// The service's log format (JSON lines with the current span, or text) and filter, writing to
+/// `writer`: what [`init_service`] installs, for tests that read the lines back.
+pub fn subscriber<W>(
+    settings: &LogSettings,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(settings.level.directive()))
         .with_writer(writer);
-    let installed = if settings.json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init()
+    if settings.json {
+        Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        )
     } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
-    };
-    LogGuard(installed.is_ok().then_some(guard))
+        Box::new(builder.with_ansi(ansi).finish())
+    }
 }
 
 /// Logging of the command-line tools: text on stderr, written directly, filtered by `RUST_LOG`

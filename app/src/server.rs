@@ -229,6 +229,21 @@ pub fn build(settings: &Settings) -> Result<Service, StartError> {
         "Log lines dropped because stderr did not keep up (calls never wait for it).",
         crate::logging::dropped_lines,
     );
+    // Tasks that outlive their calls are a leak: the soak watches this stay flat.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        metrics.gauge_fn(
+            "duo_workflow_runtime_alive_tasks",
+            "tokio tasks alive in the service's runtime (connections, calls, background work).",
+            move || runtime.metrics().num_alive_tasks() as i64,
+        );
+    }
+    // A panic anywhere in the process is logged and counted, never a silent dead task.
+    crate::panics::install();
+    metrics.counter_fn(
+        "duo_workflow_panics",
+        "Panics in the process since it started (each logged at ERROR with its task's span).",
+        crate::panics::count,
+    );
     let mut jwt_authenticator = None;
     let mode = if settings.auth_enabled {
         let authenticator = Arc::new(

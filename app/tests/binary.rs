@@ -62,6 +62,7 @@ fn rand_suffix() -> u128 {
 
 fn run(args: &[&str]) -> String {
     let out = Command::new(BIN).args(args).output().unwrap();
+    assert_no_panic(&format!("{args:?}"), &String::from_utf8_lossy(&out.stderr));
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -168,6 +169,21 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A panic is a failure wherever it happened, even if every call the test made passed.
+        if !std::thread::panicking() {
+            assert_no_panic(
+                "serve",
+                &std::fs::read_to_string(&self.log).unwrap_or_default(),
+            );
+        }
+    }
+}
+
+/// Fails when a process's output says it panicked (the service's panic line, or Rust's own).
+#[track_caller]
+fn assert_no_panic(what: &str, output: &str) {
+    if let Some(line) = output.lines().find(|l| l.contains("panicked at")) {
+        panic!("{what} panicked: {line}\n{output}");
     }
 }
 
@@ -438,6 +454,7 @@ async fn a_full_flow_at_trace_level_never_logs_a_secret() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{client_output}");
+    assert_no_panic("client", &client_output);
     assert!(
         client_output.contains("GenerateToken: OK")
             && client_output.contains("ExecuteWorkflow: OK"),
@@ -531,6 +548,7 @@ fn a_bad_configuration_stops_start_up_naming_the_field() {
             .unwrap();
         assert!(!out.status.success(), "{value}");
         let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_no_panic("duo-workflow-service", &stderr);
         assert!(
             stderr.contains("DUO_WORKFLOW_AUTH__ENABLED"),
             "{value}: {stderr}"
@@ -587,6 +605,7 @@ fn provider_urls_are_shown_without_their_credentials_or_query() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_no_panic("duo-workflow-service", &stderr);
     assert!(!out.status.success());
     assert!(
         stderr.contains("DUO_WORKFLOW_AUTH__OIDC_GITLAB_URL"),
@@ -783,6 +802,7 @@ async fn run_client(url: &str, token: &str, extra: &[&str]) -> (Option<i32>, Str
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
+    assert_no_panic("client", &String::from_utf8_lossy(&out.stderr));
     (
         out.status.code(),
         String::from_utf8(out.stdout).unwrap(),
@@ -937,6 +957,7 @@ fn the_client_refuses_contradictory_flow_options_before_any_call() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_no_panic("duo-workflow-service", &stderr);
         assert_eq!(out.status.code(), Some(2), "{options:?}: {stderr}");
         assert!(stderr.contains(message), "{options:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{options:?}: a call was made");

@@ -326,7 +326,7 @@ impl Drop for TempDir {
 pub async fn start_service(
     file: Option<&std::path::Path>,
     env: &[(&str, &str)],
-) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
+) -> Result<Running, duo_workflow_service::server::StartError> {
     start_service_unsetting(file, env, &[]).await
 }
 
@@ -336,7 +336,7 @@ pub async fn start_service_unsetting(
     file: Option<&std::path::Path>,
     env: &[(&str, &str)],
     unset: &[&str],
-) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
+) -> Result<Running, duo_workflow_service::server::StartError> {
     start_service_at("127.0.0.1:0".parse().unwrap(), file, env, unset).await
 }
 
@@ -345,10 +345,16 @@ pub async fn start_service_resolving(
     file: Option<&std::path::Path>,
     env: &[(&str, &str)],
     resolver: Arc<dyn duo_workflow_domain::ports::NameResolver>,
-) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
+) -> Result<Running, duo_workflow_service::server::StartError> {
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let settings = test_settings(file, env, &[])?;
-    duo_workflow_service::server::start_with_resolver(&settings, addr, addr, resolver).await
+    let panics = duo_workflow_service::panics::count_in_tasks();
+    let inner =
+        duo_workflow_service::server::start_with_resolver(&settings, addr, addr, resolver).await?;
+    Ok(Running {
+        inner: Some(inner),
+        panics,
+    })
 }
 
 /// [`start_service_unsetting`] with both listeners on `addr` (e.g. `[::1]:0`).
@@ -357,9 +363,14 @@ pub async fn start_service_at(
     file: Option<&std::path::Path>,
     env: &[(&str, &str)],
     unset: &[&str],
-) -> Result<duo_workflow_service::server::Running, duo_workflow_service::server::StartError> {
+) -> Result<Running, duo_workflow_service::server::StartError> {
     let settings = test_settings(file, env, unset)?;
-    duo_workflow_service::server::start(&settings, addr, addr).await
+    let panics = duo_workflow_service::panics::count_in_tasks();
+    let inner = duo_workflow_service::server::start(&settings, addr, addr).await?;
+    Ok(Running {
+        inner: Some(inner),
+        panics,
+    })
 }
 
 /// The settings `serve` would read from `file` and `env` (without `unset`), with the built-in
@@ -386,6 +397,50 @@ fn test_settings(
         vars.remove(*name);
     }
     Ok(duo_workflow_service::config::Settings::load(file, &vars)?)
+}
+
+/// A service started in-process ([`start_service`]): the server's handle, which also fails the
+/// test when a task panicked while it ran. tokio survives a task's panic, so without this check
+/// a panic in the service (or in a fake beside it) would only break some call's stream.
+pub struct Running {
+    /// `None` once stopped.
+    inner: Option<duo_workflow_service::server::Running>,
+    /// Task panics in this process before the service started.
+    panics: u64,
+}
+
+impl Running {
+    /// Stops the server gracefully, then fails if a task panicked meanwhile.
+    pub async fn stop(mut self) -> Result<(), duo_workflow_service::server::StartError> {
+        let inner = self.inner.take().expect("stopped once");
+        let result = inner.stop().await;
+        self.check_panics();
+        result
+    }
+
+    fn check_panics(&mut self) {
+        let now = duo_workflow_service::panics::count_in_tasks();
+        let panicked = now - std::mem::replace(&mut self.panics, now);
+        assert_eq!(
+            panicked, 0,
+            "{panicked} task(s) panicked while the service ran (see `panicked at` above)"
+        );
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = duo_workflow_service::server::Running;
+    fn deref(&self) -> &Self::Target {
+        self.inner.as_ref().expect("not stopped")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.check_panics();
+        }
+    }
 }
 
 /// A configuration file with one static key source serving `keys` for `issuer`.

@@ -114,6 +114,11 @@ impl Relay {
                     .headers
                     .get("grpc-status")
                     .map(|s| code_name(s.as_bytes()));
+                // The executor's error came once the caller's deadline had passed (its own
+                // deadline, a moment after ours, beat our timer): the caller's deadline it is.
+                if status.is_some_and(|c| c != "OK") && past(deadline) {
+                    return self.failed(deadline_exceeded());
+                }
                 if let Some(code) = status.filter(|c| *c != "OK") {
                     self.metrics.executor_error(code, ErrorOrigin::Executor);
                 }
@@ -416,6 +421,9 @@ impl HttpBody for ResponseBody {
                         .trailers_ref()
                         .and_then(|t| t.get("grpc-status"))
                         .map_or("UNKNOWN", |s| code_name(s.as_bytes()));
+                    if code != "OK" && past(this.deadline.as_ref().map(|(at, _)| *at)) {
+                        return this.end_with(deadline_exceeded());
+                    }
                     this.status(code, ErrorOrigin::Executor);
                     this.inner = None; // trailers end the body
                     this.end.end();
