@@ -60,11 +60,11 @@ const CHANNELS_PER_REPLICA: usize = 4;
 /// list), and once the dead one is skipped no good call may fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Upstream {
+    #[allow(dead_code)] // the one-executor deployment, for comparison
     One,
-    #[allow(dead_code)] // for when the service takes a list of executors
     List,
 }
-const UPSTREAM: Upstream = Upstream::One;
+const UPSTREAM: Upstream = Upstream::List;
 
 /// `List`: a call started this long after an executor died may still have been sent to it.
 const EXECUTOR_SKIP_SECONDS: f64 = 2.0;
