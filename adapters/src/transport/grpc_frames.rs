@@ -373,6 +373,7 @@ fn add_to_hint(hint: &SizeHint, bytes: u64) -> SizeHint {
 mod tests {
     use std::collections::VecDeque;
 
+    use super::super::scripted::{any_hint, Scripted};
     use super::*;
 
     fn framed(compressed: bool, payload: &[u8]) -> Vec<u8> {
@@ -652,44 +653,6 @@ mod tests {
         assert_eq!(read.await.unwrap().unwrap().as_deref(), Some(&b"late"[..]));
     }
 
-    /// A body of scripted frames that says whatever a caller's `content-length` made it say.
-    struct Scripted {
-        frames: VecDeque<Frame<Bytes>>,
-        hint: SizeHint,
-    }
-
-    impl HttpBody for Scripted {
-        type Data = Bytes;
-        type Error = Status;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-            Poll::Ready(self.frames.pop_front().map(Ok))
-        }
-        fn size_hint(&self) -> SizeHint {
-            self.hint
-        }
-    }
-
-    fn hint(lower: u64, extra: Option<u64>) -> SizeHint {
-        let mut h = SizeHint::new();
-        if let Some(extra) = extra {
-            h.set_upper(lower.saturating_add(extra));
-        }
-        h.set_lower(lower);
-        h
-    }
-
-    fn any_hint() -> impl proptest::strategy::Strategy<Value = SizeHint> {
-        use proptest::prelude::*;
-        (
-            prop_oneof![0..64u64, Just(u64::MAX), Just(u64::MAX - 1), any::<u64>()],
-            proptest::option::of(prop_oneof![Just(0u64), 0..64u64, any::<u64>()]),
-        )
-            .prop_map(|(lower, extra)| hint(lower, extra))
-    }
-
     proptest::proptest! {
         /// Any hint a body can give, moved by any count: never a panic, never lower > upper.
         #[test]
@@ -734,7 +697,7 @@ mod tests {
             if with_trailers {
                 frames.push_back(Frame::trailers(trailers.clone()));
             }
-            let body = Body::new(Scripted { frames, hint: h });
+            let body = Body::new(Scripted::of(frames, h));
             let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
             let first = runtime.block_on(read_first_message(body, &HeaderMap::new(), 100)).unwrap();
             let whole = wire.len() >= PREFIX + messages[0].len();

@@ -16,6 +16,8 @@ pub mod operator;
 pub mod published_keys;
 pub mod relay;
 pub mod request_id;
+#[cfg(test)]
+mod scripted;
 pub mod tls;
 
 use std::convert::Infallible;

@@ -462,6 +462,7 @@ impl Drop for ResponseBody {
 
 #[cfg(test)]
 mod tests {
+    use super::super::scripted::{any_hint, Scripted};
     use super::*;
 
     #[test]
@@ -496,26 +497,6 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["grpc-timeout", "te", "x-gitlab-realm"]);
-    }
-
-    /// A body of scripted frames, with whatever size hint a caller's `content-length` gave.
-    struct Scripted {
-        frames: std::collections::VecDeque<Result<Frame<Bytes>, Status>>,
-        hint: http_body::SizeHint,
-    }
-
-    impl HttpBody for Scripted {
-        type Data = Bytes;
-        type Error = Status;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-            Poll::Ready(self.frames.pop_front())
-        }
-        fn size_hint(&self) -> http_body::SizeHint {
-            self.hint
-        }
     }
 
     /// How a scripted body ends.
@@ -564,18 +545,6 @@ mod tests {
             Ending::Error => frames.push_back(Err(Status::cancelled("the peer went away"))),
         }
         (wire, Scripted { frames, hint })
-    }
-
-    fn any_hint() -> impl proptest::strategy::Strategy<Value = http_body::SizeHint> {
-        use proptest::prelude::*;
-        (any::<u64>(), proptest::option::of(any::<u64>())).prop_map(|(lower, extra)| {
-            let mut h = http_body::SizeHint::new();
-            if let Some(extra) = extra {
-                h.set_upper(lower.saturating_add(extra));
-            }
-            h.set_lower(lower);
-            h
-        })
     }
 
     fn any_ending() -> impl proptest::strategy::Strategy<Value = Ending> {
