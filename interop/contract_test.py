@@ -1877,6 +1877,16 @@ class Checks:
 
             self.s.check(f"logs.{p.name}.no_tokens_or_keys", check)
 
+        def relay_lines_name_their_call():
+            # The relay's bodies are polled in hyper's own tasks: what they log still carries the
+            # call's request id (the 4 MiB answers above made them log).
+            lines = [line for line in self.w.relay.log_text().splitlines() if "relay refuses" in line]
+            self.expect(lines, "the relay logged no refused executor message")
+            unnamed = [line for line in lines if "request_id" not in line]
+            self.expect(not unnamed, f"relay lines without the call's request id: {unnamed[:1]}")
+
+        self.s.check("logs.contract-relay.relay_lines_name_their_call", relay_lines_name_their_call)
+
 
 def run(s, h, binary: str, log_dir) -> None:
     """These checks; `h` is the interop_test module (its helpers, stubs and constants)."""

@@ -89,7 +89,7 @@ impl Relay {
             let remaining = deadline.saturating_duration_since(Instant::now());
             head.headers.insert("grpc-timeout", grpc_timeout(remaining));
         }
-        let end = Arc::new(CallEnd::default());
+        let end = Arc::new(CallEnd::new(tracing::Span::current()));
         let upstream_request = Request::from_parts(
             head,
             Body::new(RequestBody {
@@ -241,15 +241,27 @@ fn strip_connection_headers(headers: &mut HeaderMap) {
 /// request side on an oversized message; the response side on a deadline, an oversized message,
 /// a broken executor stream); the response side ends it when the executor's answer is complete
 /// or the caller goes away, after which nothing more is relayed to the executor.
-#[derive(Default)]
 struct CallEnd {
     status: OnceLock<Status>,
     over: AtomicBool,
     request: AtomicWaker,
     response: AtomicWaker,
+    /// The call's span (its request id): hyper polls the two bodies in tasks of its own, and
+    /// what they log, or a panic there, still names the call.
+    span: tracing::Span,
 }
 
 impl CallEnd {
+    fn new(span: tracing::Span) -> Self {
+        Self {
+            status: OnceLock::new(),
+            over: AtomicBool::new(false),
+            request: AtomicWaker::new(),
+            response: AtomicWaker::new(),
+            span,
+        }
+    }
+
     fn fail(&self, status: Status) {
         let _ = self.status.set(status);
         self.end();
@@ -301,6 +313,8 @@ impl HttpBody for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
+        let end = this.end.clone();
+        let _call = end.span.enter();
         if this.end.poll_over(cx) {
             // A failed call resets the executor's stream; a finished one just ends it.
             return Poll::Ready(this.end.status().map(Err));
@@ -381,6 +395,8 @@ impl HttpBody for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
+        let end = this.end.clone();
+        let _call = end.span.enter();
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -607,7 +623,7 @@ mod tests {
             hint in any_hint(),
         ) {
             let (wire, scripted) = script(&sizes, &cuts, &empties, ending, hint);
-            let end = Arc::new(CallEnd::default());
+            let end = Arc::new(CallEnd::new(tracing::Span::none()));
             let body = RequestBody {
                 inner: Body::new(scripted),
                 boundaries: MessageBoundaries::default(),
@@ -646,7 +662,7 @@ mod tests {
                 inner: Some(Body::new(scripted)),
                 boundaries: MessageBoundaries::default(),
                 limit: LIMIT,
-                end: Arc::new(CallEnd::default()),
+                end: Arc::new(CallEnd::new(tracing::Span::none())),
                 deadline: None,
                 status_seen: false,
                 _open: (metrics.stream_opened(), open_call()),
