@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every test: the Rust unit, contract, key-source and end-to-end tests, then the independent
 # Python interoperability suite (grpcio + PyJWT, installed into .venv-interop) against the
-# release binary, then a 75 s soak under faults (scripts/soak.sh). Needs cargo, python3 and
-# access to crates.io and PyPI; nothing else.
+# release binary, then a 75 s soak under faults (scripts/soak.sh). Needs cargo, python3, node/npm and
+# access to crates.io, PyPI and npm; nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --locked
