@@ -644,7 +644,7 @@ async fn the_first_user_token_carries_the_capabilities_of_an_executor_whose_auth
     let authority = key("rs256-authority");
     let upstream = support::executor::start().await;
     *upstream.executor.capabilities_delay.lock().unwrap() =
-        Some(std::time::Duration::from_millis(700));
+        Some(std::time::Duration::from_millis(1500));
     // The executor's authentication: a token of this service's authority, for this service,
     // whose subject is the user header.
     let verifier = authority.clone();
