@@ -1007,6 +1007,23 @@ fn with_request_id<T>(mut req: tonic::Request<T>, id: &'static str) -> tonic::Re
 async fn json_lines_carry_each_call_and_refusals_are_logged_at_a_bounded_rate_with_a_count() {
     let dir = Scratch::new();
     let (instance_key, config) = local_gitlab(&dir);
+    // Beside it an OpenID provider's shape: no `gitlab_instance_id`, the client in `sub`.
+    let idp_key = dir.path("idp.pem");
+    run(&["keys", "generate", "--out", idp_key.to_str().unwrap()]);
+    let idp_jwks = run(&[
+        "keys",
+        "public",
+        "--key",
+        idp_key.to_str().unwrap(),
+        "--jwks",
+    ]);
+    std::fs::write(dir.path("idp.jwks"), &idp_jwks).unwrap();
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!(
+        "[[key_sources]]\ntype = \"static\"\nname = \"idp\"\nissuer = \"http://idp.local\"\naudiences = [\"dws\"]\njwks_file = \"{}\"\n",
+        dir.path("idp.jwks").display()
+    ));
+    std::fs::write(&config, toml).unwrap();
     // Outside development the lines are JSON, as GitLab's service writes them.
     let mut server = Server::start(
         &dir,
@@ -1027,6 +1044,25 @@ async fn json_lines_carry_each_call_and_refusals_are_logged_at_a_bounded_rate_wi
         .unwrap()
         .into_inner()
         .token;
+    let idp_token = run(&[
+        "token",
+        "mint",
+        "--key",
+        idp_key.to_str().unwrap(),
+        "--issuer",
+        "http://idp.local",
+        "--audience",
+        "dws",
+        "--subject",
+        "inst-1",
+        "--scopes",
+        "duo_workflow_generate_token",
+    ]);
+    let provider_call = with_metadata(request(), Some(idp_token.trim()), Some("42"));
+    client
+        .generate_token(with_request_id(provider_call, "provider-call-1"))
+        .await
+        .unwrap();
 
     const REFUSED: usize = 300;
     let flood = Instant::now();
@@ -1073,6 +1109,11 @@ async fn json_lines_carry_each_call_and_refusals_are_logged_at_a_bounded_rate_wi
     assert_eq!(good["issuer"], "http://gitlab.local");
     assert_eq!(good["realm"], "self-managed");
     assert_eq!(good["instance_id"], "inst-1");
+    // The instance a provider's caller speaks for is the claim bound to its header.
+    let provider = by_id("provider-call-1");
+    assert_eq!(provider["grpc_code"], "OK");
+    assert_eq!(provider["issuer"], "http://idp.local");
+    assert_eq!(provider["instance_id"], "inst-1");
     let refused = by_id("refused-call-1");
     assert_eq!(refused["message"], "request refused");
     assert_eq!(refused["grpc_code"], "UNAUTHENTICATED");

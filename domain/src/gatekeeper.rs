@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::error::AuthError;
 use crate::identity::{Identity, ServiceName};
 use crate::method::Call;
-use crate::policy::{bind_headers, SeatCountMismatch};
+use crate::policy::{bind_headers, caller_instance, SeatCountMismatch};
 use crate::ports::{Authenticator, Authorizer};
 use crate::request::{AuthorizationHeader, BearerToken, RequestMetadata};
 
@@ -23,6 +23,8 @@ pub enum AuthMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
     pub identity: Identity,
+    /// The instance the caller speaks for ([`caller_instance`]), for the log.
+    pub instance_id: Option<String>,
     pub seat_count_mismatch: Option<SeatCountMismatch>,
 }
 
@@ -57,6 +59,7 @@ impl Gatekeeper {
         Ok(match &self.mode {
             AuthMode::Disabled => Admission {
                 identity: Identity::Debug,
+                instance_id: None,
                 seat_count_mismatch: None,
             },
             AuthMode::Enabled(authenticator) => {
@@ -67,6 +70,7 @@ impl Gatekeeper {
                 let claims = authenticator.authenticate(&token).await?;
                 let seat_count_mismatch = bind_headers(claims.claims(), metadata, &self.service)?;
                 Admission {
+                    instance_id: caller_instance(claims.claims(), &self.service).map(str::to_owned),
                     identity: Identity::Token(claims),
                     seat_count_mismatch,
                 }

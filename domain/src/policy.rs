@@ -151,6 +151,21 @@ pub struct SeatCountMismatch {
     pub header: Option<String>,
 }
 
+/// The instance a caller speaks for, as [`bind_headers`] binds it to `x-gitlab-instance-id`:
+/// `gitlab_instance_id`, else, in a token this service did not issue, the claim its key source
+/// maps to the instance (`sub` in GitLab's tokens, the client's id in an OpenID provider's).
+/// For the log; absent and empty claims say nothing.
+pub fn caller_instance<'c>(claims: &'c Claims, service: &ServiceName) -> Option<&'c str> {
+    let present = |c: &'c Option<String>| c.as_deref().filter(|v| !v.is_empty());
+    present(&claims.instance_id).or_else(|| {
+        if service.is_issuer_of(claims) {
+            None
+        } else {
+            present(&claims.caller_instance)
+        }
+    })
+}
+
 /// Header binding (SPEC Part A): each claim, where present and non-empty, must equal its header.
 /// `sub` binds to the global user id for this service's own user tokens; in other tokens the
 /// claim their source's mapping names (`sub` in GitLab's) binds to the instance id.
@@ -512,6 +527,25 @@ mod tests {
         c.subject = Some("service-account-4f1e".into());
         c.caller_instance = Some("instance-1".into());
         assert_eq!(bind_headers(&c, &metadata(), &service()), Ok(None));
+    }
+
+    #[test]
+    fn the_caller_instance_is_the_bound_instance_claim() {
+        let mut c = claims("x");
+        assert_eq!(caller_instance(&c, &service()), Some("instance-1"));
+        // An OpenID provider's token: no `gitlab_instance_id`, the mapped client id binds.
+        c.instance_id = Some(String::new());
+        c.caller_instance = Some("client-7".into());
+        assert_eq!(caller_instance(&c, &service()), Some("client-7"));
+        c.caller_instance = None;
+        assert_eq!(caller_instance(&c, &service()), None);
+        // This service's own user token: its `sub` is a user, never an instance.
+        let mut u = claims(ServiceName::DEFAULT);
+        u.instance_id = None;
+        u.caller_instance = Some("user-7".into());
+        assert_eq!(caller_instance(&u, &service()), None);
+        u.instance_id = Some("instance-1".into());
+        assert_eq!(caller_instance(&u, &service()), Some("instance-1"));
     }
 
     #[test]

@@ -149,8 +149,8 @@ pub struct CallerLog {
 }
 
 impl CallerLog {
-    fn of(identity: &Identity) -> Self {
-        match identity.claims() {
+    fn of(admission: &Admission) -> Self {
+        match admission.identity.claims() {
             None => CallerLog {
                 debug_user: true,
                 ..CallerLog::default()
@@ -158,7 +158,7 @@ impl CallerLog {
             Some(claims) => CallerLog {
                 issuer: Some(claims.issuer.as_str().to_owned()),
                 realm: claims.realm.clone(),
-                instance_id: claims.instance_id.clone(),
+                instance_id: admission.instance_id.clone(),
                 debug_user: false,
             },
         }
@@ -252,7 +252,7 @@ impl AdmissionLayer {
         self.gatekeeper
             .authorize(&admission.identity, &call)
             .map_err(|e| Refused::auth(&e, &issuer))?;
-        let caller = CallerLog::of(&admission.identity);
+        let caller = CallerLog::of(&admission);
         req.extensions_mut().insert(Caller {
             identity: admission.identity,
             metadata,
@@ -306,7 +306,7 @@ fn log_admission(admission: &Admission) {
         Some(claims) => tracing::debug!(
             issuer = %claims.issuer,
             realm = claims.realm.as_deref().unwrap_or(""),
-            instance_id = claims.instance_id.as_deref().unwrap_or(""),
+            instance_id = admission.instance_id.as_deref().unwrap_or(""),
             "caller authenticated"
         ),
     }
