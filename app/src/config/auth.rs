@@ -89,6 +89,9 @@ pub(super) fn builtin_sources(
         Some(v) => parse_bool(ENV_OIDC_ALLOW_INSECURE_HTTP, v)?,
         None => auth.oidc_allow_insecure_http.unwrap_or(false),
     };
+    // Checked even when both sources are off: a bad value written is a bad value.
+    let fetch = fetch_policy("auth.refresh", &auth.refresh, allow_insecure_http)?;
+    let refresh = refresh_policy("auth.refresh", &auth.refresh)?;
     let builtin = [
         BuiltinSource {
             name: SOURCE_GITLAB,
@@ -127,8 +130,8 @@ pub(super) fn builtin_sources(
             claims: ClaimMapping::default(),
             required: b.required,
             key_policy: KeyPolicy::default(),
-            fetch: fetch_policy("auth.refresh", &auth.refresh, allow_insecure_http)?,
-            refresh: refresh_policy("auth.refresh", &auth.refresh)?,
+            fetch: fetch.clone(),
+            refresh: refresh.clone(),
         });
     }
     Ok((remote_sources, disabled_sources))

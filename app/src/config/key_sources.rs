@@ -652,5 +652,12 @@ mod tests {
             toml::from_str("[auth.refresh]\ndefault_seconds = 5\n").unwrap();
         let e = Settings::from_parts(file, &env(&[])).unwrap_err();
         assert_eq!(e.field, "auth.refresh.default_seconds");
+        // ... and a bad one is refused even while both are off.
+        let file: crate::config::FileConfig = toml::from_str(
+            "[auth]\noidc_gitlab_url = \"\"\noidc_customer_portal_url = \"\"\n[auth.refresh]\ndefault_seconds = 5\n",
+        )
+        .unwrap();
+        let e = Settings::from_parts(file, &env(&[])).unwrap_err();
+        assert_eq!(e.field, "auth.refresh.default_seconds");
     }
 }
