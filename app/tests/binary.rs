@@ -187,19 +187,20 @@ fn assert_no_panic(what: &str, output: &str) {
     }
 }
 
+/// A new RS256 key `NAME.pem` and its public JWKS `NAME.jwks` (`keys generate`, `keys public`):
+/// the key's path.
+fn key_and_jwks(dir: &Scratch, name: &str) -> PathBuf {
+    let key = dir.path(&format!("{name}.pem"));
+    run(&["keys", "generate", "--out", key.to_str().unwrap()]);
+    let jwks = run(&["keys", "public", "--key", key.to_str().unwrap(), "--jwks"]);
+    std::fs::write(dir.path(&format!("{name}.jwks")), &jwks).unwrap();
+    key
+}
+
 /// A key playing a GitLab instance, and a configuration trusting it (a static key source for the
 /// issuer `http://gitlab.local`): the key's path and the configuration's.
 fn local_gitlab(dir: &Scratch) -> (PathBuf, PathBuf) {
-    let instance_key = dir.path("instance.pem");
-    run(&["keys", "generate", "--out", instance_key.to_str().unwrap()]);
-    let jwks = run(&[
-        "keys",
-        "public",
-        "--key",
-        instance_key.to_str().unwrap(),
-        "--jwks",
-    ]);
-    std::fs::write(dir.path("instance.jwks"), &jwks).unwrap();
+    let instance_key = key_and_jwks(dir, "instance");
     let config = dir.path("config.toml");
     std::fs::write(
         &config,
@@ -1008,16 +1009,7 @@ async fn json_lines_carry_each_call_and_refusals_are_logged_at_a_bounded_rate_wi
     let dir = Scratch::new();
     let (instance_key, config) = local_gitlab(&dir);
     // Beside it an OpenID provider's shape: no `gitlab_instance_id`, the client in `sub`.
-    let idp_key = dir.path("idp.pem");
-    run(&["keys", "generate", "--out", idp_key.to_str().unwrap()]);
-    let idp_jwks = run(&[
-        "keys",
-        "public",
-        "--key",
-        idp_key.to_str().unwrap(),
-        "--jwks",
-    ]);
-    std::fs::write(dir.path("idp.jwks"), &idp_jwks).unwrap();
+    let idp_key = key_and_jwks(&dir, "idp");
     let mut toml = std::fs::read_to_string(&config).unwrap();
     toml.push_str(&format!(
         "[[key_sources]]\ntype = \"static\"\nname = \"idp\"\nissuer = \"http://idp.local\"\naudiences = [\"dws\"]\njwks_file = \"{}\"\n",
